@@ -1,0 +1,208 @@
+"""Raw image buffers <-> numpy arrays <-> device tensors. No rclpy.
+
+This is our small replacement for cv_bridge, which cannot be installed outside a ROS
+distribution (PyPI's ``cv-bridge`` is an unmaintained ROS 1 copy). It works on the fields
+of a sensor_msgs/Image (encoding, height, width, step, is_bigendian, data) rather than on
+the message, so it is testable without ROS. As cv_bridge does, it honours ``step`` row
+padding and ``is_bigendian``; unlike it, it validates every field before touching data and
+raises :class:`ImageConversionError` with a machine-readable ``reason``.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# encoding -> (channels, numpy dtype, channel order of the colour channels)
+ENCODINGS: dict[str, tuple[int, type, str]] = {
+    'rgb8': (3, np.uint8, 'rgb'),
+    'bgr8': (3, np.uint8, 'bgr'),
+    'rgba8': (4, np.uint8, 'rgb'),
+    'bgra8': (4, np.uint8, 'bgr'),
+    'mono8': (1, np.uint8, 'mono'),
+    'rgb16': (3, np.uint16, 'rgb'),
+    'bgr16': (3, np.uint16, 'bgr'),
+    'rgba16': (4, np.uint16, 'rgb'),
+    'bgra16': (4, np.uint16, 'bgr'),
+    'mono16': (1, np.uint16, 'mono'),
+}
+
+#: Default upper bound on width x height (a 16k x 16k frame): refuses absurd headers
+#: before any allocation.
+DEFAULT_MAX_PIXELS = 16384 * 16384
+
+_HOST_BIG = sys.byteorder == 'big'
+
+
+class ImageConversionError(ValueError):
+    """An image cannot be converted; ``reason`` is a short code used for drop counters.
+
+    Reasons: ``unsupported_encoding``, ``zero_size``, ``too_large``, ``bad_step``,
+    ``data_size``, ``bad_array``.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A validated image as a (possibly strided, zero-copy) numpy view.
+
+    Attributes:
+        array: (H, W, C) uint8 or uint16 array in host byte order; a view over the
+            message buffer when no byte swap was needed (rows may be padded: strided).
+        encoding: the source encoding (a key of :data:`ENCODINGS`).
+    """
+
+    array: np.ndarray
+    encoding: str
+
+    @property
+    def height(self) -> int:
+        """Rows."""
+        return int(self.array.shape[0])
+
+    @property
+    def width(self) -> int:
+        """Columns."""
+        return int(self.array.shape[1])
+
+
+def bytes_per_pixel(encoding: str) -> int:
+    """Bytes per pixel of a supported encoding (raises for others)."""
+    ch, dt, _ = _lookup(encoding)
+    return ch * np.dtype(dt).itemsize
+
+
+def _lookup(encoding: str) -> tuple[int, type, str]:
+    try:
+        return ENCODINGS[encoding]
+    except (KeyError, TypeError):
+        shown = repr(encoding)[:40]
+        raise ImageConversionError(
+            'unsupported_encoding',
+            f'unsupported encoding {shown}; supported: {", ".join(ENCODINGS)}') from None
+
+
+def buffer_to_frame(encoding: str, height: int, width: int, step: int, is_bigendian: bool,
+                    data, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
+    """Validate image fields and view ``data`` as an (H, W, C) array without copying.
+
+    Args:
+        encoding, height, width, step, is_bigendian: the sensor_msgs/Image fields.
+        data: any bytes-like buffer (bytes, array.array('B'), memoryview, ndarray).
+        max_pixels: refuse frames with more than this many pixels.
+
+    Returns:
+        A :class:`Frame`. 16-bit data in non-host byte order is byte-swapped (one copy);
+        otherwise the array is a view over ``data``.
+
+    Raises:
+        ImageConversionError: unsupported encoding, zero/absurd size, ``step`` smaller than
+            a row, or ``len(data) != step * height``.
+    """
+    channels, dtype, _ = _lookup(encoding)
+    itemsize = np.dtype(dtype).itemsize
+    height, width, step = int(height), int(width), int(step)
+    if height <= 0 or width <= 0:
+        raise ImageConversionError('zero_size', f'image has zero size ({width}x{height})')
+    if height * width > max_pixels:
+        raise ImageConversionError(
+            'too_large', f'image {width}x{height} exceeds max_image_pixels={max_pixels}')
+    row = width * channels * itemsize
+    if step < row:
+        raise ImageConversionError(
+            'bad_step', f'step {step} smaller than width x bytes per pixel = {row}')
+    if step % itemsize:
+        raise ImageConversionError('bad_step', f'step {step} not a multiple of {itemsize}')
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if buf.size != step * height:
+        raise ImageConversionError(
+            'data_size', f'data has {buf.size} bytes, expected step x height = {step * height}')
+    wire = np.dtype(dtype).newbyteorder('>' if is_bigendian else '<')
+    arr = np.ndarray((height, width, channels), dtype=wire, buffer=buf,
+                     strides=(step, channels * itemsize, itemsize))
+    if itemsize > 1 and not wire.isnative:
+        arr = arr.astype(wire.newbyteorder('='))
+    return Frame(arr, encoding)
+
+
+def array_to_buffer(array: np.ndarray, encoding: str, is_bigendian: bool = False,
+                    step: int | None = None) -> tuple[int, int, int, bytes]:
+    """Encode an (H, W[, C]) array as image fields; the inverse of :func:`buffer_to_frame`.
+
+    Args:
+        array: uint8 or uint16 array matching ``encoding``'s channels and depth.
+        encoding: a key of :data:`ENCODINGS`.
+        is_bigendian: byte order to write 16-bit data in.
+        step: bytes per row (default: packed); larger values pad each row with zeros.
+
+    Returns:
+        ``(height, width, step, data)``.
+
+    Raises:
+        ImageConversionError: shape or dtype does not fit the encoding, or step too small.
+    """
+    channels, dtype, _ = _lookup(encoding)
+    a = np.asarray(array)
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] != channels or a.dtype != np.dtype(dtype):
+        raise ImageConversionError(
+            'bad_array', f'array {a.shape} {a.dtype} does not fit {encoding} '
+            f'({channels} x {np.dtype(dtype).name})')
+    h, w = a.shape[:2]
+    row = w * channels * a.itemsize
+    step = row if step is None else int(step)
+    if step < row:
+        raise ImageConversionError('bad_step', f'step {step} smaller than row size {row}')
+    order = '>' if is_bigendian else '<'
+    a = a.astype(a.dtype.newbyteorder(order), copy=False) if a.itemsize > 1 else a
+    packed = np.ascontiguousarray(a).view(np.uint8).reshape(h, row)
+    if step == row:
+        return h, w, step, packed.tobytes()
+    out = np.zeros((h, step), np.uint8)
+    out[:, :row] = packed
+    return h, w, step, out.tobytes()
+
+
+def frame_to_tensor(frame: Frame, device: torch.device | str) -> torch.Tensor:
+    """Move a frame to ``device`` as a float (1, 3, H, W) RGB tensor in [0, 1].
+
+    One host->device copy of the raw integer pixels; channel reordering, alpha dropping,
+    grey expansion and scaling happen on the device.
+    """
+    _, _, order = ENCODINGS[frame.encoding]
+    arr = frame.array
+    with warnings.catch_warnings():
+        # A view over a read-only message buffer: torch warns, but we only read from it.
+        warnings.simplefilter('ignore', UserWarning)
+        t = torch.from_numpy(arr)  # zero-copy, strided rows allowed
+    scale = 65535.0 if arr.dtype == np.uint16 else 255.0
+    t = t.to(device, non_blocking=True).permute(2, 0, 1)  # C, H, W
+    if order == 'mono':
+        t = t.expand(3, -1, -1)
+    else:
+        t = t[:3]
+        if order == 'bgr':
+            t = t.flip(0)
+    return (t.float() / scale).unsqueeze(0)
+
+
+def frame_to_rgb8(frame: Frame) -> np.ndarray:
+    """Host (H, W, 3) uint8 RGB copy of a frame (for overlays and demos)."""
+    _, dtype, order = ENCODINGS[frame.encoding]
+    a = frame.array
+    if a.dtype == np.uint16:
+        a = (a >> 8).astype(np.uint8)
+    if order == 'mono':
+        return np.repeat(a, 3, axis=2)
+    a = a[:, :, :3]
+    if order == 'bgr':
+        a = a[:, :, ::-1]
+    return np.ascontiguousarray(a)

@@ -1,0 +1,122 @@
+"""Instance segmentation: frame tensor -> boxes, scores, classes, instance-id map. No rclpy."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+
+from .colors import voc_palette
+from .models import LoadedModel
+from .results import InstanceResult
+from .semantic import autocast_context
+
+MAX_INSTANCES = 65535  # the id map is uint16
+
+
+def compose_id_map(masks: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Compose boolean masks, ordered by descending score, into one instance-id map.
+
+    Args:
+        masks: (N, H, W) bool on any device; row k-1 belongs to instance k.
+
+    Returns:
+        (H, W) uint16 on the same device: 0 where no mask is set, else the smallest k whose
+        mask covers the pixel (the higher-scored instance keeps overlapping pixels).
+    """
+    if masks.shape[0] == 0:
+        return torch.zeros((height, width), dtype=torch.uint16, device=masks.device)
+    if masks.shape[0] > MAX_INSTANCES:
+        raise ValueError(f'at most {MAX_INSTANCES} instances fit a uint16 id map')
+    covered = masks.any(0)
+    first = masks.to(torch.uint8).argmax(0)  # first True = highest score
+    return torch.where(covered, first + 1, 0).to(torch.uint16)
+
+
+class InstanceSegmenter:
+    """Runs a Mask R-CNN model on one frame at a time.
+
+    Args:
+        loaded: from :func:`seg_ros.core.models.load_instance_model` (its ROI heads already
+            apply ``score_threshold`` and ``max_detections``).
+        device: the model's device.
+        score_threshold: instances scoring below are dropped.
+        mask_threshold: mask probability above which a pixel belongs to the instance.
+        max_detections: at most this many instances, the highest-scored ones.
+        classes: class names to keep (empty keeps all).
+        precision: ``fp32`` | ``fp16`` | ``bf16`` (autocast, CUDA only).
+
+    Raises:
+        ValueError: a name in ``classes`` is not a class of the model.
+    """
+
+    def __init__(self, loaded: LoadedModel, device: torch.device | str,
+                 score_threshold: float = 0.5, mask_threshold: float = 0.5,
+                 max_detections: int = 100, classes: Sequence[str] = (),
+                 precision: str = 'fp32') -> None:
+        self.loaded = loaded
+        self.model = loaded.model
+        self.device = torch.device(device)
+        self.score_threshold = float(score_threshold)
+        self.mask_threshold = float(mask_threshold)
+        self.max_detections = int(max_detections)
+        self.precision = precision
+        names = loaded.class_names
+        unknown = [c for c in classes if c not in names]
+        if unknown:
+            raise ValueError(f'unknown class names {unknown}; the model knows {names}')
+        self.keep_ids = (torch.tensor([names.index(c) for c in classes], device=self.device)
+                         if classes else None)
+        self.palette = voc_palette(max(len(names), 2))
+
+    @torch.inference_mode()
+    def __call__(self, image: torch.Tensor, want_overlay: bool = False) -> InstanceResult:
+        """Detect and segment the objects of one frame.
+
+        Args:
+            image: (1, 3, H, W) float RGB in [0, 1] on the model's device.
+            want_overlay: also draw masks, boxes and labels over the image.
+
+        Returns:
+            :class:`InstanceResult`; masks are thresholded and composed on the device and
+            only the uint16 id map and small arrays reach the host.
+        """
+        h, w = image.shape[-2:]
+        with autocast_context(self.device, self.precision):
+            out = self.model([image[0]])[0]
+        scores = out['scores'].float()
+        keep = scores >= self.score_threshold
+        if self.keep_ids is not None:
+            keep &= torch.isin(out['labels'], self.keep_ids)
+        idx = torch.nonzero(keep).flatten()
+        idx = idx[torch.argsort(scores[idx], descending=True, stable=True)]
+        idx = idx[:self.max_detections]
+        boxes = out['boxes'][idx].float()
+        labels = out['labels'][idx]
+        masks = out['masks'][idx, 0] > self.mask_threshold
+        id_map = compose_id_map(masks, h, w)
+        overlay = self._draw(image[0], boxes, labels, masks, id_map) if want_overlay else None
+        return InstanceResult(
+            boxes=boxes.cpu().numpy().astype(np.float32),
+            scores=scores[idx].cpu().numpy().astype(np.float32),
+            class_ids=labels.cpu().numpy().astype(np.int64),
+            id_map=id_map.cpu().numpy(),
+            overlay=overlay)
+
+    def _draw(self, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
+              masks: torch.Tensor, id_map: torch.Tensor) -> np.ndarray:
+        img = (image * 255).round().to(torch.uint8)
+        n = boxes.shape[0]
+        if n:
+            # Draw the visible (composed) masks so overlaps show the winner.
+            ids = torch.arange(1, n + 1, device=id_map.device).view(n, 1, 1)
+            visible = id_map.unsqueeze(0).to(torch.int64) == ids
+            colors = [tuple(int(v) for v in self.palette[int(c) % len(self.palette)])
+                      for c in labels.tolist()]
+            img = draw_segmentation_masks(img.cpu(), visible.cpu(), alpha=0.5, colors=colors)
+            names = self.loaded.class_names
+            text = [f'{k + 1}:{names[int(c)] if int(c) < len(names) else int(c)}'
+                    for k, c in enumerate(labels.tolist())]
+            img = draw_bounding_boxes(img, boxes.cpu(), labels=text, colors=colors, width=2)
+        return img.permute(1, 2, 0).contiguous().cpu().numpy()

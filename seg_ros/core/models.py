@@ -1,0 +1,295 @@
+"""Model registry: torchvision architectures, their weights, class names and preprocessing.
+
+No rclpy here. A model is chosen by name; its weights come from one of
+
+* ``DEFAULT``: torchvision's pretrained weights (fetched by torchvision into its cache on a
+  connected machine; :class:`ModelLoadError` with a clear message when they cannot be had);
+* ``camvid``: the semantic model shipped in this package (``seg_ros/weights/``), which
+  also fixes the architecture, class names, colours and input size;
+* a path to a state-dict file, loaded with ``torch.load(..., weights_only=True)``;
+* ``none``: random initialisation (tests and benchmarks only).
+
+Preprocessing (mean/std, preferred input size) and class names travel with the weights, as
+torchvision's weights enums carry ``transforms`` and ``meta["categories"]``.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torchvision.models import detection, segmentation
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / 'weights'
+
+
+class ModelLoadError(RuntimeError):
+    """The model cannot be built or its weights cannot be loaded (message says why)."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One architecture of the registry."""
+
+    builder: Callable[..., torch.nn.Module]
+    weights_enum: Any  # torchvision WeightsEnum class
+    kind: str  # 'semantic' | 'instance'
+
+
+SEMANTIC_MODELS: dict[str, ModelSpec] = {
+    'lraspp_mobilenet_v3_large': ModelSpec(
+        segmentation.lraspp_mobilenet_v3_large,
+        segmentation.LRASPP_MobileNet_V3_Large_Weights, 'semantic'),
+    'deeplabv3_mobilenet_v3_large': ModelSpec(
+        segmentation.deeplabv3_mobilenet_v3_large,
+        segmentation.DeepLabV3_MobileNet_V3_Large_Weights, 'semantic'),
+    'deeplabv3_resnet50': ModelSpec(
+        segmentation.deeplabv3_resnet50, segmentation.DeepLabV3_ResNet50_Weights, 'semantic'),
+    'deeplabv3_resnet101': ModelSpec(
+        segmentation.deeplabv3_resnet101, segmentation.DeepLabV3_ResNet101_Weights, 'semantic'),
+    'fcn_resnet50': ModelSpec(
+        segmentation.fcn_resnet50, segmentation.FCN_ResNet50_Weights, 'semantic'),
+    'fcn_resnet101': ModelSpec(
+        segmentation.fcn_resnet101, segmentation.FCN_ResNet101_Weights, 'semantic'),
+}
+
+INSTANCE_MODELS: dict[str, ModelSpec] = {
+    'maskrcnn_resnet50_fpn': ModelSpec(
+        detection.maskrcnn_resnet50_fpn, detection.MaskRCNN_ResNet50_FPN_Weights, 'instance'),
+    'maskrcnn_resnet50_fpn_v2': ModelSpec(
+        detection.maskrcnn_resnet50_fpn_v2, detection.MaskRCNN_ResNet50_FPN_V2_Weights,
+        'instance'),
+}
+
+#: Bundled weights selectable by name (``semantic.weights:=camvid``).
+SHIPPED_SEMANTIC = {
+    'camvid': {'file': 'camvid_lraspp.pt', 'config': 'camvid.yaml'},
+}
+
+
+@dataclass
+class LoadedModel:
+    """A ready model and what its weights say about it.
+
+    Attributes:
+        model: the torch module, in eval mode, on ``device``.
+        name: registry name of the architecture.
+        class_names: one name per output class (index -> name).
+        mean, std: per-channel normalisation for RGB input in [0, 1].
+        input_size: preferred shorter side for the model (0 = image's own resolution).
+        palette: optional (num_classes, 3) uint8 RGB colours (None = generated palette).
+        random_init: True when the weights are random (results are meaningless).
+        source: human-readable description of where the weights came from.
+    """
+
+    model: torch.nn.Module
+    name: str
+    class_names: list[str]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    input_size: int = 0
+    palette: list[list[int]] | None = None
+    random_init: bool = False
+    source: str = ''
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output classes."""
+        return len(self.class_names)
+
+
+def default_class_names(n: int) -> list[str]:
+    """Names for ``n`` unnamed classes: the decimal index, as Detection2D uses."""
+    return [str(i) for i in range(n)]
+
+
+def _check_names(class_names: Sequence[str], num_classes: int) -> list[str]:
+    names = [str(c) for c in class_names]
+    if names and len(names) != num_classes:
+        raise ModelLoadError(
+            f'class_names has {len(names)} entries but the model has {num_classes} classes')
+    return names or default_class_names(num_classes)
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a plain state dict safely (``weights_only=True``).
+
+    Accepts a mapping name -> tensor, or one wrapped under ``state_dict`` / ``model``.
+
+    Raises:
+        ModelLoadError: missing or unreadable file, a pickle that is not a plain state dict.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ModelLoadError(f'weights file not found: {p}')
+    try:
+        obj = torch.load(p, map_location='cpu', weights_only=True)
+    except Exception as exc:  # corrupt file, unsafe pickle, ...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f'cannot read weights file {p}: {first}') from None
+    if isinstance(obj, Mapping):
+        for key in ('state_dict', 'model'):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise ModelLoadError(f'{p} is not a plain state dict (name -> tensor)')
+    return dict(obj)
+
+
+def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = ' '.join(lines[1:3]) if len(lines) > 1 else lines[0]
+        raise ModelLoadError(
+            f'weights file {path} does not fit the model (wrong architecture or class '
+            f'count?): {detail[:300]}') from None
+
+
+def _torchvision_weights(spec: ModelSpec, name: str):
+    weights = spec.weights_enum.DEFAULT
+    return weights
+
+
+def _state_num_classes(state: dict[str, torch.Tensor], kind: str) -> int | None:
+    keys = {
+        'semantic': ('classifier.high_classifier.weight', 'classifier.4.weight'),
+        'instance': ('roi_heads.box_predictor.cls_score.weight',),
+    }[kind]
+    for k in keys:
+        if k in state:
+            return int(state[k].shape[0])
+    return None
+
+
+def load_semantic_model(name: str, weights: str, num_classes: int = 0,
+                        class_names: Sequence[str] = (),
+                        device: str | torch.device = 'cpu') -> LoadedModel:
+    """Build a semantic segmentation model and load its weights.
+
+    Args:
+        name: a key of :data:`SEMANTIC_MODELS` (ignored for shipped weights, which fix it).
+        weights: ``DEFAULT`` | a key of :data:`SHIPPED_SEMANTIC` | a file path | ``none``.
+        num_classes: classes of a file or random model (0: taken from the file, else 21).
+        class_names: optional names for a file or random model (len must equal classes).
+        device: where the model lives.
+
+    Returns:
+        A :class:`LoadedModel` in eval mode whose forward maps a normalised float
+        ``(N, 3, H, W)`` batch to ``{'out': (N, C, H, W) logits}``.
+
+    Raises:
+        ModelLoadError: unknown model, unreadable/mismatched weights, download failure.
+    """
+    extra: dict[str, Any] = {}
+    shipped = SHIPPED_SEMANTIC.get(weights.lower()) if weights else None
+    if shipped is not None:
+        cfg_path = WEIGHTS_DIR / shipped['config']
+        with open(cfg_path, encoding='utf-8') as f:
+            cfg = yaml.safe_load(f)
+        name = cfg['model']
+        weights_path = str(WEIGHTS_DIR / shipped['file'])
+        class_names = cfg['class_names']
+        num_classes = len(class_names)
+        extra = {'palette': cfg.get('palette'), 'input_size': int(cfg.get('input_size', 0))}
+    else:
+        weights_path = weights
+    spec = SEMANTIC_MODELS.get(name)
+    if spec is None:
+        raise ModelLoadError(
+            f'unknown semantic model {name!r}; choose one of {sorted(SEMANTIC_MODELS)}')
+    loaded = _build(spec, name, weights_path, num_classes, class_names, default_classes=21)
+    if shipped is not None:
+        loaded.palette = extra['palette']
+        loaded.input_size = extra['input_size']
+        loaded.source = f'shipped weights {weights!r} ({weights_path})'
+    loaded.model.to(device).eval()
+    return loaded
+
+
+def load_instance_model(name: str, weights: str, num_classes: int = 0,
+                        class_names: Sequence[str] = (),
+                        device: str | torch.device = 'cpu',
+                        min_size: int = 800, max_size: int = 1333,
+                        score_threshold: float = 0.05,
+                        max_detections: int = 100) -> LoadedModel:
+    """Build a Mask R-CNN model and load its weights.
+
+    The model's own transform normalises and resizes (``min_size``/``max_size``), and boxes
+    and masks come back in input-image coordinates. ``score_threshold`` and
+    ``max_detections`` are applied inside the model's ROI heads (before the mask head),
+    which gives the same instances above the threshold as filtering afterwards.
+
+    Raises:
+        ModelLoadError: as :func:`load_semantic_model`.
+    """
+    spec = INSTANCE_MODELS.get(name)
+    if spec is None:
+        raise ModelLoadError(
+            f'unknown instance model {name!r}; choose one of {sorted(INSTANCE_MODELS)}')
+    loaded = _build(spec, name, weights, num_classes, class_names, default_classes=91,
+                    min_size=min_size, max_size=max_size, box_score_thresh=score_threshold,
+                    box_detections_per_img=max_detections)
+    loaded.model.to(device).eval()
+    return loaded
+
+
+def _build(spec: ModelSpec, name: str, weights: str, num_classes: int,
+           class_names: Sequence[str], default_classes: int, **kwargs: Any) -> LoadedModel:
+    weights = (weights or '').strip()
+    if not weights:
+        raise ModelLoadError('weights must be DEFAULT, none, a shipped name or a file path')
+    no_backbone = {'weights_backbone': None}
+    if weights.upper() == 'DEFAULT':
+        tv_weights = _torchvision_weights(spec, name)
+        try:
+            model = spec.builder(weights=tv_weights, **kwargs)
+        except Exception as exc:
+            raise ModelLoadError(
+                f'cannot get torchvision pretrained weights {tv_weights} for {name} '
+                f'({type(exc).__name__}: {str(exc)[:200]}); on an offline machine use a '
+                f'weights file, a shipped model or none') from None
+        names = list(tv_weights.meta['categories'])
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        input_size = 0
+        try:
+            t = tv_weights.transforms()
+            mean, std = tuple(t.mean), tuple(t.std)
+            rs = getattr(t, 'resize_size', None)
+            input_size = int(rs[0]) if rs else 0
+        except Exception:  # detection weights: the model normalises itself
+            pass
+        return LoadedModel(model, name, names, mean, std, input_size,
+                           source=f'torchvision {tv_weights}')
+    if weights.lower() == 'none':
+        n = num_classes or (len(class_names) if class_names else default_classes)
+        model = spec.builder(weights=None, num_classes=n, **no_backbone, **kwargs)
+        return LoadedModel(model, name, _check_names(class_names, n), random_init=True,
+                           source='random initialisation (weights=none)')
+    state = read_state_dict(weights)
+    file_classes = _state_num_classes(state, spec.kind)
+    if num_classes and file_classes and num_classes != file_classes:
+        raise ModelLoadError(
+            f'num_classes={num_classes} but weights file {weights} has {file_classes} classes')
+    n = num_classes or file_classes or (len(class_names) if class_names else default_classes)
+    extra_kw: dict[str, Any] = {}
+    if spec.kind == 'semantic' and any(k.startswith('aux_classifier.') for k in state):
+        extra_kw['aux_loss'] = True
+    try:
+        model = spec.builder(weights=None, num_classes=n, **no_backbone, **extra_kw, **kwargs)
+    except Exception as exc:
+        raise ModelLoadError(f'cannot build {name}: {exc}') from None
+    _load_into(model, state, weights)
+    return LoadedModel(model, name, _check_names(class_names, n),
+                       source=f'weights file {weights}')

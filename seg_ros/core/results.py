@@ -1,0 +1,51 @@
+"""The small dataclasses the pure pipeline returns. No rclpy."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SemanticResult:
+    """Per-pixel classes of one frame.
+
+    Attributes:
+        labels: (H, W) uint8 (<= 256 classes) or uint16 class indices, input resolution.
+        color: (H, W, 3) uint8 RGB colour-coded labels, or None when not requested.
+    """
+
+    labels: np.ndarray
+    color: np.ndarray | None = None
+
+
+@dataclass
+class InstanceResult:
+    """Objects of one frame, ordered by descending score; instance k (1-based) is row k-1.
+
+    Attributes:
+        boxes: (N, 4) float32 ``x1, y1, x2, y2`` in input-image pixels.
+        scores: (N,) float32 in [0, 1], non-increasing.
+        class_ids: (N,) int64 model class indices.
+        id_map: (H, W) uint16; 0 = background, k = instance k; where masks overlap the
+            higher-scored instance keeps the pixel.
+        overlay: (H, W, 3) uint8 RGB drawing, or None when not requested.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+    id_map: np.ndarray
+    overlay: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+@dataclass
+class FrameResult:
+    """What the pipeline computed for one frame, and how long each stage took (s)."""
+
+    semantic: SemanticResult | None = None
+    instances: InstanceResult | None = None
+    timings: dict[str, float] = field(default_factory=dict)

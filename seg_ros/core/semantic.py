@@ -1,0 +1,107 @@
+"""Semantic segmentation: frame tensor -> label map (+ colour) on the model's device.
+
+No rclpy.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .colors import make_palette
+from .models import LoadedModel
+from .results import SemanticResult
+
+PRECISIONS = ('fp32', 'fp16', 'bf16')
+
+
+def autocast_context(device: torch.device, precision: str):
+    """Autocast for fp16/bf16 on CUDA; a no-op elsewhere (the CPU runs fp32)."""
+    if device.type == 'cuda' and precision in ('fp16', 'bf16'):
+        dtype = torch.float16 if precision == 'fp16' else torch.bfloat16
+        return torch.autocast('cuda', dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def resize_shorter(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a (N, C, H, W) float batch so its shorter side is ``size`` (bilinear).
+
+    ``size <= 0`` or equal to the shorter side returns ``x`` unchanged. Downscaling is
+    antialiased, as torchvision's own ``SemanticSegmentation`` transform does.
+    """
+    h, w = x.shape[-2:]
+    if size <= 0 or size == min(h, w):
+        return x
+    s = size / min(h, w)
+    return F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))),
+                         mode='bilinear', align_corners=False, antialias=s < 1)
+
+
+class SemanticSegmenter:
+    """Runs a semantic model on one frame at a time.
+
+    Args:
+        loaded: the model and its metadata (:func:`seg_ros.core.models.load_semantic_model`).
+        device: the model's device.
+        input_size: shorter side fed to the model; ``-1`` = the weights' preferred size
+            (``loaded.input_size``), ``0`` = the image's own resolution.
+        precision: ``fp32`` | ``fp16`` | ``bf16`` (autocast, CUDA only).
+    """
+
+    def __init__(self, loaded: LoadedModel, device: torch.device | str, input_size: int = -1,
+                 precision: str = 'fp32') -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+        self.loaded = loaded
+        self.device = torch.device(device)
+        self.input_size = loaded.input_size if input_size < 0 else int(input_size)
+        self.precision = precision
+        self.model = loaded.model
+        self.mean = torch.tensor(loaded.mean, device=self.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(loaded.std, device=self.device).view(1, 3, 1, 1)
+        self.num_classes = loaded.num_classes
+        self.label_dtype = torch.uint8 if self.num_classes <= 256 else torch.uint16
+        self.palette = torch.from_numpy(
+            make_palette(self.num_classes, loaded.palette)).to(self.device)
+
+    @property
+    def label_encoding(self) -> str:
+        """Image encoding of the label map: mono8, or mono16 beyond 256 classes."""
+        return 'mono8' if self.label_dtype == torch.uint8 else 'mono16'
+
+    @torch.inference_mode()
+    def logits(self, image: torch.Tensor) -> torch.Tensor:
+        """Class scores at the input resolution.
+
+        Args:
+            image: (1, 3, H, W) float RGB in [0, 1] on the model's device.
+
+        Returns:
+            (1, num_classes, H, W) float32 logits (bilinear back to H x W).
+        """
+        h, w = image.shape[-2:]
+        x = (resize_shorter(image, self.input_size) - self.mean) / self.std
+        with autocast_context(self.device, self.precision):
+            out = self.model(x)['out']
+        out = out.float()
+        if out.shape[-2:] != (h, w):
+            out = F.interpolate(out, size=(h, w), mode='bilinear', align_corners=False)
+        return out
+
+    @torch.inference_mode()
+    def __call__(self, image: torch.Tensor, want_color: bool = False) -> SemanticResult:
+        """Label one frame.
+
+        Args:
+            image: (1, 3, H, W) float RGB in [0, 1] on the model's device.
+            want_color: also return the colour-coded label image.
+
+        Returns:
+            :class:`SemanticResult` with host arrays; only uint8/uint16 data leaves the
+            device.
+        """
+        labels = self.logits(image).argmax(1)[0].to(self.label_dtype)
+        color = self.palette[labels.long()].cpu().numpy() if want_color else None
+        return SemanticResult(labels=np.ascontiguousarray(labels.cpu().numpy()), color=color)

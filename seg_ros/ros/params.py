@@ -1,0 +1,132 @@
+"""Parameter table of segment_node: names, defaults, descriptors and validation. No rclpy.
+
+One table drives declaration (with descriptors), validation (in the on-set callback) and
+the documentation in ``config/segment.yaml``. Validators return an error string or None.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from seg_ros.core.models import INSTANCE_MODELS, SEMANTIC_MODELS, SHIPPED_SEMANTIC
+
+_DEVICE = re.compile(r'^(auto|cpu|cuda|cuda:\d+)$')
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter: default (None = typed but unset), ROS type name, doc, validation."""
+
+    name: str
+    default: Any
+    type: str  # 'bool' | 'int' | 'double' | 'string' | 'string_array'
+    description: str
+    read_only: bool = True
+    check: Callable[[Any], str | None] | None = None
+    int_range: tuple[int, int] | None = None
+    float_range: tuple[float, float] | None = None
+
+
+def _one_of(*choices: str) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        return None if v in choices else f'must be one of {list(choices)}, got {v!r}'
+    return check
+
+
+def _weights(v: Any) -> str | None:
+    if not isinstance(v, str) or not v.strip():
+        return f'must be DEFAULT, none, {"/".join(SHIPPED_SEMANTIC)} or a file path, got {v!r}'
+    return None
+
+
+def _classes(v: Any) -> str | None:
+    if any(not isinstance(c, str) or not c for c in (v or [])):
+        return 'must be a list of non-empty class names'
+    return None
+
+
+PARAMS: list[Param] = [
+    Param('device', 'auto', 'string', 'auto | cpu | cuda | cuda:N (auto picks CUDA when present)',
+          check=lambda v: None if _DEVICE.match(str(v)) else
+          f'must be auto, cpu, cuda or cuda:N, got {v!r}'),
+    Param('precision', 'fp32', 'string', 'fp32 | fp16 | bf16 (autocast on CUDA; the CPU '
+          'runs fp32 and warns once)', check=_one_of('fp32', 'fp16', 'bf16')),
+    Param('reliability', 'auto', 'string',
+          'input QoS reliability: auto (match the publishers, best effort until one is seen) '
+          '| reliable | best_effort', check=_one_of('auto', 'reliable', 'best_effort')),
+    Param('max_image_pixels', 16384 * 16384, 'int',
+          'frames with more pixels (width x height) are dropped before any data is touched',
+          int_range=(1, 2**31 - 1)),
+    Param('warmup', True, 'bool', 'run the models once on a blank frame before subscribing'),
+    Param('semantic.enabled', True, 'bool', 'run semantic segmentation'),
+    Param('semantic.model', 'lraspp_mobilenet_v3_large', 'string',
+          f'semantic architecture: {", ".join(SEMANTIC_MODELS)} (ignored for shipped weights)',
+          check=_one_of(*SEMANTIC_MODELS)),
+    Param('semantic.weights', 'camvid', 'string',
+          'DEFAULT (torchvision pretrained, fetched into its cache on a connected machine) | '
+          'camvid (shipped CamVid model: architecture, classes, colours, input size) | '
+          'path to a state-dict file (weights_only load) | none (random init, tests only)',
+          check=_weights),
+    Param('semantic.num_classes', 0, 'int',
+          'classes of a weights file or random model (0 = from the file, else 21)',
+          int_range=(0, 65535)),
+    Param('semantic.class_names', None, 'string_array',
+          'optional class names for a weights file (one per class)', check=_classes),
+    Param('semantic.input_size', -1, 'int',
+          "shorter side fed to the model: -1 = the weights' own (520 for torchvision "
+          "DEFAULT, 360 for camvid, else native), 0 = the image's own resolution, N = "
+          'resize shorter side to N', int_range=(-1, 8192)),
+    Param('instance.enabled', False, 'bool', 'run instance segmentation (Mask R-CNN)'),
+    Param('instance.model', 'maskrcnn_resnet50_fpn_v2', 'string',
+          f'instance architecture: {", ".join(INSTANCE_MODELS)}',
+          check=_one_of(*INSTANCE_MODELS)),
+    Param('instance.weights', 'DEFAULT', 'string',
+          'DEFAULT (torchvision COCO weights) | path to a state-dict file | none',
+          check=_weights),
+    Param('instance.num_classes', 0, 'int',
+          'classes of a weights file or random model incl. background (0 = from the file, '
+          'else 91)', int_range=(0, 65535)),
+    Param('instance.class_names', None, 'string_array',
+          'optional class names for a weights file (index 0 = background)', check=_classes),
+    Param('instance.score_threshold', 0.5, 'double', 'drop instances scoring below',
+          read_only=False, float_range=(0.0, 1.0)),
+    Param('instance.mask_threshold', 0.5, 'double',
+          'mask probability above which a pixel belongs to the instance', read_only=False,
+          float_range=(0.0, 1.0)),
+    Param('instance.max_detections', 100, 'int', 'keep at most this many instances',
+          int_range=(1, 1000)),
+    Param('instance.classes', None, 'string_array',
+          'class names to keep (unset/empty keeps all)', check=_classes),
+    Param('instance.min_size', 800, 'int', "Mask R-CNN's internal resize: shorter side",
+          int_range=(32, 4096)),
+    Param('instance.max_size', 1333, 'int', "Mask R-CNN's internal resize: longer side cap",
+          int_range=(32, 8192)),
+]
+
+BY_NAME = {p.name: p for p in PARAMS}
+
+_PY_TYPES = {
+    'bool': (bool,), 'int': (int,), 'double': (float, int), 'string': (str,),
+    'string_array': (list, tuple),
+}
+
+
+def validate(name: str, value: Any) -> str | None:
+    """Why ``value`` is not acceptable for parameter ``name`` (None if it is, or unknown)."""
+    p = BY_NAME.get(name)
+    if p is None or value is None:
+        return None
+    if not isinstance(value, _PY_TYPES[p.type]) or (p.type != 'bool' and isinstance(
+            value, bool)):
+        return f'{name}: expected {p.type}, got {type(value).__name__}'
+    if p.int_range and not p.int_range[0] <= value <= p.int_range[1]:
+        return f'{name}: {value} outside [{p.int_range[0]}, {p.int_range[1]}]'
+    if p.float_range and not p.float_range[0] <= value <= p.float_range[1]:
+        return f'{name}: {value} outside [{p.float_range[0]}, {p.float_range[1]}]'
+    if p.check:
+        err = p.check(value)
+        if err:
+            return f'{name}: {err}'
+    return None
