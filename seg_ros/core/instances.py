@@ -62,13 +62,22 @@ class InstanceSegmenter:
         self.mask_threshold = float(mask_threshold)
         self.max_detections = int(max_detections)
         self.precision = precision
-        names = loaded.class_names
+        self.keep_ids: torch.Tensor | None = None
+        self.set_classes(classes)
+        self.palette = voc_palette(max(loaded.num_classes, 2))
+
+    def set_classes(self, classes: Sequence[str]) -> None:
+        """Keep only instances of these class names (empty keeps all).
+
+        Raises:
+            ValueError: a name is not a class of the model (nothing is changed).
+        """
+        names = self.loaded.class_names
         unknown = [c for c in classes if c not in names]
         if unknown:
             raise ValueError(f'unknown class names {unknown}; the model knows {names}')
         self.keep_ids = (torch.tensor([names.index(c) for c in classes], device=self.device)
                          if classes else None)
-        self.palette = voc_palette(max(len(names), 2))
 
     @torch.inference_mode()
     def __call__(self, image: torch.Tensor, want_overlay: bool = False) -> InstanceResult:

@@ -12,8 +12,13 @@ from collections.abc import Sequence
 import numpy as np
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
-from vision_msgs.msg import (Detection2D, Detection2DArray, LabelInfo,
-                             ObjectHypothesisWithPose, VisionClass)
+from vision_msgs.msg import (
+    Detection2D,
+    Detection2DArray,
+    LabelInfo,
+    ObjectHypothesisWithPose,
+    VisionClass,
+)
 
 from seg_ros.core.imaging import DEFAULT_MAX_PIXELS, Frame, buffer_to_frame
 from seg_ros.core.results import InstanceResult

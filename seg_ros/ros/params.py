@@ -42,9 +42,14 @@ def _weights(v: Any) -> str | None:
 
 
 def _classes(v: Any) -> str | None:
-    if any(not isinstance(c, str) or not c for c in (v or [])):
-        return 'must be a list of non-empty class names'
+    if any(not isinstance(c, str) for c in (v or [])):
+        return 'must be a list of class names'
     return None
+
+
+def names(value: Any) -> list[str]:
+    """A string-array parameter as a list, empty strings dropped ([''] = none given)."""
+    return [str(c) for c in (value or []) if str(c)]
 
 
 PARAMS: list[Param] = [
@@ -98,7 +103,7 @@ PARAMS: list[Param] = [
     Param('instance.max_detections', 100, 'int', 'keep at most this many instances',
           int_range=(1, 1000)),
     Param('instance.classes', None, 'string_array',
-          'class names to keep (unset/empty keeps all)', check=_classes),
+          'class names to keep (unset/empty keeps all)', read_only=False, check=_classes),
     Param('instance.min_size', 800, 'int', "Mask R-CNN's internal resize: shorter side",
           int_range=(32, 4096)),
     Param('instance.max_size', 1333, 'int', "Mask R-CNN's internal resize: longer side cap",

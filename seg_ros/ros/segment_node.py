@@ -14,13 +14,18 @@ from collections import Counter
 from typing import Any
 
 import rclpy
-from rclpy.exceptions import ParameterUninitializedException
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray, LabelInfo
@@ -31,7 +36,7 @@ from seg_ros.core.models import ModelLoadError, load_instance_model, load_semant
 from seg_ros.core.pipeline import Pipeline, resolve_device
 from seg_ros.core.semantic import SemanticSegmenter
 from seg_ros.ros import messages
-from seg_ros.ros.params import PARAMS, validate
+from seg_ros.ros.params import PARAMS, names, validate
 
 _ROS_TYPES = {
     'bool': ParameterType.PARAMETER_BOOL,
@@ -59,6 +64,10 @@ class SegmentNode(Node):
 
     def __init__(self, node_name: str = 'segmentation', **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
+        self._slot: tuple[Image, Any] | None = None
+        self._cv = threading.Condition()
+        self._running = True
+        self._worker: threading.Thread | None = None
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._declare_parameters()
         p = self._param
@@ -80,21 +89,21 @@ class SegmentNode(Node):
             if p('semantic.enabled'):
                 loaded = load_semantic_model(
                     p('semantic.model'), p('semantic.weights'), p('semantic.num_classes'),
-                    p('semantic.class_names') or (), self.device)
+                    names(p('semantic.class_names')), self.device)
                 semantic = SemanticSegmenter(loaded, self.device, p('semantic.input_size'),
                                              precision)
                 self._report_model('semantic', loaded)
             if p('instance.enabled'):
                 loaded = load_instance_model(
                     p('instance.model'), p('instance.weights'), p('instance.num_classes'),
-                    p('instance.class_names') or (), self.device,
+                    names(p('instance.class_names')), self.device,
                     min_size=p('instance.min_size'), max_size=p('instance.max_size'),
                     score_threshold=p('instance.score_threshold'),
                     max_detections=p('instance.max_detections'))
                 instance = InstanceSegmenter(
                     loaded, self.device, p('instance.score_threshold'),
                     p('instance.mask_threshold'), p('instance.max_detections'),
-                    p('instance.classes') or (), precision)
+                    names(p('instance.classes')), precision)
                 self._report_model('instance', loaded)
             self.pipeline = Pipeline(self.device, semantic, instance)
         except (ModelLoadError, ValueError) as exc:
@@ -114,9 +123,6 @@ class SegmentNode(Node):
         if self._reliability_mode == 'auto':
             self._qos_timer = self.create_timer(1.0, self._update_subscription)
 
-        self._slot: tuple[Image, Any] | None = None
-        self._cv = threading.Condition()
-        self._running = True
         self._worker = threading.Thread(target=self._work, name='seg_ros_inference',
                                         daemon=True)
         self._worker.start()
@@ -149,6 +155,12 @@ class SegmentNode(Node):
                 return SetParametersResult(successful=False, reason=err)
         pipeline = getattr(self, 'pipeline', None)
         if pipeline is not None and pipeline.instance is not None:
+            for prm in params:
+                if prm.name == 'instance.classes':
+                    try:
+                        pipeline.instance.set_classes(names(prm.value))
+                    except ValueError as exc:
+                        return SetParametersResult(successful=False, reason=str(exc))
             for prm in params:
                 if prm.name == 'instance.score_threshold':
                     pipeline.instance.score_threshold = float(prm.value)
@@ -285,7 +297,7 @@ class SegmentNode(Node):
         with self._cv:
             self._running = False
             self._cv.notify_all()
-        if self._worker.is_alive():
+        if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout=5.0)
         super().destroy_node()
 

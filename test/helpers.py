@@ -1,0 +1,200 @@
+"""Test helpers: weights files, synthetic images, a segment_node process, DDS waiting."""
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from seg_ros.core.models import INSTANCE_MODELS, SEMANTIC_MODELS
+
+
+def synthetic_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """(H, W, 3) uint8 RGB scene with gradients, rectangles and a disc: structured content."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([255 * x / max(w - 1, 1), 255 * y / max(h - 1, 1),
+                    128 + 100 * np.sin(x / 5.0)], -1)
+    for _ in range(4):
+        y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        img[y0:y0 + h // 3, x0:x0 + w // 3] = rng.integers(0, 255, 3)
+    disc = (y - h / 2) ** 2 + (x - w / 3) ** 2 < (min(h, w) / 5) ** 2
+    img[disc] = (250, 20, 20)
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def make_semantic_weights(path: Path, name: str = 'lraspp_mobilenet_v3_large',
+                          num_classes: int = 6, seed: int = 0) -> Path:
+    """Random-init semantic weights whose output varies over an image.
+
+    Random LR-ASPP output is nearly constant; scaling the low-level classifier makes the
+    label map follow the image's local structure, so a comparison can fail.
+    """
+    torch.manual_seed(seed)
+    model = SEMANTIC_MODELS[name].builder(weights=None, weights_backbone=None,
+                                          num_classes=num_classes)
+    with torch.no_grad():
+        for mod_name, mod in model.named_modules():
+            if mod_name.endswith('low_classifier') or mod_name == 'classifier.4':
+                mod.weight.mul_(40.0)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def make_instance_weights(path: Path, name: str = 'maskrcnn_resnet50_fpn',
+                          num_classes: int = 4, seed: int = 0) -> Path:
+    """Random-init Mask R-CNN weights with spread scores (about 0.65-0.9 on
+    :func:`synthetic_image`), more than one class and masks covering part of each box."""
+    torch.manual_seed(seed)
+    model = INSTANCE_MODELS[name].builder(weights=None, weights_backbone=None,
+                                          num_classes=num_classes)
+    with torch.no_grad():
+        w = model.roi_heads.box_predictor.cls_score.weight
+        w.normal_(0.0, 0.01)
+        w.sub_(w.mean(1, keepdim=True))
+        model.roi_heads.box_predictor.cls_score.bias.zero_()
+        model.roi_heads.mask_predictor.mask_fcn_logits.bias.fill_(0.5)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+_domain = itertools.count((os.getpid() % 50) + 30)
+
+
+def fresh_domain_id() -> int:
+    """A ROS_DOMAIN_ID for this test (0-101), distinct per call within a run."""
+    return 30 + (next(_domain) - 30) % 70
+
+
+class NodeProcess:
+    """segment_node as a separate process (what `ros2 run seg_ros segment_node` runs)."""
+
+    def __init__(self, args: list[str], domain_id: int, log_path: Path) -> None:
+        env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED='1',
+                   RCUTILS_LOGGING_BUFFERED_STREAM='0', OMP_NUM_THREADS='1')
+        self.log_path = log_path
+        self._log = open(log_path, 'w')
+        self.proc = subprocess.Popen(['segment_node', '--ros-args', *args], env=env,
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def log(self) -> str:
+        self._log.flush()
+        return Path(self.log_path).read_text()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Wait until the node logs that it listens (model loaded, warmed up)."""
+        end = time.time() + timeout
+        while time.time() < end:
+            if 'listening on' in self.log():
+                return
+            if not self.alive():
+                raise RuntimeError(f'segment_node exited:\n{self.log()}')
+            time.sleep(0.2)
+        raise TimeoutError(f'segment_node not ready:\n{self.log()}')
+
+    def stop(self) -> int:
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+def run_node_to_exit(args: list[str], timeout: float = 90.0) -> subprocess.CompletedProcess:
+    """Run segment_node expecting it to exit by itself (e.g. bad parameters)."""
+    env = dict(os.environ, ROS_DOMAIN_ID=str(fresh_domain_id()))
+    return subprocess.run(['segment_node', '--ros-args', *args], env=env, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+def spin_until(executor, predicate, timeout: float, step=None) -> bool:
+    """Spin ``executor`` until ``predicate()`` is true or ``timeout`` passes; calls ``step``
+    (e.g. publish a frame) between spins."""
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        if step is not None:
+            step()
+        executor.spin_once(timeout_sec=0.05)
+    return predicate()
+
+
+if __name__ == '__main__':  # pragma: no cover
+    sys.exit(0)
+
+
+class RosClient:
+    """An rclpy node in its own Context, for talking to a segment_node process."""
+
+    def __init__(self, domain_id: int, name: str = 'seg_ros_test_client') -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def spin_until(self, predicate, timeout: float, step=None) -> bool:
+        return spin_until(self.executor, predicate, timeout, step)
+
+    def close(self) -> None:
+        import rclpy
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def image_msg(arr: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = 'cam',
+              step: int | None = None):
+    """A sensor_msgs/Image built with our own encoder."""
+    import array as pyarray
+
+    from sensor_msgs.msg import Image
+
+    from seg_ros.core.imaging import array_to_buffer
+    msg = Image()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 10**9)
+    msg.header.frame_id = frame_id
+    msg.height, msg.width, msg.step, data = array_to_buffer(arr, encoding, step=step)
+    msg.encoding = encoding
+    buf = pyarray.array('B')
+    buf.frombytes(data)
+    msg.data = buf
+    return msg
+
+
+def image_to_array(msg) -> np.ndarray:
+    """Decode a received Image with our converter: (H, W, C) array."""
+    from seg_ros.core.imaging import buffer_to_frame
+    return buffer_to_frame(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian,
+                           msg.data).array
+
+
+def set_parameters(client: RosClient, node_name: str, values: dict, timeout: float = 10.0):
+    """Set parameters of a remote node via its SetParameters service; returns results."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    cli = client.node.create_client(SetParameters, f'{node_name}/set_parameters')
+    assert cli.wait_for_service(timeout_sec=timeout), 'parameter service not available'
+    req = SetParameters.Request()
+    req.parameters = [Parameter(k, value=v).to_parameter_msg() for k, v in values.items()]
+    fut = cli.call_async(req)
+    client.spin_until(fut.done, timeout)
+    client.node.destroy_client(cli)
+    return fut.result().results

@@ -1,0 +1,184 @@
+"""segment_node with semantic + instance segmentation, as a separate process over DDS."""
+import time
+
+import numpy as np
+import pytest
+import torch
+from helpers import (
+    NodeProcess,
+    RosClient,
+    fresh_domain_id,
+    image_msg,
+    image_to_array,
+    make_instance_weights,
+    make_semantic_weights,
+    set_parameters,
+    synthetic_image,
+)
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from vision_msgs.msg import Detection2DArray, LabelInfo
+
+from seg_ros.core.models import INSTANCE_MODELS
+
+pytestmark = pytest.mark.ros
+H, W = 120, 160
+MIN_SIZE, MAX_SIZE = 160, 240
+NODE = '/perception/seg'
+
+
+def torchvision_instances(weights, rgb, score_threshold):
+    model = INSTANCE_MODELS['maskrcnn_resnet50_fpn'].builder(
+        weights=None, weights_backbone=None, num_classes=4, min_size=MIN_SIZE,
+        max_size=MAX_SIZE)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.from_numpy(rgb).permute(2, 0, 1).float() / 255])[0]
+    keep = out['scores'] >= score_threshold
+    return {k: v[keep].numpy() for k, v in out.items()}
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('inst')
+    inst_w = make_instance_weights(tmp / 'inst.pt')
+    sem_w = make_semantic_weights(tmp / 'sem.pt')
+    domain = fresh_domain_id()
+    node = NodeProcess([
+        '-r', '__node:=seg', '-r', '__ns:=/perception', '-r', 'image:=/cam/image',
+        '-p', 'device:=cpu', '-p', f'semantic.weights:={sem_w}', '-p', 'semantic.input_size:=0',
+        '-p', 'instance.enabled:=true', '-p', 'instance.model:=maskrcnn_resnet50_fpn',
+        '-p', f'instance.weights:={inst_w}', '-p', 'instance.class_names:=[bg, box, can, cup]',
+        '-p', 'instance.score_threshold:=0.7', '-p', f'instance.min_size:={MIN_SIZE}',
+        '-p', f'instance.max_size:={MAX_SIZE}'], domain, tmp / 'node.log')
+    node.wait_ready()
+    client = RosClient(domain)
+    yield inst_w, node, client
+    client.close()
+    assert node.stop() == 0, node.log()
+
+
+class Inbox:
+    def __init__(self, client, topic, msg_type):
+        self.msgs = {}
+        qos = 10
+        if topic.endswith('label_info'):
+            qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        client.node.create_subscription(msg_type, topic, self._put, qos)
+
+    def _put(self, m):
+        self.msgs[m.header.stamp.sec * 10**9 + m.header.stamp.nanosec] = m
+
+
+def exchange(client, rgb, stamp, topics=('detections', 'masks')):
+    """Publish a frame until the node answered it on every topic; returns the answers."""
+    inboxes = {t: Inbox(client, f'{NODE}/instances/{t}',
+                        Detection2DArray if t == 'detections' else Image) for t in topics}
+    pub = client.node.create_publisher(Image, '/cam/image', 10)
+    msg = image_msg(rgb, 'rgb8', stamp, frame_id='tool0')
+    last = [0.0]
+
+    def step():
+        if time.time() - last[0] > 1.0:
+            pub.publish(msg)
+            last[0] = time.time()
+    ok = client.spin_until(lambda: all(stamp in b.msgs for b in inboxes.values()), 60.0, step)
+    client.node.destroy_publisher(pub)
+    assert ok, 'no answer'
+    return {t: b.msgs[stamp] for t, b in inboxes.items()}
+
+
+def test_detections_and_masks_match_torchvision(setup):
+    weights, node, client = setup
+    rgb = synthetic_image(H, W, seed=1)
+    ref = torchvision_instances(weights, rgb, 0.7)
+    assert len(ref['scores']) >= 3
+    got = exchange(client, rgb, 10**9 + 1, ('detections', 'masks', 'overlay'))
+    dets, masks = got['detections'], got['masks']
+    assert dets.header.frame_id == 'tool0' and masks.header.frame_id == 'tool0'
+    assert masks.encoding == 'mono16' and (masks.height, masks.width) == (H, W)
+    names = ['bg', 'box', 'can', 'cup']
+    assert not np.any(np.abs(ref['scores'] - 0.7) < 1e-4), 'threshold must not split a tie'
+    assert len(dets.detections) == len(ref['scores'])
+    scores = [d.results[0].hypothesis.score for d in dets.detections]
+    assert scores == sorted(scores, reverse=True)
+    ids = image_to_array(masks)[:, :, 0]
+    ref_masks = ref['masks'][:, 0] > 0.5
+    taken = np.zeros((H, W), bool)
+    unmatched = set(range(len(ref['scores'])))
+    for k, d in enumerate(dets.detections):
+        assert d.id == str(k + 1)
+        hyp = d.results[0].hypothesis
+        box = np.array([d.bbox.center.position.x - d.bbox.size_x / 2,
+                        d.bbox.center.position.y - d.bbox.size_y / 2,
+                        d.bbox.center.position.x + d.bbox.size_x / 2,
+                        d.bbox.center.position.y + d.bbox.size_y / 2])
+        # Match by box and score (near-tied scores may swap order across processes).
+        j = min(unmatched, key=lambda i: np.abs(ref['boxes'][i] - box).max()
+                + abs(ref['scores'][i] - hyp.score))
+        assert np.abs(ref['boxes'][j] - box).max() < 1e-2, (k, box, ref['boxes'][j])
+        assert abs(hyp.score - ref['scores'][j]) < 1e-4
+        assert hyp.class_id == names[ref['labels'][j]]
+        unmatched.discard(j)
+        visible = ref_masks[j] & ~taken  # higher-scored instances keep overlapping pixels
+        taken |= ref_masks[j]
+        mine = ids == k + 1
+        union = (mine | visible).sum()
+        assert union == 0 or (mine & visible).sum() / union >= 0.99, k
+    assert not unmatched
+    assert ids.max() <= len(dets.detections)
+    assert got['overlay'].encoding == 'rgb8'
+
+
+def test_semantic_runs_beside_instances(setup):
+    _, node, client = setup
+    labels = {}
+    client.node.create_subscription(Image, f'{NODE}/semantic/labels',
+                                    lambda m: labels.setdefault(m.header.stamp.sec, m), 10)
+    exchange(client, synthetic_image(H, W, seed=2), 2 * 10**9)
+    assert client.spin_until(lambda: 2 in labels, 10.0)
+    assert (labels[2].height, labels[2].width) == (H, W)
+
+
+def test_label_info(setup):
+    _, _, client = setup
+    box = Inbox(client, f'{NODE}/instances/label_info', LabelInfo)
+    assert client.spin_until(lambda: box.msgs, 15.0)
+    info = next(iter(box.msgs.values()))
+    assert [c.class_name for c in info.class_map] == ['bg', 'box', 'can', 'cup']
+
+
+def test_class_filter_threshold_and_empty_frames(setup):
+    weights, node, client = setup
+    rgb = synthetic_image(H, W, seed=1)
+    ref = torchvision_instances(weights, rgb, 0.7)
+    names = np.array(['bg', 'box', 'can', 'cup'])
+    present = names[ref['labels']]
+    rare = min(set(present), key=lambda n: (present == n).sum())
+    results = set_parameters(client, NODE, {'instance.classes': [rare]})
+    assert results[0].successful, results[0].reason
+    got = exchange(client, rgb, 3 * 10**9)
+    classes = [d.results[0].hypothesis.class_id for d in got['detections'].detections]
+    assert classes == [rare] * int((present == rare).sum())
+    ids = image_to_array(got['masks'])[:, :, 0]
+    assert ids.max() == len(classes)
+
+    refused = set_parameters(client, NODE, {'instance.classes': ['unicorn']})
+    assert not refused[0].successful and 'unicorn' in refused[0].reason
+    assert set_parameters(client, NODE, {'instance.classes': ['']})[0].successful
+
+    higher = float(np.median(ref['scores']))
+    assert set_parameters(client, NODE, {'instance.score_threshold': higher})[0].successful
+    got = exchange(client, rgb, 4 * 10**9)
+    kept = [d.results[0].hypothesis.score for d in got['detections'].detections]
+    assert len(kept) == int((ref['scores'] >= higher).sum()) and min(kept) >= higher
+
+    assert not set_parameters(client, NODE, {'instance.score_threshold': 1.5})[0].successful
+    assert set_parameters(client, NODE, {'instance.score_threshold': 1.0})[0].successful
+    got = exchange(client, rgb, 5 * 10**9)
+    assert got['detections'].detections == []  # "nothing seen", still published
+    empty = image_to_array(got['masks'])
+    assert empty.shape == (H, W, 1) and not empty.any()
+    assert node.alive()

@@ -1,0 +1,30 @@
+"""segment_node refuses bad parameters and unloadable models with one clear line."""
+import pytest
+from helpers import run_node_to_exit
+
+pytestmark = pytest.mark.ros
+
+
+@pytest.mark.parametrize('args, expect', [
+    (['-p', 'device:=gpu'], 'device'),
+    (['-p', 'semantic.model:=resnet9000'], 'semantic.model'),
+    (['-p', 'semantic.input_size:=-5'], 'semantic.input_size'),
+    (['-p', 'reliability:=sometimes'], 'reliability'),
+    (['-p', 'semantic.weights:=/nonexistent/w.pt'], 'weights file not found'),
+    (['-p', 'semantic.weights:=none', '-p', 'semantic.class_names:=[a, b]',
+      '-p', 'semantic.num_classes:=3'], 'class_names has 2'),
+])
+def test_refused_with_reason(args, expect):
+    res = run_node_to_exit(['-p', 'warmup:=false', *args])
+    assert res.returncode != 0
+    lines = [ln for ln in res.stderr.splitlines() if 'cannot start' in ln]
+    assert len(lines) == 1 and expect in lines[0], res.stderr
+    assert 'Traceback' not in res.stderr
+
+
+def test_corrupt_weights_file(tmp_path):
+    bad = tmp_path / 'corrupt.pt'
+    bad.write_bytes(b'\x80\x02garbage')
+    res = run_node_to_exit(['-p', f'semantic.weights:={bad}'])
+    assert res.returncode == 1
+    assert 'cannot read weights file' in res.stderr and 'Traceback' not in res.stderr

@@ -1,0 +1,115 @@
+"""Instance pipeline against torchvision's own Mask R-CNN (no ROS)."""
+import numpy as np
+import pytest
+import torch
+from conftest import cpu_and_cuda
+from helpers import make_instance_weights, synthetic_image
+
+from seg_ros.core.instances import InstanceSegmenter, compose_id_map
+from seg_ros.core.models import INSTANCE_MODELS, load_instance_model
+
+MIN_SIZE, MAX_SIZE = 160, 240
+
+
+def test_compose_overlap_rule_and_background():
+    m = torch.zeros(3, 4, 5, dtype=torch.bool)
+    m[0, 0:2, 0:2] = True      # best instance
+    m[1, 1:3, 1:3] = True      # overlaps instance 1 at (1, 1)
+    m[2, 3, 4] = True
+    ids = compose_id_map(m, 4, 5)
+    assert ids.dtype == torch.uint16
+    expect = np.zeros((4, 5), np.uint16)
+    expect[2, 1:3] = 2
+    expect[1, 2] = 2
+    expect[0:2, 0:2] = 1
+    expect[3, 4] = 3
+    np.testing.assert_array_equal(ids.numpy(), expect)
+    assert compose_id_map(torch.zeros(0, 4, 5, dtype=torch.bool), 4, 5).sum() == 0
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    return make_instance_weights(tmp_path_factory.mktemp('w') / 'inst.pt')
+
+
+def reference(weights, rgb, score_threshold):
+    model = INSTANCE_MODELS['maskrcnn_resnet50_fpn'].builder(
+        weights=None, weights_backbone=None, num_classes=4, min_size=MIN_SIZE,
+        max_size=MAX_SIZE)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    x = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
+    with torch.no_grad():
+        out = model([x])[0]
+    keep = out['scores'] >= score_threshold
+    return {k: v[keep] for k, v in out.items()}
+
+
+def segmenter(weights, device='cpu', **kw):
+    opts = dict(score_threshold=0.3, mask_threshold=0.5, max_detections=100, classes=())
+    opts.update(kw)
+    loaded = load_instance_model('maskrcnn_resnet50_fpn', str(weights), device=device,
+                                 min_size=MIN_SIZE, max_size=MAX_SIZE,
+                                 score_threshold=opts['score_threshold'],
+                                 max_detections=opts['max_detections'])
+    return InstanceSegmenter(loaded, device, **opts)
+
+
+def image_tensor(rgb, device='cpu'):
+    return (torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255).to(device)
+
+
+@pytest.mark.parametrize('device', cpu_and_cuda())
+def test_matches_torchvision(weights, device):
+    rgb = synthetic_image(120, 160, seed=1)
+    ref = reference(weights, rgb, 0.3)
+    assert len(ref['scores']) >= 2, 'the test model must detect something'
+    res = segmenter(weights, device)(image_tensor(rgb, device), want_overlay=True)
+    assert len(res) == len(ref['scores'])
+    assert np.all(np.diff(res.scores) <= 0)
+    np.testing.assert_allclose(res.scores, ref['scores'].numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(res.boxes, ref['boxes'].numpy(), atol=1e-3)
+    np.testing.assert_array_equal(res.class_ids, ref['labels'].numpy())
+    assert res.id_map.shape == (120, 160) and res.id_map.dtype == np.uint16
+    assert res.overlay.shape == (120, 160, 3) and res.overlay.dtype == np.uint8
+    # Each instance's visible pixels are its own mask minus higher-scored masks.
+    masks = (ref['masks'][:, 0] > 0.5).numpy()
+    taken = np.zeros(masks.shape[1:], bool)
+    for k in range(len(masks)):
+        visible = masks[k] & ~taken
+        taken |= masks[k]
+        got = res.id_map == k + 1
+        union = (got | visible).sum()
+        assert union == 0 or (got & visible).sum() / union >= 0.99
+
+
+def test_thresholds_and_limits(weights):
+    rgb = synthetic_image(120, 160, seed=1)
+    x = image_tensor(rgb)
+    low = segmenter(weights, score_threshold=0.3)(x)
+    high = segmenter(weights, score_threshold=float(np.median(low.scores)))(x)
+    assert 0 < len(high) < len(low) and high.scores.min() >= np.median(low.scores)
+    few = segmenter(weights, score_threshold=0.3, max_detections=2)(x)
+    np.testing.assert_allclose(few.scores, low.scores[:2])
+    strict = segmenter(weights, mask_threshold=0.9)(x)
+    loose = segmenter(weights, mask_threshold=0.1)(x)
+    assert (strict.id_map > 0).sum() < (loose.id_map > 0).sum()
+
+
+def test_class_filter(weights):
+    x = image_tensor(synthetic_image(120, 160, seed=1))
+    everything = segmenter(weights)(x)
+    cls = int(everything.class_ids[0])
+    only = segmenter(weights, classes=[str(cls)])(x)
+    assert len(only) == int((everything.class_ids == cls).sum()) > 0
+    assert set(only.class_ids.tolist()) == {cls}
+    with pytest.raises(ValueError, match='unknown class'):
+        segmenter(weights, classes=['unicorn'])
+
+
+def test_empty_frame_result(weights):
+    res = segmenter(weights, score_threshold=1.0)(image_tensor(synthetic_image(60, 80)),
+                                                  want_overlay=True)
+    assert len(res) == 0 and res.boxes.shape == (0, 4)
+    assert res.id_map.shape == (60, 80) and not res.id_map.any()
+    assert res.overlay.shape == (60, 80, 3)

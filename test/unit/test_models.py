@@ -1,0 +1,108 @@
+"""Model registry: weights sources and the errors of bad weights files (no ROS)."""
+
+import pytest
+import torch
+from helpers import make_semantic_weights
+
+from seg_ros.core.models import (
+    SEMANTIC_MODELS,
+    ModelLoadError,
+    load_instance_model,
+    load_semantic_model,
+    read_state_dict,
+)
+
+
+def test_random_init_is_flagged(tmp_path):
+    m = load_semantic_model('lraspp_mobilenet_v3_large', 'none', num_classes=4)
+    assert m.random_init and m.num_classes == 4 and m.class_names == ['0', '1', '2', '3']
+    assert not m.model.training
+
+
+def test_file_weights_load_exactly(tmp_path):
+    path = make_semantic_weights(tmp_path / 'w.pt', num_classes=5)
+    m = load_semantic_model('lraspp_mobilenet_v3_large', str(path),
+                            class_names=['a', 'b', 'c', 'd', 'e'])
+    assert m.class_names == ['a', 'b', 'c', 'd', 'e'] and not m.random_init
+    ref = torch.load(path, weights_only=True)
+    for k, v in m.model.state_dict().items():
+        assert torch.equal(v, ref[k]), k
+
+
+def test_num_classes_taken_from_file(tmp_path):
+    path = make_semantic_weights(tmp_path / 'w.pt', num_classes=7)
+    assert load_semantic_model('lraspp_mobilenet_v3_large', str(path)).num_classes == 7
+
+
+@pytest.mark.parametrize('name', sorted(SEMANTIC_MODELS))
+def test_every_semantic_architecture_builds(name):
+    if 'resnet101' in name:
+        pytest.skip('same builder family as resnet50; skipped for time')
+    m = load_semantic_model(name, 'none', num_classes=3)
+    with torch.no_grad():
+        out = m.model(torch.zeros(1, 3, 32, 32))['out']
+    assert out.shape == (1, 3, 32, 32)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelLoadError, match='not found'):
+        load_semantic_model('lraspp_mobilenet_v3_large', str(tmp_path / 'nope.pt'))
+
+
+def test_wrong_class_count(tmp_path):
+    path = make_semantic_weights(tmp_path / 'w.pt', num_classes=5)
+    with pytest.raises(ModelLoadError, match='num_classes=9 but weights file'):
+        load_semantic_model('lraspp_mobilenet_v3_large', str(path), num_classes=9)
+
+
+def test_wrong_architecture(tmp_path):
+    path = make_semantic_weights(tmp_path / 'w.pt', num_classes=5)
+    with pytest.raises(ModelLoadError, match='does not fit'):
+        load_semantic_model('deeplabv3_mobilenet_v3_large', str(path))
+
+
+def test_class_names_length_checked(tmp_path):
+    path = make_semantic_weights(tmp_path / 'w.pt', num_classes=5)
+    with pytest.raises(ModelLoadError, match='class_names has 2'):
+        load_semantic_model('lraspp_mobilenet_v3_large', str(path), class_names=['a', 'b'])
+
+
+def test_corrupt_file(tmp_path):
+    p = tmp_path / 'bad.pt'
+    p.write_bytes(b'this is not a torch file')
+    with pytest.raises(ModelLoadError, match='cannot read weights file'):
+        read_state_dict(p)
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ('pwned',))
+
+
+def test_arbitrary_pickle_is_refused(tmp_path):
+    p = tmp_path / 'evil.pt'
+    torch.save({"x": Evil()}, p, pickle_protocol=2)
+    with pytest.raises(ModelLoadError, match='cannot read weights file'):
+        read_state_dict(p)
+
+
+def test_non_state_dict_is_refused(tmp_path):
+    p = tmp_path / 'list.pt'
+    torch.save([torch.zeros(1)], p)
+    with pytest.raises(ModelLoadError, match='not a plain state dict'):
+        read_state_dict(p)
+
+
+def test_unknown_model():
+    with pytest.raises(ModelLoadError, match='unknown semantic model'):
+        load_semantic_model('resnet9000', 'none')
+    with pytest.raises(ModelLoadError, match='unknown instance model'):
+        load_instance_model('yolo', 'none')
+
+
+def test_instance_model_settings():
+    m = load_instance_model('maskrcnn_resnet50_fpn', 'none', num_classes=3, min_size=160,
+                            max_size=320, score_threshold=0.3, max_detections=7)
+    assert m.model.roi_heads.score_thresh == 0.3
+    assert m.model.roi_heads.detections_per_img == 7
+    assert m.model.transform.min_size == (160,) and m.model.transform.max_size == 320

@@ -1,0 +1,45 @@
+"""Parameter table validation (no ROS)."""
+import yaml
+
+from seg_ros.ros.params import BY_NAME, PARAMS, names, validate
+
+
+def test_valid_defaults():
+    for p in PARAMS:
+        assert validate(p.name, p.default) is None, p.name
+
+
+def test_refusals_name_the_reason():
+    assert 'cuda:N' in validate('device', 'gpu')
+    assert validate('device', 'cuda:1') is None
+    assert 'outside' in validate('instance.score_threshold', 1.5)
+    assert 'expected int' in validate('semantic.input_size', 'big')
+    assert 'expected int' in validate('semantic.input_size', True)
+    assert 'one of' in validate('semantic.model', 'unet')
+    assert validate('instance.score_threshold', 1) is None  # ints are fine for doubles
+    assert validate('some.other.param', object()) is None   # unknown parameters pass
+
+
+def test_names_helper():
+    assert names(None) == [] and names(['']) == [] and names(['a', '', 'b']) == ['a', 'b']
+
+
+def test_yaml_documents_every_parameter():
+    with open('config/segment.yaml', encoding='utf-8') as f:
+        text = f.read()
+    doc = yaml.safe_load(text)['/**']['ros__parameters']
+
+    def flat(d, prefix=''):
+        for k, v in d.items():
+            if isinstance(v, dict):
+                yield from flat(v, f'{prefix}{k}.')
+            else:
+                yield f'{prefix}{k}', v
+    values = dict(flat(doc))
+    for p in PARAMS:
+        leaf = p.name.split('.')[-1]
+        if p.default is None:  # unset string arrays are shown commented out
+            assert f'# {leaf}:' in text, p.name
+        else:
+            assert values[p.name] == p.default, p.name
+    assert set(values) <= set(BY_NAME)

@@ -1,0 +1,101 @@
+"""Semantic pipeline against torchvision's own forward pass (no ROS)."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import cpu_and_cuda
+from helpers import make_semantic_weights, synthetic_image
+
+from seg_ros.core.colors import make_palette, voc_palette
+from seg_ros.core.imaging import array_to_buffer, buffer_to_frame
+from seg_ros.core.models import SEMANTIC_MODELS, load_semantic_model
+from seg_ros.core.pipeline import Pipeline, resolve_device
+from seg_ros.core.semantic import SemanticSegmenter, resize_shorter
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def reference_labels(weights, rgb, num_classes=6):
+    """torchvision alone: build, load the file, normalise, forward, argmax."""
+    model = SEMANTIC_MODELS['lraspp_mobilenet_v3_large'].builder(
+        weights=None, weights_backbone=None, num_classes=num_classes)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        return model((x - MEAN) / STD)['out'].argmax(1)[0].numpy()
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    return make_semantic_weights(tmp_path_factory.mktemp('w') / 'sem.pt')
+
+
+@pytest.mark.parametrize('device', cpu_and_cuda())
+@pytest.mark.parametrize('encoding', ['rgb8', 'bgr8', 'bgra8'])
+def test_labels_match_torchvision(weights, device, encoding):
+    rgb = synthetic_image(72, 96)
+    ref = reference_labels(weights, rgb)
+    assert np.bincount(ref.ravel()).max() < 0.8 * ref.size, 'reference must vary'
+    arr = {'rgb8': rgb, 'bgr8': rgb[:, :, ::-1],
+           'bgra8': np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 255, np.uint8)])}
+    h, w, step, data = array_to_buffer(np.ascontiguousarray(arr[encoding]), encoding,
+                                       step=arr[encoding].shape[1] * arr[encoding].shape[2]
+                                       + 8)
+    dev = torch.device(device)
+    seg = SemanticSegmenter(load_semantic_model('lraspp_mobilenet_v3_large', str(weights),
+                                                device=dev), dev, input_size=0)
+    res = Pipeline(dev, semantic=seg)(buffer_to_frame(encoding, h, w, step, False, data),
+                                      want_color=True)
+    labels = res.semantic.labels
+    assert labels.shape == (72, 96) and labels.dtype == np.uint8
+    assert (labels == ref).mean() >= 0.995
+    np.testing.assert_array_equal(res.semantic.color, voc_palette(6)[labels])
+
+
+def test_input_size_resizes_model_input_but_not_output(weights):
+    seg = SemanticSegmenter(load_semantic_model('lraspp_mobilenet_v3_large', str(weights)),
+                            'cpu', input_size=40)
+    x = torch.rand(1, 3, 60, 80)
+    seen = []
+    hook = seg.model.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape))
+    res = seg(x)
+    hook.remove()
+    assert seen[0][-2:] == (40, 53)
+    assert res.labels.shape == (60, 80)
+    ref = seg.logits(x)
+    manual = F.interpolate(seg.model((resize_shorter(x, 40) - MEAN) / STD)['out'],
+                           size=(60, 80), mode='bilinear', align_corners=False)
+    torch.testing.assert_close(ref, manual)
+
+
+def test_more_than_256_classes_gives_uint16():
+    seg = SemanticSegmenter(load_semantic_model('lraspp_mobilenet_v3_large', 'none',
+                                                num_classes=300), 'cpu', input_size=0)
+    assert seg.label_encoding == 'mono16'
+    assert seg(torch.rand(1, 3, 32, 32)).labels.dtype == np.uint16
+
+
+def test_palette():
+    pal = voc_palette(21)
+    assert pal.shape == (21, 3) and len({tuple(c) for c in pal}) == 21
+    assert tuple(make_palette(3, [[1, 2, 3]])[0]) == (1, 2, 3)
+    with pytest.raises(ValueError):
+        make_palette(3, [[1, 2, 300]])
+
+
+def test_resolve_device():
+    assert resolve_device('cpu').type == 'cpu'
+    assert resolve_device('auto').type == ('cuda' if torch.cuda.is_available() else 'cpu')
+    for bad in ('gpu', 'cuda:x', '', 'tpu:0'):
+        with pytest.raises(ValueError):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match='CUDA is not available'):
+            resolve_device('cuda:0')
+
+
+def test_pipeline_needs_a_model():
+    with pytest.raises(ValueError):
+        Pipeline(torch.device('cpu'))

@@ -1,0 +1,242 @@
+#!/usr/bin/env python3
+"""The main job: replay a camera stream into segment_node and save what it publishes.
+
+    scripts/demo                        # CamVid val frames if ../shared is there, else
+                                        # generated street-like frames
+    scripts/demo --images DIR           # a folder of images (png/jpg, sorted by name)
+    scripts/demo --video FILE.mp4       # a video (OpenCV)
+    scripts/demo --instance             # also Mask R-CNN (random weights offline)
+    scripts/demo -- -p semantic.input_size:=240   # extra node arguments after --
+
+segment_node runs as a separate process (as `ros2 run seg_ros segment_node` would) in its
+own ROS domain; this script publishes each frame as sensor_msgs/Image on /camera/image,
+waits for the answers, and writes labels (mono PNG), colour images, instance masks and
+overlays to OUT/, plus OUT/summary.json with frame count and publish-to-receipt latency.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import rclpy
+from PIL import Image as PILImage
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from vision_msgs.msg import Detection2DArray, LabelInfo
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from seg_ros.core.imaging import buffer_to_frame  # noqa: E402
+from seg_ros.core.models import SHIPPED_SEMANTIC, WEIGHTS_DIR  # noqa: E402
+from seg_ros.ros.messages import array_to_image  # noqa: E402
+
+CAMVID_VAL = ROOT.parent / 'shared' / 'data' / 'camvid' / 'val'
+NODE = '/segmentation'
+
+
+def generated_frames(n: int, h: int = 360, w: int = 480):
+    """Street-like synthetic frames: sky, buildings, road, a moving car-like box."""
+    y, x = np.mgrid[0:h, 0:w]
+    for i in range(n):
+        img = np.zeros((h, w, 3), np.uint8)
+        img[: h // 3] = (135, 170, 215)                           # sky
+        img[h // 3: h // 2] = (120, 90, 80)                       # buildings
+        img[h // 2:] = (90, 90, 95)                               # road
+        img[(x > w // 2 - 3) & (x < w // 2 + 3) & (y > h // 2)] = (240, 240, 240)
+        cx = (60 + 25 * i) % w
+        img[int(h * 0.55): int(h * 0.75), max(cx - 50, 0): cx + 50] = (200, 30, 30)
+        yield f'generated_{i:04d}', img
+
+
+def image_frames(folder: Path, n: int):
+    files = sorted(p for p in folder.iterdir()
+                   if p.suffix.lower() in ('.png', '.jpg', '.jpeg', '.bmp'))
+    for p in files[:n]:
+        yield p.stem, np.asarray(PILImage.open(p).convert('RGB'))
+
+
+def video_frames(path: Path, n: int):
+    import cv2  # only the video option needs OpenCV
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise SystemExit(f'cannot open video {path}')
+    i = 0
+    while i < n:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        yield f'{path.stem}_{i:05d}', np.ascontiguousarray(bgr[:, :, ::-1])
+        i += 1
+    cap.release()
+
+
+def main() -> int:
+    argv = sys.argv[1:]
+    extra: list[str] = []
+    if '--' in argv:
+        extra = argv[argv.index('--') + 1:]
+        argv = argv[:argv.index('--')]
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument('--images', type=Path, help='folder of images')
+    src.add_argument('--video', type=Path, help='video file')
+    ap.add_argument('--frames', type=int, default=12, help='number of frames to replay')
+    ap.add_argument('--out', type=Path, default=ROOT / 'out' / 'demo')
+    ap.add_argument('--device', default='auto')
+    ap.add_argument('--weights', default=None,
+                    help='semantic.weights (default: camvid when shipped, else none)')
+    ap.add_argument('--instance', action='store_true', help='enable instance segmentation')
+    ap.add_argument('--timeout', type=float, default=120.0, help='seconds to wait per frame')
+    args = ap.parse_args(argv)
+
+    if args.images:
+        frames, source = image_frames(args.images, args.frames), str(args.images)
+    elif args.video:
+        frames, source = video_frames(args.video, args.frames), str(args.video)
+    elif CAMVID_VAL.is_dir():
+        frames, source = image_frames(CAMVID_VAL, args.frames), str(CAMVID_VAL)
+    else:
+        frames, source = generated_frames(args.frames), 'generated frames'
+
+    weights = args.weights
+    if weights is None:
+        shipped = WEIGHTS_DIR / SHIPPED_SEMANTIC['camvid']['file']
+        weights = 'camvid' if shipped.is_file() else 'none'
+    random_weights = weights.lower() == 'none'
+    if random_weights:
+        print('demo: NOTE: RANDOM WEIGHTS (no trained model available here) -- the labels '
+              'show the pipeline working, not a meaningful segmentation', flush=True)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    domain = str(50 + os.getpid() % 50)
+    node_args = ['-p', f'device:={args.device}', '-p', f'semantic.weights:={weights}',
+                 '-r', 'image:=/camera/image']
+    if args.instance:
+        node_args += ['-p', 'instance.enabled:=true', '-p', 'instance.weights:=none',
+                      '-p', 'instance.min_size:=480']
+    node_args += extra
+    log_path = args.out / 'node.log'
+    env = dict(os.environ, ROS_DOMAIN_ID=domain)
+    with open(log_path, 'w') as log:
+        proc = subprocess.Popen(['segment_node', '--ros-args', *node_args], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    try:
+        return run(args, frames, source, weights, random_weights, proc, log_path, domain)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(2)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def run(args, frames, source, weights, random_weights, proc, log_path, domain) -> int:
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=int(domain))
+    node = rclpy.create_node('seg_ros_demo', context=ctx)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    got: dict[str, dict[int, object]] = {k: {} for k in
+                                         ('labels', 'color', 'masks', 'overlay', 'dets')}
+
+    def keep(kind):
+        def cb(msg):
+            got[kind][msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = (
+                msg, time.perf_counter())
+        return cb
+    node.create_subscription(Image, f'{NODE}/semantic/labels', keep('labels'), 10)
+    node.create_subscription(Image, f'{NODE}/semantic/color', keep('color'), 10)
+    if args.instance:
+        node.create_subscription(Image, f'{NODE}/instances/masks', keep('masks'), 10)
+        node.create_subscription(Image, f'{NODE}/instances/overlay', keep('overlay'), 10)
+        node.create_subscription(Detection2DArray, f'{NODE}/instances/detections',
+                                 keep('dets'), 10)
+    info: list[LabelInfo] = []
+    node.create_subscription(LabelInfo, f'{NODE}/semantic/label_info', info.append,
+                             QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                                        durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    pub = node.create_publisher(Image, '/camera/image', 1)
+
+    def spin_until(pred, timeout):
+        end = time.time() + timeout
+        while time.time() < end and not pred():
+            if proc.poll() is not None:
+                raise SystemExit(f'segment_node exited:\n{log_path.read_text()}')
+            executor.spin_once(timeout_sec=0.05)
+        return pred()
+
+    print(f'demo: waiting for segment_node (weights={weights}, log {log_path})', flush=True)
+    if not spin_until(lambda: 'listening on' in log_path.read_text(), 300):
+        raise SystemExit(f'segment_node not ready:\n{log_path.read_text()}')
+    spin_until(lambda: pub.get_subscription_count() > 0, 30)
+    spin_until(lambda: bool(info), 10)
+    class_names = [c.class_name for c in info[0].class_map] if info else []
+
+    latencies, names, n_sent = [], [], 0
+    want = ['labels', 'color'] + (['masks', 'dets'] if args.instance else [])
+    for i, (name, rgb) in enumerate(frames):
+        stamp = 1_000_000_000 * (i + 1)
+        msg = array_to_image(rgb, 'rgb8', Image().header)
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
+        msg.header.frame_id = 'camera'
+        n_sent += 1
+        end = time.time() + args.timeout
+        answered = False
+        while not answered and time.time() < end:
+            # Re-send if unanswered: the node may still be matching our QoS (reliability auto).
+            t_pub = time.perf_counter()
+            pub.publish(msg)
+            answered = spin_until(lambda s=stamp: all(s in got[k] for k in want),
+                                  min(20.0, end - time.time()))
+        if not answered:
+            print(f'demo: frame {name}: no answer within {args.timeout}s', flush=True)
+            continue
+        lat = got['labels'][stamp][1] - t_pub
+        latencies.append(lat)
+        names.append(name)
+        labels = decode(got['labels'][stamp][0])[:, :, 0]
+        PILImage.fromarray(labels).save(args.out / f'{name}_labels.png')
+        PILImage.fromarray(decode(got['color'][stamp][0])).save(args.out / f'{name}_color.png')
+        line = f'demo: {name}: {labels.shape[1]}x{labels.shape[0]}, {lat * 1000:.0f} ms'
+        if args.instance:
+            masks = decode(got['masks'][stamp][0])[:, :, 0]
+            PILImage.fromarray(masks).save(args.out / f'{name}_instances.png')
+            if stamp in got['overlay']:
+                PILImage.fromarray(decode(got['overlay'][stamp][0])).save(
+                    args.out / f'{name}_overlay.png')
+            line += f', {len(got["dets"][stamp][0].detections)} instances'
+        print(line, flush=True)
+    lat_ms = np.array(latencies) * 1000
+    summary = {
+        'source': source, 'weights': weights, 'random_weights': random_weights,
+        'frames_sent': n_sent, 'frames_answered': len(latencies), 'class_names': class_names,
+        'latency_ms': ({'p50': float(np.percentile(lat_ms, 50)),
+                        'p95': float(np.percentile(lat_ms, 95)),
+                        'max': float(lat_ms.max()), 'first': float(lat_ms[0])}
+                       if len(lat_ms) else None),
+        'note': 'latency = publish to receipt of the label image over DDS, one frame at a '
+                'time (no queueing)',
+    }
+    (args.out / 'summary.json').write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != 'class_names'}, indent=2))
+    print(f'demo: wrote {len(latencies)} frames to {args.out}', flush=True)
+    node.destroy_node()
+    rclpy.shutdown(context=ctx)
+    return 0 if latencies and len(latencies) == n_sent else 1
+
+
+def decode(msg: Image) -> np.ndarray:
+    return np.ascontiguousarray(buffer_to_frame(msg.encoding, msg.height, msg.width, msg.step,
+                                                msg.is_bigendian, msg.data).array)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
