@@ -3,16 +3,14 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from seg_ros.core.models import INSTANCE_MODELS, SEMANTIC_MODELS
+from seg_ros.ros import remote
 
 
 def synthetic_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -72,46 +70,13 @@ def fresh_domain_id() -> int:
     return 30 + (next(_domain) - 30) % 70
 
 
-class NodeProcess:
-    """segment_node as a separate process (what `ros2 run seg_ros segment_node` runs)."""
+def NodeProcess(args: list[str], domain_id: int, log_path: Path) -> remote.NodeProcess:
+    """segment_node in its own process; one intra-op thread so two fit on two cores."""
+    return remote.NodeProcess(args, domain_id, log_path, env={'OMP_NUM_THREADS': '1'})
 
-    def __init__(self, args: list[str], domain_id: int, log_path: Path) -> None:
-        env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED='1',
-                   RCUTILS_LOGGING_BUFFERED_STREAM='0', OMP_NUM_THREADS='1')
-        self.log_path = log_path
-        self._log = open(log_path, 'w')
-        self.proc = subprocess.Popen(['segment_node', '--ros-args', *args], env=env,
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
 
-    def log(self) -> str:
-        self._log.flush()
-        return Path(self.log_path).read_text()
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        """Wait until the node logs that it listens (model loaded, warmed up)."""
-        end = time.time() + timeout
-        while time.time() < end:
-            if 'listening on' in self.log():
-                return
-            if not self.alive():
-                raise RuntimeError(f'segment_node exited:\n{self.log()}')
-            time.sleep(0.2)
-        raise TimeoutError(f'segment_node not ready:\n{self.log()}')
-
-    def stop(self) -> int:
-        if self.alive():
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._log.close()
-        return self.proc.returncode
+RosClient = remote.Client
+image_to_array = remote.decode
 
 
 def run_node_to_exit(args: list[str], timeout: float = 90.0) -> subprocess.CompletedProcess:
@@ -121,43 +86,7 @@ def run_node_to_exit(args: list[str], timeout: float = 90.0) -> subprocess.Compl
                           capture_output=True, text=True)
 
 
-def spin_until(executor, predicate, timeout: float, step=None) -> bool:
-    """Spin ``executor`` until ``predicate()`` is true or ``timeout`` passes; calls ``step``
-    (e.g. publish a frame) between spins."""
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        if step is not None:
-            step()
-        executor.spin_once(timeout_sec=0.05)
-    return predicate()
 
-
-if __name__ == '__main__':  # pragma: no cover
-    sys.exit(0)
-
-
-class RosClient:
-    """An rclpy node in its own Context, for talking to a segment_node process."""
-
-    def __init__(self, domain_id: int, name: str = 'seg_ros_test_client') -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node(name, context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-
-    def spin_until(self, predicate, timeout: float, step=None) -> bool:
-        return spin_until(self.executor, predicate, timeout, step)
-
-    def close(self) -> None:
-        import rclpy
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
 
 
 def image_msg(arr: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = 'cam',
@@ -177,13 +106,6 @@ def image_msg(arr: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = 'ca
     buf.frombytes(data)
     msg.data = buf
     return msg
-
-
-def image_to_array(msg) -> np.ndarray:
-    """Decode a received Image with our converter: (H, W, C) array."""
-    from seg_ros.core.imaging import buffer_to_frame
-    return buffer_to_frame(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian,
-                           msg.data).array
 
 
 def set_parameters(client: RosClient, node_name: str, values: dict, timeout: float = 10.0):

@@ -18,24 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import rclpy
 from PIL import Image as PILImage
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from seg_ros.core.imaging import buffer_to_frame  # noqa: E402
 from seg_ros.core.models import SHIPPED_SEMANTIC, WEIGHTS_DIR  # noqa: E402
-from seg_ros.ros.messages import array_to_image  # noqa: E402
+from seg_ros.ros.remote import LATCHED, Client, NodeProcess, decode, frame_msg  # noqa: E402
 
 CAMVID_VAL = ROOT.parent / 'shared' / 'data' / 'camvid' / 'val'
 NODE = '/segmentation'
@@ -115,93 +109,50 @@ def main() -> int:
               'show the pipeline working, not a meaningful segmentation', flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    domain = str(50 + os.getpid() % 50)
+    domain = 50 + os.getpid() % 50
     node_args = ['-p', f'device:={args.device}', '-p', f'semantic.weights:={weights}',
                  '-r', 'image:=/camera/image']
     if args.instance:
         node_args += ['-p', 'instance.enabled:=true', '-p', 'instance.weights:=none',
                       '-p', 'instance.min_size:=480']
-    node_args += extra
-    log_path = args.out / 'node.log'
-    env = dict(os.environ, ROS_DOMAIN_ID=domain)
-    with open(log_path, 'w') as log:
-        proc = subprocess.Popen(['segment_node', '--ros-args', *node_args], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+    node = NodeProcess(node_args + extra, domain, args.out / 'node.log')
+    client = None
     try:
-        return run(args, frames, source, weights, random_weights, proc, log_path, domain)
+        print(f'demo: starting segment_node (weights={weights}, log {node.log_path})',
+              flush=True)
+        node.wait_ready(300)
+        client = Client(domain, 'seg_ros_demo')
+        return run(args, client, frames, source, weights, random_weights)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(2)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        if client is not None:
+            client.close()
+        node.stop()
 
 
-def run(args, frames, source, weights, random_weights, proc, log_path, domain) -> int:
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx, domain_id=int(domain))
-    node = rclpy.create_node('seg_ros_demo', context=ctx)
-    executor = SingleThreadedExecutor(context=ctx)
-    executor.add_node(node)
-    got: dict[str, dict[int, object]] = {k: {} for k in
-                                         ('labels', 'color', 'masks', 'overlay', 'dets')}
-
-    def keep(kind):
-        def cb(msg):
-            got[kind][msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec] = (
-                msg, time.perf_counter())
-        return cb
-    node.create_subscription(Image, f'{NODE}/semantic/labels', keep('labels'), 10)
-    node.create_subscription(Image, f'{NODE}/semantic/color', keep('color'), 10)
+def run(args, client: Client, frames, source, weights, random_weights) -> int:
+    got = {'labels': client.collect(Image, f'{NODE}/semantic/labels'),
+           'color': client.collect(Image, f'{NODE}/semantic/color')}
     if args.instance:
-        node.create_subscription(Image, f'{NODE}/instances/masks', keep('masks'), 10)
-        node.create_subscription(Image, f'{NODE}/instances/overlay', keep('overlay'), 10)
-        node.create_subscription(Detection2DArray, f'{NODE}/instances/detections',
-                                 keep('dets'), 10)
-    info: list[LabelInfo] = []
-    node.create_subscription(LabelInfo, f'{NODE}/semantic/label_info', info.append,
-                             QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                                        durability=DurabilityPolicy.TRANSIENT_LOCAL))
-    pub = node.create_publisher(Image, '/camera/image', 1)
+        got['masks'] = client.collect(Image, f'{NODE}/instances/masks')
+        got['dets'] = client.collect(Detection2DArray, f'{NODE}/instances/detections')
+        got['overlay'] = client.collect(Image, f'{NODE}/instances/overlay')
+    info = client.collect(LabelInfo, f'{NODE}/semantic/label_info', LATCHED)
+    pub = client.node.create_publisher(Image, '/camera/image', 1)
+    client.spin_until(lambda: pub.get_subscription_count() > 0 and info, 30)
+    class_names = [c.class_name for c in next(iter(info.values()))[0].class_map] \
+        if info else []
+    waits = [got[k] for k in ('labels', 'color', 'masks', 'dets') if k in got]
 
-    def spin_until(pred, timeout):
-        end = time.time() + timeout
-        while time.time() < end and not pred():
-            if proc.poll() is not None:
-                raise SystemExit(f'segment_node exited:\n{log_path.read_text()}')
-            executor.spin_once(timeout_sec=0.05)
-        return pred()
-
-    print(f'demo: waiting for segment_node (weights={weights}, log {log_path})', flush=True)
-    if not spin_until(lambda: 'listening on' in log_path.read_text(), 300):
-        raise SystemExit(f'segment_node not ready:\n{log_path.read_text()}')
-    spin_until(lambda: pub.get_subscription_count() > 0, 30)
-    spin_until(lambda: bool(info), 10)
-    class_names = [c.class_name for c in info[0].class_map] if info else []
-
-    latencies, names, n_sent = [], [], 0
-    want = ['labels', 'color'] + (['masks', 'dets'] if args.instance else [])
+    latencies, n_sent = [], 0
     for i, (name, rgb) in enumerate(frames):
-        stamp = 1_000_000_000 * (i + 1)
-        msg = array_to_image(rgb, 'rgb8', Image().header)
-        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
-        msg.header.frame_id = 'camera'
+        stamp = 10**9 * (i + 1)
         n_sent += 1
-        end = time.time() + args.timeout
-        answered = False
-        while not answered and time.time() < end:
-            # Re-send if unanswered: the node may still be matching our QoS (reliability auto).
-            t_pub = time.perf_counter()
-            pub.publish(msg)
-            answered = spin_until(lambda s=stamp: all(s in got[k] for k in want),
-                                  min(20.0, end - time.time()))
-        if not answered:
+        lat = client.exchange(pub, frame_msg(rgb, stamp), waits, timeout=args.timeout,
+                              resend=20.0)
+        if lat is None:
             print(f'demo: frame {name}: no answer within {args.timeout}s', flush=True)
             continue
-        lat = got['labels'][stamp][1] - t_pub
         latencies.append(lat)
-        names.append(name)
         labels = decode(got['labels'][stamp][0])[:, :, 0]
         PILImage.fromarray(labels).save(args.out / f'{name}_labels.png')
         PILImage.fromarray(decode(got['color'][stamp][0])).save(args.out / f'{name}_color.png')
@@ -228,14 +179,7 @@ def run(args, frames, source, weights, random_weights, proc, log_path, domain) -
     (args.out / 'summary.json').write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != 'class_names'}, indent=2))
     print(f'demo: wrote {len(latencies)} frames to {args.out}', flush=True)
-    node.destroy_node()
-    rclpy.shutdown(context=ctx)
     return 0 if latencies and len(latencies) == n_sent else 1
-
-
-def decode(msg: Image) -> np.ndarray:
-    return np.ascontiguousarray(buffer_to_frame(msg.encoding, msg.height, msg.width, msg.step,
-                                                msg.is_bigendian, msg.data).array)
 
 
 if __name__ == '__main__':

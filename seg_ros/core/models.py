@@ -106,6 +106,26 @@ class LoadedModel:
         return len(self.class_names)
 
 
+def shipped_config_path(filename: str) -> Path:
+    """Find a YAML of ``config/`` (installed share directory first, then the source tree).
+
+    Raises:
+        ModelLoadError: the file is in neither place.
+    """
+    candidates = []
+    try:
+        from ament_index_python.packages import get_package_share_directory
+        candidates.append(Path(get_package_share_directory('seg_ros')) / 'config' / filename)
+    except Exception:  # not installed through ament (plain checkout, unit tests)
+        pass
+    candidates.append(Path(__file__).resolve().parents[2] / 'config' / filename)
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise ModelLoadError(f'shipped model config {filename} not found in '
+                         f'{[str(c) for c in candidates]}')
+
+
 def default_class_names(n: int) -> list[str]:
     """Names for ``n`` unnamed classes: the decimal index, as Detection2D uses."""
     return [str(i) for i in range(n)]
@@ -157,11 +177,6 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str
             f'count?): {detail[:300]}') from None
 
 
-def _torchvision_weights(spec: ModelSpec, name: str):
-    weights = spec.weights_enum.DEFAULT
-    return weights
-
-
 def _state_num_classes(state: dict[str, torch.Tensor], kind: str) -> int | None:
     keys = {
         'semantic': ('classifier.high_classifier.weight', 'classifier.4.weight'),
@@ -195,7 +210,7 @@ def load_semantic_model(name: str, weights: str, num_classes: int = 0,
     extra: dict[str, Any] = {}
     shipped = SHIPPED_SEMANTIC.get(weights.lower()) if weights else None
     if shipped is not None:
-        cfg_path = WEIGHTS_DIR / shipped['config']
+        cfg_path = shipped_config_path(shipped['config'])
         with open(cfg_path, encoding='utf-8') as f:
             cfg = yaml.safe_load(f)
         name = cfg['model']
@@ -252,7 +267,7 @@ def _build(spec: ModelSpec, name: str, weights: str, num_classes: int,
         raise ModelLoadError('weights must be DEFAULT, none, a shipped name or a file path')
     no_backbone = {'weights_backbone': None}
     if weights.upper() == 'DEFAULT':
-        tv_weights = _torchvision_weights(spec, name)
+        tv_weights = spec.weights_enum.DEFAULT
         try:
             model = spec.builder(weights=tv_weights, **kwargs)
         except Exception as exc:

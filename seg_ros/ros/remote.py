@@ -1,0 +1,162 @@
+"""Drive a segment_node process from outside, over DDS (demo, evaluation, benchmark, tests).
+
+:class:`NodeProcess` starts ``segment_node`` as a separate process (what ``ros2 run``
+executes) in a chosen ROS domain; :class:`Client` is an rclpy node in its own Context that
+publishes camera frames and collects the node's answers keyed by stamp.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from seg_ros.core.imaging import buffer_to_frame
+from seg_ros.ros.messages import array_to_image
+
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class NodeProcess:
+    """``segment_node --ros-args ARGS`` as a child process logging to ``log_path``."""
+
+    def __init__(self, args: list[str], domain_id: int, log_path: Path,
+                 env: dict[str, str] | None = None) -> None:
+        full_env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED='1',
+                        RCUTILS_LOGGING_BUFFERED_STREAM='0')
+        full_env.update(env or {})
+        self.log_path = Path(log_path)
+        self._log = open(self.log_path, 'w')
+        self.proc = subprocess.Popen(['segment_node', '--ros-args', *args], env=full_env,
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        """Process id of the node."""
+        return self.proc.pid
+
+    def log(self) -> str:
+        """Everything the node logged so far."""
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Wait until the node logs that it listens (model loaded and warmed up).
+
+        Raises:
+            RuntimeError: the node exited; TimeoutError: not ready in time.
+        """
+        end = time.time() + timeout
+        while time.time() < end:
+            if 'listening on' in self.log():
+                return
+            if not self.alive():
+                raise RuntimeError(f'segment_node exited:\n{self.log()}')
+            time.sleep(0.2)
+        raise TimeoutError(f'segment_node not ready after {timeout}s:\n{self.log()}')
+
+    def stop(self) -> int:
+        """SIGINT (as Ctrl-C), then SIGKILL after 10 s; returns the exit code."""
+        if self.alive():
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+class Client:
+    """An rclpy node in its own Context that talks to a segment_node."""
+
+    def __init__(self, domain_id: int, name: str = 'seg_ros_client') -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context, domain_id=domain_id)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+
+    def spin_until(self, predicate: Callable[[], Any], timeout: float,
+                   step: Callable[[], None] | None = None) -> bool:
+        """Spin until ``predicate()`` is true or ``timeout`` passes; ``step`` runs between
+        spins (e.g. to publish).
+        """
+        end = time.time() + timeout
+        while time.time() < end:
+            if predicate():
+                return True
+            if step is not None:
+                step()
+            self.executor.spin_once(timeout_sec=0.02)
+        return bool(predicate())
+
+    def collect(self, msg_type: type, topic: str, qos: QoSProfile | int = 10
+                ) -> dict[int, tuple[Any, float]]:
+        """Subscribe and keep every message as ``stamp_ns -> (msg, perf_counter at receipt)``."""
+        box: dict[int, tuple[Any, float]] = {}
+
+        def put(msg: Any) -> None:
+            box[stamp_ns(msg.header)] = (msg, time.perf_counter())
+        self.node.create_subscription(msg_type, topic, put, qos)
+        return box
+
+    def exchange(self, pub, msg: Image, boxes: list[dict], timeout: float = 60.0,
+                 resend: float = 2.0) -> float | None:
+        """Publish ``msg`` until every box holds an answer with its stamp.
+
+        Re-sends every ``resend`` seconds (the node may still be matching QoS). Returns the
+        latency from the last publish to the first box's answer, or None on timeout.
+        """
+        key = stamp_ns(msg.header)
+        last = [0.0]
+
+        def step() -> None:
+            if time.perf_counter() - last[0] > resend:
+                last[0] = time.perf_counter()
+                pub.publish(msg)
+        if not self.spin_until(lambda: all(key in b for b in boxes), timeout, step):
+            return None
+        return boxes[0][key][1] - last[0]
+
+    def close(self) -> None:
+        """Destroy the node and shut the context down."""
+        self.executor.shutdown()
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
+
+
+def stamp_ns(header) -> int:
+    """A header's stamp in integer nanoseconds."""
+    return header.stamp.sec * 10**9 + header.stamp.nanosec
+
+
+def frame_msg(rgb: np.ndarray, stamp: int, frame_id: str = 'camera',
+              encoding: str = 'rgb8') -> Image:
+    """An Image of an (H, W, C) array with the given stamp (ns)."""
+    msg = array_to_image(rgb, encoding, Image().header)
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp), 10**9)
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def decode(msg: Image) -> np.ndarray:
+    """A received Image as a contiguous (H, W, C) array."""
+    return np.ascontiguousarray(buffer_to_frame(msg.encoding, msg.height, msg.width, msg.step,
+                                                msg.is_bigendian, msg.data).array)

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""Mean IoU of a semantic weights file on CamVid-style data, directly and through the node.
+
+    scripts/with_env python tools/eval_camvid.py --weights camvid \
+        --images ../shared/data/camvid/val --labels ../shared/data/camvid/valannot
+
+1. Directly: the model (seg_ros.core, no ROS) labels every image.
+2. Through the node: segment_node runs as a separate process; every image is published as
+   a sensor_msgs/Image camera frame over DDS and the label image it publishes is received.
+Both confusion matrices (11 classes, label 11 = void ignored) give per-class IoU and mIoU;
+the tool reports whether the two label sets are identical pixel for pixel and exits non-zero
+when they are not. ``--json FILE`` writes the figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from seg_ros.core.imaging import buffer_to_frame  # noqa: E402
+from seg_ros.core.metrics import confusion_matrix, iou_from_confusion  # noqa: E402
+from seg_ros.core.models import load_semantic_model  # noqa: E402
+from seg_ros.core.pipeline import Pipeline  # noqa: E402
+from seg_ros.core.semantic import SemanticSegmenter  # noqa: E402
+
+NUM_CLASSES, IGNORE = 11, 11
+
+
+def pairs(images: Path, labels: Path, limit: int):
+    names = sorted(p.name for p in images.iterdir() if p.suffix.lower() == '.png')
+    return [(images / n, labels / n) for n in names[:limit or None]]
+
+
+def direct(weights: str, model: str, items, input_size: int) -> list[np.ndarray]:
+    loaded = load_semantic_model(model, weights, NUM_CLASSES)
+    seg = SemanticSegmenter(loaded, 'cpu', input_size=input_size)
+    pipe = Pipeline(torch.device('cpu'), semantic=seg)
+    out = []
+    for img_path, _ in items:
+        rgb = np.asarray(PILImage.open(img_path).convert('RGB'))
+        h, w = rgb.shape[:2]
+        frame = buffer_to_frame('rgb8', h, w, w * 3, False, rgb.tobytes())
+        out.append(pipe(frame).semantic.labels)
+    return out
+
+
+def through_node(weights: str, model: str, items, input_size: int, log: Path
+                 ) -> list[np.ndarray | None]:
+    from sensor_msgs.msg import Image
+
+    from seg_ros.ros.remote import Client, NodeProcess, decode, frame_msg
+    domain = 50 + os.getpid() % 50
+    node = NodeProcess(['-p', 'device:=cpu', '-p', f'semantic.model:={model}',
+                        '-p', f'semantic.weights:={weights}',
+                        '-p', f'semantic.num_classes:={NUM_CLASSES}',
+                        '-p', f'semantic.input_size:={input_size}',
+                        '-r', 'image:=/camvid/image'], domain, log)
+    client = None
+    try:
+        node.wait_ready(300)
+        client = Client(domain, 'seg_ros_eval')
+        labels = client.collect(Image, '/segmentation/semantic/labels')
+        pub = client.node.create_publisher(Image, '/camvid/image', 10)
+        client.spin_until(lambda: pub.get_subscription_count() > 0, 30)
+        out: list[np.ndarray | None] = []
+        for i, (img_path, _) in enumerate(items):
+            rgb = np.asarray(PILImage.open(img_path).convert('RGB'))
+            stamp = (i + 1) * 10**9
+            lat = client.exchange(pub, frame_msg(rgb, stamp, 'camvid'), [labels],
+                                  timeout=120.0, resend=10.0)
+            out.append(None if lat is None else decode(labels.pop(stamp)[0])[:, :, 0])
+        return out
+    finally:
+        if client is not None:
+            client.close()
+        node.stop()
+
+
+def score(preds, items) -> tuple[float, list[float]]:
+    conf = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
+    for pred, (_, lab_path) in zip(preds, items, strict=True):
+        gt = torch.from_numpy(np.asarray(PILImage.open(lab_path)).astype(np.int64))
+        conf += confusion_matrix(torch.from_numpy(pred.astype(np.int64)), gt, NUM_CLASSES,
+                                 IGNORE)
+    per = iou_from_confusion(conf)
+    return float(np.mean(per)), per
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--weights', default='camvid', help='camvid or a state-dict file')
+    ap.add_argument('--model', default='lraspp_mobilenet_v3_large')
+    ap.add_argument('--images', type=Path, default=ROOT.parent / 'shared/data/camvid/val')
+    ap.add_argument('--labels', type=Path,
+                    default=ROOT.parent / 'shared/data/camvid/valannot')
+    ap.add_argument('--input-size', type=int, default=-1,
+                    help="shorter side fed to the model (-1: the weights' own)")
+    ap.add_argument('--limit', type=int, default=0, help='first N images only')
+    ap.add_argument('--skip-node', action='store_true', help='direct evaluation only')
+    ap.add_argument('--json', type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    items = pairs(args.images, args.labels, args.limit)
+    import yaml
+
+    from seg_ros.core.models import shipped_config_path
+    names = (yaml.safe_load(shipped_config_path('camvid.yaml').read_text())['class_names'])
+
+    t0 = time.time()
+    d_preds = direct(args.weights, args.model, items, args.input_size)
+    d_miou, d_per = score(d_preds, items)
+    print(f'direct: {len(items)} images, mIoU {100 * d_miou:.2f} ({time.time() - t0:.0f}s)',
+          flush=True)
+    result = {'weights': args.weights, 'images': str(args.images), 'count': len(items),
+              'direct': {'miou': d_miou, 'per_class': dict(zip(names, d_per, strict=True))}}
+    ok = True
+    if not args.skip_node:
+        t0 = time.time()
+        log = Path(os.environ.get('TMPDIR', '/tmp')) / f'seg_ros_eval_{os.getpid()}.log'
+        n_preds = through_node(args.weights, args.model, items, args.input_size, log)
+        missing = sum(p is None for p in n_preds)
+        same = sum(p is not None and np.array_equal(p, d)
+                   for p, d in zip(n_preds, d_preds, strict=True))
+        if missing:
+            ok = False
+            print(f'node: {missing} frames unanswered (log {log})')
+        else:
+            n_miou, n_per = score(n_preds, items)
+            ok = same == len(items) and n_miou == d_miou
+            result['node'] = {'miou': n_miou, 'per_class': dict(zip(names, n_per, strict=True))}
+            print(f'node:   {len(items)} images, mIoU {100 * n_miou:.2f} '
+                  f'({time.time() - t0:.0f}s)')
+        result['identical_label_images'] = same
+        print(f'label images identical (direct vs node): {same}/{len(items)}')
+    print('\nper-class IoU (direct):')
+    for n, v in zip(names, d_per, strict=True):
+        print(f'  {n:<11} {100 * v:6.2f}')
+    print(f'  {"mean":<11} {100 * d_miou:6.2f}')
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0 if ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
