@@ -27,6 +27,7 @@ setup(
     entry_points={
         'console_scripts': [
             'segment_node = seg_ros.ros.segment_node:main',
+            'segment_lifecycle_node = seg_ros.ros.segment_lifecycle_node:main',
         ],
     },
 )

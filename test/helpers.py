@@ -70,9 +70,11 @@ def fresh_domain_id() -> int:
     return 30 + (next(_domain) - 30) % 70
 
 
-def NodeProcess(args: list[str], domain_id: int, log_path: Path) -> remote.NodeProcess:
+def NodeProcess(args: list[str], domain_id: int, log_path: Path,
+                executable: str = 'segment_node') -> remote.NodeProcess:
     """segment_node in its own process; one intra-op thread so two fit on two cores."""
-    return remote.NodeProcess(args, domain_id, log_path, env={'OMP_NUM_THREADS': '1'})
+    return remote.NodeProcess(args, domain_id, log_path, env={'OMP_NUM_THREADS': '1'},
+                              executable=executable)
 
 
 RosClient = remote.Client

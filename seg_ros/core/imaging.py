@@ -206,3 +206,52 @@ def frame_to_rgb8(frame: Frame) -> np.ndarray:
     if order == 'bgr':
         a = a[:, :, ::-1]
     return np.ascontiguousarray(a)
+
+
+#: sensor_msgs/CompressedImage formats we decode (image_transport's "compressed" plugin
+#: writes e.g. "rgb8; jpeg compressed bgr8"; plain "jpeg"/"png" are accepted too).
+COMPRESSED_FORMATS = ('jpeg', 'png')
+
+
+def decode_compressed(fmt: str, data, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
+    """Decode a CompressedImage payload (JPEG or PNG) into an rgb8 or mono8 frame.
+
+    The image header is read first: the size is checked against ``max_pixels`` before any
+    pixel is decoded (no decompression bombs).
+
+    Raises:
+        ImageConversionError: ``unsupported_format``, ``empty_data``, ``too_large``,
+            ``zero_size`` or ``decode_error`` (truncated or garbage bytes).
+    """
+    import io
+
+    from PIL import Image as PILImage
+    from PIL import UnidentifiedImageError
+
+    f = str(fmt).lower()
+    kind = next((k for k in COMPRESSED_FORMATS if k in f), None)
+    if kind is None:
+        raise ImageConversionError(
+            'unsupported_format', f'compressed format {str(fmt)[:40]!r} is not jpeg or png')
+    raw = memoryview(data).cast('B') if not isinstance(data, (bytes, bytearray)) else data
+    if len(raw) == 0:
+        raise ImageConversionError('empty_data', 'compressed image has no data')
+    try:
+        with PILImage.open(io.BytesIO(bytes(raw)), formats=[kind.upper()]) as im:
+            w, h = im.size
+            if w <= 0 or h <= 0:
+                raise ImageConversionError('zero_size', f'image has zero size ({w}x{h})')
+            if w * h > max_pixels:
+                raise ImageConversionError(
+                    'too_large', f'image {w}x{h} exceeds max_image_pixels={max_pixels}')
+            mono = im.mode in ('L', '1', 'I;16', 'I')
+            im = im.convert('L' if mono else 'RGB')
+            arr = np.asarray(im)
+    except ImageConversionError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageConversionError('decode_error',
+                                   f'cannot decode {kind}: {str(exc)[:120]}') from None
+    if mono:
+        return Frame(arr[:, :, None], 'mono8')
+    return Frame(arr, 'rgb8')

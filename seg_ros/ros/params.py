@@ -61,6 +61,18 @@ PARAMS: list[Param] = [
     Param('reliability', 'auto', 'string',
           'input QoS reliability: auto (match the publishers, best effort until one is seen) '
           '| reliable | best_effort', check=_one_of('auto', 'reliable', 'best_effort')),
+    Param('output_reliability', 'reliable', 'string',
+          'QoS reliability of the outputs (label_info is always reliable + transient local)',
+          check=_one_of('reliable', 'best_effort')),
+    Param('input_transport', 'raw', 'string',
+          'raw: sensor_msgs/Image on `image`; compressed: sensor_msgs/CompressedImage (jpeg or '
+          'png) on `image`/compressed, as image_transport names it',
+          check=_one_of('raw', 'compressed')),
+    Param('max_age', 0.0, 'double',
+          'drop frames whose stamp is older than this many seconds on arrival (node clock, '
+          'sim time aware); 0 = off', read_only=False, float_range=(0.0, 1e6)),
+    Param('diagnostics_period', 1.0, 'double',
+          'seconds between /diagnostics messages (0 = off)', float_range=(0.0, 3600.0)),
     Param('max_image_pixels', 16384 * 16384, 'int',
           'frames with more pixels (width x height) are dropped before any data is touched',
           int_range=(1, 2**31 - 1)),

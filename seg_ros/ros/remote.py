@@ -28,16 +28,19 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
 
 
 class NodeProcess:
-    """``segment_node --ros-args ARGS`` as a child process logging to ``log_path``."""
+    """``segment_node --ros-args ARGS`` (or another executable of the package) as a child
+    process logging to ``log_path``.
+    """
 
     def __init__(self, args: list[str], domain_id: int, log_path: Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None,
+                 executable: str = 'segment_node') -> None:
         full_env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED='1',
                         RCUTILS_LOGGING_BUFFERED_STREAM='0')
         full_env.update(env or {})
         self.log_path = Path(log_path)
         self._log = open(self.log_path, 'w')
-        self.proc = subprocess.Popen(['segment_node', '--ros-args', *args], env=full_env,
+        self.proc = subprocess.Popen([executable, '--ros-args', *args], env=full_env,
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 
@@ -55,15 +58,15 @@ class NodeProcess:
         """True while the process runs."""
         return self.proc.poll() is None
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        """Wait until the node logs that it listens (model loaded and warmed up).
+    def wait_ready(self, timeout: float = 120.0, marker: str = 'listening on') -> None:
+        """Wait until the node logs ``marker`` (default: it listens, models warmed up).
 
         Raises:
             RuntimeError: the node exited; TimeoutError: not ready in time.
         """
         end = time.time() + timeout
         while time.time() < end:
-            if 'listening on' in self.log():
+            if marker in self.log():
                 return
             if not self.alive():
                 raise RuntimeError(f'segment_node exited:\n{self.log()}')

@@ -4,6 +4,12 @@ import time
 import numpy as np
 import pytest
 import torch
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from vision_msgs.msg import Detection2DArray, LabelInfo
+
+from seg_ros.core.models import INSTANCE_MODELS
+
 from helpers import (
     NodeProcess,
     RosClient,
@@ -15,11 +21,6 @@ from helpers import (
     set_parameters,
     synthetic_image,
 )
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
-from vision_msgs.msg import Detection2DArray, LabelInfo
-
-from seg_ros.core.models import INSTANCE_MODELS
 
 pytestmark = pytest.mark.ros
 H, W = 120, 160

@@ -4,6 +4,13 @@ import time
 import numpy as np
 import pytest
 import torch
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from vision_msgs.msg import LabelInfo
+
+from seg_ros.core.colors import voc_palette
+from seg_ros.core.models import SEMANTIC_MODELS
+
 from helpers import (
     NodeProcess,
     RosClient,
@@ -13,12 +20,6 @@ from helpers import (
     make_semantic_weights,
     synthetic_image,
 )
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image
-from vision_msgs.msg import LabelInfo
-
-from seg_ros.core.colors import voc_palette
-from seg_ros.core.models import SEMANTIC_MODELS
 
 pytestmark = pytest.mark.ros
 H, W, NUM_CLASSES = 72, 96, 6

@@ -1,5 +1,6 @@
 """segment_node refuses bad parameters and unloadable models with one clear line."""
 import pytest
+
 from helpers import run_node_to_exit
 
 pytestmark = pytest.mark.ros

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 import torch
-from conftest import cpu_and_cuda
 
 from seg_ros.core.imaging import (
     ENCODINGS,
@@ -12,6 +11,8 @@ from seg_ros.core.imaging import (
     frame_to_rgb8,
     frame_to_tensor,
 )
+
+from conftest import cpu_and_cuda
 
 
 def _random(encoding, h=5, w=7, seed=0):

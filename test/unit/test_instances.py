@@ -2,11 +2,12 @@
 import numpy as np
 import pytest
 import torch
-from conftest import cpu_and_cuda
-from helpers import make_instance_weights, synthetic_image
 
 from seg_ros.core.instances import InstanceSegmenter, compose_id_map
 from seg_ros.core.models import INSTANCE_MODELS, load_instance_model
+
+from conftest import cpu_and_cuda
+from helpers import make_instance_weights, synthetic_image
 
 MIN_SIZE, MAX_SIZE = 160, 240
 

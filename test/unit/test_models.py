@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from helpers import make_semantic_weights
 
 from seg_ros.core.models import (
     SEMANTIC_MODELS,
@@ -11,6 +10,8 @@ from seg_ros.core.models import (
     load_semantic_model,
     read_state_dict,
 )
+
+from helpers import make_semantic_weights
 
 
 def test_random_init_is_flagged(tmp_path):

@@ -3,14 +3,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import cpu_and_cuda
-from helpers import make_semantic_weights, synthetic_image
 
 from seg_ros.core.colors import make_palette, voc_palette
 from seg_ros.core.imaging import array_to_buffer, buffer_to_frame
 from seg_ros.core.models import SEMANTIC_MODELS, load_semantic_model
 from seg_ros.core.pipeline import Pipeline, resolve_device
 from seg_ros.core.semantic import SemanticSegmenter, resize_shorter
+
+from conftest import cpu_and_cuda
+from helpers import make_semantic_weights, synthetic_image
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

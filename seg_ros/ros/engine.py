@@ -1,0 +1,410 @@
+"""The ROS side of segmentation, shared by the plain and the lifecycle node.
+
+:class:`Engine` is bound to a node whose parameters are declared (:func:`declare`). It
+loads the models (:meth:`Engine.load`), starts and stops the ROS interfaces
+(:meth:`Engine.start` / :meth:`Engine.stop`) and releases the models
+(:meth:`Engine.release`). The image callback only validates and converts, then puts the
+frame into a one-slot mailbox (newest wins, superseded frames are counted); one worker
+thread runs the pure pipeline and publishes.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import torch
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
+from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+from rclpy.exceptions import ParameterUninitializedException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
+from vision_msgs.msg import Detection2DArray, LabelInfo
+
+from seg_ros.core.imaging import ImageConversionError, decode_compressed
+from seg_ros.core.instances import InstanceSegmenter
+from seg_ros.core.models import ModelLoadError, load_instance_model, load_semantic_model
+from seg_ros.core.pipeline import Pipeline, resolve_device
+from seg_ros.core.semantic import SemanticSegmenter
+from seg_ros.core.stats import FrameStats
+from seg_ros.ros import messages
+from seg_ros.ros.params import PARAMS, names, validate
+
+_ROS_TYPES = {
+    'bool': ParameterType.PARAMETER_BOOL,
+    'int': ParameterType.PARAMETER_INTEGER,
+    'double': ParameterType.PARAMETER_DOUBLE,
+    'string': ParameterType.PARAMETER_STRING,
+    'string_array': ParameterType.PARAMETER_STRING_ARRAY,
+}
+_UNSET = {'string_array': Parameter.Type.STRING_ARRAY}
+_RELIABILITY = {'reliable': ReliabilityPolicy.RELIABLE,
+                'best_effort': ReliabilityPolicy.BEST_EFFORT}
+
+LATCHED = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                     reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+WARN_PERIOD_S = 5.0
+LATENCY_LABELS = 'processing_s,stamp_to_publish_s'
+
+
+class StartupError(RuntimeError):
+    """The node cannot start (bad parameter, model cannot load): one clear line."""
+
+
+def declare(node: Node) -> None:
+    """Declare every parameter of the table with its descriptor.
+
+    Validation runs in the :class:`Engine`'s on-set callback, so create the engine first.
+
+    Raises:
+        StartupError: a value given at start-up is refused (the reason says why).
+    """
+    for spec in PARAMS:
+        desc = ParameterDescriptor(name=spec.name, type=_ROS_TYPES[spec.type],
+                                   description=spec.description, read_only=spec.read_only)
+        default = spec.default if spec.default is not None else _UNSET[spec.type]
+        try:
+            node.declare_parameter(spec.name, default, desc)
+        except Exception as exc:  # InvalidParameterValueException, type mismatch
+            raise StartupError(f'parameter {spec.name}: {exc}') from None
+
+
+class Engine:
+    """Models, pub/sub, worker thread and diagnostics of one segmentation node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.log = node.get_logger()
+        self.stats = FrameStats()
+        self.pipeline: Pipeline | None = None
+        self._last_warn: dict[str, float] = {}
+        self._slot: tuple[Any, Any] | None = None
+        self._cv = threading.Condition()
+        self._running = False
+        self._worker: threading.Thread | None = None
+        self._sub = None
+        self._sub_reliability: ReliabilityPolicy | None = None
+        self._timers: list = []
+        self._pubs: list = []
+        node.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # -- parameters -----------------------------------------------------------------------
+    def param(self, name: str) -> Any:
+        """A parameter's value (None when a string array was never set)."""
+        try:
+            return self.node.get_parameter(name).value
+        except ParameterUninitializedException:
+            return None
+
+    def _on_set_parameters(self, params: list[Parameter]) -> SetParametersResult:
+        """Validate every parameter first (unknown ones pass), then apply the dynamic ones."""
+        for prm in params:
+            err = validate(prm.name, prm.value)
+            if err:
+                return SetParametersResult(successful=False, reason=err)
+        inst = self.pipeline.instance if self.pipeline is not None else None
+        for prm in params:
+            if prm.name == 'instance.classes' and inst is not None:
+                try:
+                    inst.set_classes(names(prm.value))
+                except ValueError as exc:
+                    return SetParametersResult(successful=False, reason=str(exc))
+        for prm in params:
+            if inst is not None and prm.name == 'instance.score_threshold':
+                inst.score_threshold = float(prm.value)
+                inst.model.roi_heads.score_thresh = float(prm.value)
+            elif inst is not None and prm.name == 'instance.mask_threshold':
+                inst.mask_threshold = float(prm.value)
+        return SetParametersResult(successful=True)
+
+    # -- models ---------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load the enabled models on the chosen device and warm them up.
+
+        Raises:
+            StartupError: bad device, model or weights (one clear line).
+        """
+        p = self.param
+        try:
+            device = resolve_device(p('device'))
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+        precision = p('precision')
+        if device.type != 'cuda' and precision != 'fp32':
+            self.log.warning(f'precision={precision} needs CUDA; running fp32 on {device}')
+            precision = 'fp32'
+        semantic = instance = None
+        try:
+            if p('semantic.enabled'):
+                loaded = load_semantic_model(
+                    p('semantic.model'), p('semantic.weights'), p('semantic.num_classes'),
+                    names(p('semantic.class_names')), device)
+                semantic = SemanticSegmenter(loaded, device, p('semantic.input_size'),
+                                             precision)
+                self._report_model('semantic', loaded)
+            if p('instance.enabled'):
+                loaded = load_instance_model(
+                    p('instance.model'), p('instance.weights'), p('instance.num_classes'),
+                    names(p('instance.class_names')), device,
+                    min_size=p('instance.min_size'), max_size=p('instance.max_size'),
+                    score_threshold=p('instance.score_threshold'),
+                    max_detections=p('instance.max_detections'))
+                instance = InstanceSegmenter(
+                    loaded, device, p('instance.score_threshold'),
+                    p('instance.mask_threshold'), p('instance.max_detections'),
+                    names(p('instance.classes')), precision)
+                self._report_model('instance', loaded)
+            self.pipeline = Pipeline(device, semantic, instance)
+        except (ModelLoadError, ValueError) as exc:
+            raise StartupError(str(exc)) from None
+        if p('warmup'):
+            t0 = time.perf_counter()
+            self.pipeline.warm_up()
+            self.log.info(f'warm-up done in {time.perf_counter() - t0:.2f}s')
+
+    def release(self) -> None:
+        """Drop the models and free cached GPU memory."""
+        self.pipeline = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    def _report_model(self, what: str, loaded) -> None:
+        msg = f'{what}: {loaded.name}, {loaded.num_classes} classes, {loaded.source}'
+        if loaded.random_init:
+            self.log.warning(msg + ' -- RANDOM WEIGHTS: outputs are meaningless')
+        else:
+            self.log.info(msg)
+
+    # -- ROS interfaces -------------------------------------------------------------------
+    def start(self) -> None:
+        """Create publishers, the subscription, timers and the worker thread."""
+        assert self.pipeline is not None, 'load() first'
+        node, p = self.node, self.param
+        out_qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
+                             reliability=_RELIABILITY[p('output_reliability')])
+        events = PublisherEventCallbacks(incompatible_qos=self._on_incompatible_pub)
+        header = Header()
+        header.stamp = node.get_clock().now().to_msg()
+
+        def pub(msg_type, topic, qos=out_qos):
+            made = node.create_publisher(msg_type, topic, qos, event_callbacks=events)
+            self._pubs.append(made)
+            return made
+        sem, inst = self.pipeline.semantic, self.pipeline.instance
+        self.pub_labels = self.pub_color = self.pub_dets = None
+        self.pub_masks = self.pub_overlay = None
+        if sem is not None:
+            self.pub_labels = pub(Image, '~/semantic/labels')
+            self.pub_color = pub(Image, '~/semantic/color')
+            pub(LabelInfo, '~/semantic/label_info', LATCHED).publish(
+                messages.label_info(header, sem.loaded.class_names, 0.0))
+        if inst is not None:
+            self.pub_dets = pub(Detection2DArray, '~/instances/detections')
+            self.pub_masks = pub(Image, '~/instances/masks')
+            self.pub_overlay = pub(Image, '~/instances/overlay')
+            pub(LabelInfo, '~/instances/label_info', LATCHED).publish(
+                messages.label_info(header, inst.loaded.class_names, inst.score_threshold))
+        self.pub_latency = pub(Float64MultiArray, '~/latency')
+        self.pub_diag = pub(DiagnosticArray, '/diagnostics', 10)
+
+        self.compressed = p('input_transport') == 'compressed'
+        base = node.resolve_topic_name('image')
+        self.input_topic = base + '/compressed' if self.compressed else base
+        self.max_pixels = p('max_image_pixels')
+        self._mode = p('reliability')
+        self._update_subscription()
+        if self._mode == 'auto':
+            self._timers.append(node.create_timer(1.0, self._update_subscription))
+        if p('diagnostics_period') > 0:
+            self._timers.append(node.create_timer(p('diagnostics_period'),
+                                                  self._publish_diagnostics))
+        self._running = True
+        self._worker = threading.Thread(target=self._work, name='seg_ros_inference',
+                                        daemon=True)
+        self._worker.start()
+        self.log.info(f'listening on {self.input_topic} (device {self.pipeline.device}, '
+                      f'reliability {self._mode})')
+
+    def stop(self) -> None:
+        """Stop the worker; destroy the subscription, publishers and timers."""
+        with self._cv:
+            self._running = False
+            self._slot = None
+            self._cv.notify_all()
+        if self._worker is not None and self._worker.is_alive():
+            self._worker.join(timeout=10.0)
+        self._worker = None
+        for t in self._timers:
+            self.node.destroy_timer(t)
+        if self._sub is not None:
+            self.node.destroy_subscription(self._sub)
+        for pub in self._pubs:
+            self.node.destroy_publisher(pub)
+        self._timers, self._pubs, self._sub, self._sub_reliability = [], [], None, None
+
+    def _wanted_reliability(self) -> ReliabilityPolicy:
+        if self._mode in _RELIABILITY:
+            return _RELIABILITY[self._mode]
+        infos = self.node.get_publishers_info_by_topic(self.input_topic)
+        if infos and all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+                         for i in infos):
+            return ReliabilityPolicy.RELIABLE
+        return ReliabilityPolicy.BEST_EFFORT  # none seen yet, or a best-effort publisher
+
+    def _update_subscription(self) -> None:
+        want = self._wanted_reliability()
+        if self._sub is not None and want == self._sub_reliability:
+            return
+        if self._sub is not None:
+            self.node.destroy_subscription(self._sub)
+        qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=want)
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_sub)
+        msg_type = CompressedImage if self.compressed else Image
+        self._sub = self.node.create_subscription(msg_type, self.input_topic, self._on_image,
+                                                  qos, event_callbacks=events)
+        self._sub_reliability = want
+        self.log.info(f'subscribed to {self.input_topic} with reliability '
+                      f'{want.name.lower()}')
+
+    def _on_incompatible_sub(self, event) -> None:
+        policy = _policy_name(event.last_policy_kind)
+        hint = ('set reliability:=best_effort or make the publisher reliable'
+                if policy == 'RELIABILITY' else 'align the QoS of publisher and subscriber')
+        self.log.warning(f'a publisher on {self.input_topic} offers a QoS incompatible with '
+                         f'this subscription ({policy}; {event.total_count} so far): {hint}')
+
+    def _on_incompatible_pub(self, event) -> None:
+        policy = _policy_name(event.last_policy_kind)
+        hint = ('the subscriber asks for reliable: set output_reliability:=reliable'
+                if policy == 'RELIABILITY' else 'align the QoS of publisher and subscriber')
+        self.log.warning(f'a subscriber of an output requests an incompatible QoS ({policy}; '
+                         f'{event.total_count} so far): {hint}')
+
+    # -- input ------------------------------------------------------------------------------
+    def _on_image(self, msg) -> None:
+        self.stats.on_received()
+        try:
+            if self.compressed:
+                frame = decode_compressed(msg.format, msg.data, self.max_pixels)
+            else:
+                frame = messages.image_to_frame(msg, self.max_pixels)
+        except ImageConversionError as exc:
+            self.drop(exc.reason, f'dropped frame at {_stamp(msg.header)}: {exc}')
+            return
+        max_age = self.param('max_age')
+        if max_age > 0:
+            age = _age_s(self.node, msg.header)
+            if age > max_age:
+                self.drop('too_old', f'dropped frame at {_stamp(msg.header)}: {age:.3f}s old '
+                          f'> max_age {max_age}s')
+                return
+        with self._cv:
+            if self._slot is not None:
+                self.stats.on_dropped('superseded')
+            self._slot = (msg, frame)
+            self._cv.notify()
+
+    def drop(self, reason: str, text: str) -> None:
+        """Count a dropped frame and warn, at most once per reason every 5 s."""
+        count = self.stats.on_dropped(reason)
+        now = time.monotonic()
+        if now - self._last_warn.get(reason, -1e9) >= WARN_PERIOD_S:
+            self._last_warn[reason] = now
+            self.log.warning(f'{text} ({reason}: {count} so far)')
+
+    # -- inference thread -------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                while self._slot is None and self._running:
+                    self._cv.wait(timeout=0.5)
+                if not self._running:
+                    return
+                msg, frame = self._slot
+                self._slot = None
+            try:
+                self._process(msg, frame)
+            except torch.cuda.OutOfMemoryError as exc:
+                torch.cuda.empty_cache()
+                self.drop('out_of_memory', f'frame at {_stamp(msg.header)}: CUDA out of '
+                          f'memory, cache released: {str(exc)[:200]}')
+            except Exception as exc:  # one bad frame never kills the worker
+                self.drop('processing_error', f'frame at {_stamp(msg.header)} failed: '
+                          f'{type(exc).__name__}: {str(exc)[:300]}')
+
+    def _process(self, msg, frame) -> None:
+        t0 = time.perf_counter()
+        pipeline = self.pipeline
+        want_color = self.pub_color is not None and self.pub_color.get_subscription_count() > 0
+        want_overlay = (self.pub_overlay is not None
+                        and self.pub_overlay.get_subscription_count() > 0)
+        res = pipeline(frame, want_color=want_color, want_overlay=want_overlay)
+        header = msg.header
+        if res.semantic is not None:
+            self.pub_labels.publish(messages.array_to_image(
+                res.semantic.labels, pipeline.semantic.label_encoding, header))
+            if res.semantic.color is not None:
+                self.pub_color.publish(messages.array_to_image(res.semantic.color, 'rgb8',
+                                                               header))
+        if res.instances is not None:
+            self.pub_dets.publish(messages.detections(header, res.instances,
+                                                      pipeline.instance.loaded.class_names))
+            self.pub_masks.publish(messages.array_to_image(res.instances.id_map, 'mono16',
+                                                           header))
+            if res.instances.overlay is not None:
+                self.pub_overlay.publish(messages.array_to_image(res.instances.overlay,
+                                                                 'rgb8', header))
+        processing = time.perf_counter() - t0
+        age = _age_s(self.node, header)
+        self.stats.on_processed(processing, age)
+        lat = Float64MultiArray()
+        lat.layout.dim = [MultiArrayDimension(label=LATENCY_LABELS, size=2, stride=2)]
+        lat.data = [processing, age]
+        self.pub_latency.publish(lat)
+
+    # -- diagnostics --------------------------------------------------------------------------
+    def _publish_diagnostics(self) -> None:
+        snap = self.stats.snapshot()
+        pipeline = self.pipeline
+        models = []
+        if pipeline is not None and pipeline.semantic is not None:
+            models.append(f'semantic={pipeline.semantic.loaded.name}')
+        if pipeline is not None and pipeline.instance is not None:
+            models.append(f'instance={pipeline.instance.loaded.name}')
+        drops = snap.pop('drops')
+        status = DiagnosticStatus()
+        status.name = f'{self.node.get_fully_qualified_name()}: segmentation'
+        status.hardware_id = str(pipeline.device) if pipeline is not None else 'none'
+        errors = sum(v for k, v in drops.items() if k != 'superseded')
+        status.level = DiagnosticStatus.OK if not errors else DiagnosticStatus.WARN
+        status.message = (f'{snap["processed_rate_hz"]:.1f} Hz processed, '
+                          f'{snap["input_rate_hz"]:.1f} Hz in')
+        values = {'device': status.hardware_id, 'model': ' '.join(models),
+                  'input_topic': getattr(self, 'input_topic', '')}
+        values.update({k: f'{v:.6g}' if isinstance(v, float) else str(v)
+                       for k, v in snap.items()})
+        values.update({f'drops.{k}': str(v) for k, v in sorted(drops.items())})
+        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+        arr = DiagnosticArray()
+        arr.header.stamp = self.node.get_clock().now().to_msg()
+        arr.status = [status]
+        self.pub_diag.publish(arr)
+
+
+def _policy_name(kind) -> str:
+    return getattr(kind, 'name', str(kind)).replace('_QOS_POLICY', '').upper()
+
+
+def _stamp(header: Header) -> str:
+    return f'{header.stamp.sec}.{header.stamp.nanosec:09d}'
+
+
+def _age_s(node: Node, header: Header) -> float:
+    """Seconds from the header's stamp to now on the node's clock (negative if ahead)."""
+    now = node.get_clock().now().nanoseconds
+    return (now - (header.stamp.sec * 10**9 + header.stamp.nanosec)) / 1e9

@@ -1,0 +1,97 @@
+"""segment_lifecycle_node: configure / activate / deactivate / cleanup over DDS."""
+import pytest
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState, GetState
+from sensor_msgs.msg import Image
+
+from helpers import (
+    NodeProcess,
+    RosClient,
+    fresh_domain_id,
+    image_msg,
+    make_semantic_weights,
+    synthetic_image,
+)
+
+pytestmark = pytest.mark.ros
+
+
+def call(client, srv_type, name, request, timeout=60.0):
+    cli = client.node.create_client(srv_type, name)
+    assert cli.wait_for_service(timeout_sec=20.0), name
+    fut = cli.call_async(request)
+    if not client.spin_until(fut.done, 5.0):
+        # Right after discovery a response can be lost (reply writer not matched yet);
+        # a query is idempotent, so ask again. Transitions are only retried while pending.
+        cli.remove_pending_request(fut)
+        fut = cli.call_async(request)
+    assert client.spin_until(fut.done, timeout), f'{name} timed out'
+    client.node.destroy_client(cli)
+    return fut.result()
+
+
+def transition(client, tid):
+    return call(client, ChangeState, '/segmentation/change_state',
+                ChangeState.Request(transition=Transition(id=tid))).success
+
+
+def state(client):
+    res = call(client, GetState, '/segmentation/get_state', GetState.Request())
+    return res.current_state.label
+
+
+def start(tmp_path, weights):
+    domain = fresh_domain_id()
+    node = NodeProcess(['-p', 'device:=cpu', '-p', f'semantic.weights:={weights}',
+                        '-p', 'semantic.input_size:=0', '-r', 'image:=/cam/image'],
+                       domain, tmp_path / 'node.log', executable='segment_lifecycle_node')
+    node.wait_ready(marker='waiting for the configure transition')
+    client = RosClient(domain)
+    return node, client
+
+
+def test_transitions(tmp_path):
+    weights = make_semantic_weights(tmp_path / 'w.pt')
+    node, client = start(tmp_path, weights)
+    try:
+        assert state(client) == 'unconfigured'
+        pub = client.node.create_publisher(Image, '/cam/image', 10)
+        labels = {}
+        client.node.create_subscription(Image, '/segmentation/semantic/labels',
+                                        lambda m: labels.setdefault(m.header.stamp.sec, m), 10)
+        assert transition(client, Transition.TRANSITION_CONFIGURE)
+        assert state(client) == 'inactive'
+        assert pub.get_subscription_count() == 0  # nothing subscribed before activation
+        assert transition(client, Transition.TRANSITION_ACTIVATE)
+        assert state(client) == 'active'
+        msg = image_msg(synthetic_image(48, 64), 'rgb8', 5 * 10**9)
+        assert client.spin_until(lambda: 5 in labels, 30, lambda: pub.publish(msg))
+        assert transition(client, Transition.TRANSITION_DEACTIVATE)
+        assert client.spin_until(lambda: pub.get_subscription_count() == 0, 10)
+        labels.clear()
+        msg = image_msg(synthetic_image(48, 64), 'rgb8', 6 * 10**9)
+        for _ in range(5):
+            pub.publish(msg)
+            client.spin_until(lambda: False, 0.2)
+        assert not labels, 'an inactive node must not answer'
+        assert transition(client, Transition.TRANSITION_CLEANUP)
+        assert state(client) == 'unconfigured'
+        assert transition(client, Transition.TRANSITION_CONFIGURE)  # loads again
+        assert transition(client, Transition.TRANSITION_ACTIVATE)
+        msg = image_msg(synthetic_image(48, 64), 'rgb8', 7 * 10**9)
+        assert client.spin_until(lambda: 7 in labels, 30, lambda: pub.publish(msg))
+    finally:
+        client.close()
+        assert node.stop() == 0, node.log()
+
+
+def test_configure_fails_when_the_model_cannot_load(tmp_path):
+    node, client = start(tmp_path, tmp_path / 'missing.pt')
+    try:
+        assert not transition(client, Transition.TRANSITION_CONFIGURE)
+        assert state(client) == 'unconfigured'
+        assert 'weights file not found' in node.log()
+        assert node.alive()
+    finally:
+        client.close()
+        node.stop()

@@ -1,0 +1,279 @@
+"""Hostile input and faults: segment_node drops what it must, says why, keeps serving."""
+import io
+import threading
+import time
+
+import pytest
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image as PILImage
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Float64MultiArray
+
+from helpers import (
+    NodeProcess,
+    RosClient,
+    fresh_domain_id,
+    image_msg,
+    make_semantic_weights,
+    set_parameters,
+    synthetic_image,
+)
+
+pytestmark = pytest.mark.ros
+H, W = 48, 64
+
+
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    return make_semantic_weights(tmp_path_factory.mktemp('rel') / 'sem.pt')
+
+
+def start(tmp_path_factory, weights, *extra):
+    tmp = tmp_path_factory.mktemp('node')
+    domain = fresh_domain_id()
+    node = NodeProcess(['-p', 'device:=cpu', '-p', f'semantic.weights:={weights}',
+                        '-p', 'semantic.input_size:=0', '-r', 'image:=/cam/image', *extra],
+                       domain, tmp / 'node.log')
+    node.wait_ready()
+    return node, RosClient(domain)
+
+
+@pytest.fixture(scope='module')
+def raw(tmp_path_factory, weights):
+    node, client = start(tmp_path_factory, weights, '-p', 'diagnostics_period:=0.5')
+    yield node, client
+    client.close()
+    assert node.stop() == 0, node.log()
+
+
+@pytest.fixture(scope='module')
+def compressed(tmp_path_factory, weights):
+    node, client = start(tmp_path_factory, weights, '-p', 'input_transport:=compressed')
+    yield node, client
+    client.close()
+    assert node.stop() == 0, node.log()
+
+
+class Answers:
+    def __init__(self, client):
+        self.stamps = set()
+        client.node.create_subscription(Image, '/segmentation/semantic/labels', self._put, 50)
+
+    def _put(self, m):
+        self.stamps.add(m.header.stamp.sec * 10**9 + m.header.stamp.nanosec)
+
+
+def answered(client, pub, msg, answers, timeout=20.0):
+    key = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+    last = [0.0]
+
+    def step():
+        if time.time() - last[0] > 0.5:
+            pub.publish(msg)
+            last[0] = time.time()
+    return client.spin_until(lambda: key in answers.stamps, timeout, step)
+
+
+def now_stamp(client):
+    return client.node.get_clock().now().nanoseconds
+
+
+def compressed_msg(rgb, fmt, stamp):
+    buf = io.BytesIO()
+    PILImage.fromarray(rgb).save(buf, fmt.upper())
+    msg = CompressedImage()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 10**9)
+    msg.format = f'rgb8; {fmt} compressed bgr8'
+    msg.data = buf.getvalue()
+    return msg
+
+
+def test_compressed_jpeg_png_and_broken_payloads(compressed):
+    node, client = compressed
+    answers = Answers(client)
+    pub = client.node.create_publisher(CompressedImage, '/cam/image/compressed', 10)
+    rgb = synthetic_image(H, W)
+    assert answered(client, pub, compressed_msg(rgb, 'png', 10**9), answers)
+    assert answered(client, pub, compressed_msg(rgb, 'jpeg', 2 * 10**9), answers)
+    good = compressed_msg(rgb, 'jpeg', 3 * 10**9).data
+    bad = {'empty_data': b'', 'decode_error': bytes(good[:len(good) // 2]),
+           'unsupported_format': good}
+    for i, (reason, data) in enumerate(bad.items()):
+        msg = compressed_msg(rgb, 'jpeg', (10 + i) * 10**9)
+        msg.data = data
+        if reason == 'unsupported_format':
+            msg.format = 'rgb8; tiff compressed'
+        pub.publish(msg)
+        client.spin_until(lambda: False, 0.3)
+    garbage = compressed_msg(rgb, 'png', 20 * 10**9)
+    garbage.data = b'\x89PNG\r\n\x1a\n' + b'garbage' * 50
+    pub.publish(garbage)
+    assert answered(client, pub, compressed_msg(rgb, 'png', 30 * 10**9), answers)
+    assert not answers.stamps & {10 * 10**9, 11 * 10**9, 12 * 10**9, 20 * 10**9}
+    log = node.log()
+    for reason in ('empty_data', 'decode_error', 'unsupported_format'):
+        assert f'({reason}:' in log, log
+    assert node.alive()
+
+
+def test_max_age_and_backwards_time(raw):
+    node, client = raw
+    answers = Answers(client)
+    pub = client.node.create_publisher(Image, '/cam/image', 10)
+    rgb = synthetic_image(H, W)
+    assert set_parameters(client, '/segmentation', {'max_age': 5.0})[0].successful
+    old = image_msg(rgb, 'rgb8', now_stamp(client) - 60 * 10**9)
+    pub.publish(old)
+    client.spin_until(lambda: False, 1.0)
+    fresh = image_msg(rgb, 'rgb8', now_stamp(client))
+    assert answered(client, pub, fresh, answers)
+    assert (old.header.stamp.sec * 10**9 + old.header.stamp.nanosec) not in answers.stamps
+    assert '(too_old:' in node.log()
+    assert set_parameters(client, '/segmentation', {'max_age': 0.0})[0].successful
+    # Stamps that jump backwards (sim reset, bag loop) are served like any other.
+    for stamp in (5 * 10**9, 3 * 10**9, 10**9):
+        assert answered(client, pub, image_msg(rgb, 'rgb8', stamp), answers), stamp
+
+
+def test_diagnostics_and_latency_topic(raw):
+    node, client = raw
+    diags, lat = [], []
+    client.node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 10)
+    client.node.create_subscription(Float64MultiArray, '/segmentation/latency', lat.append, 10)
+    answers = Answers(client)
+    pub = client.node.create_publisher(Image, '/cam/image', 10)
+    bad = image_msg(synthetic_image(H, W), 'rgb8', 1)
+    bad.encoding = '32FC1'
+    pub.publish(bad)
+    assert answered(client, pub, image_msg(synthetic_image(H, W), 'rgb8', 77 * 10**9), answers)
+    assert client.spin_until(lambda: lat and diags and any(
+        'drops.unsupported_encoding' in {kv.key for s in d.status for kv in s.values}
+        for d in diags), 10.0)
+    values = {kv.key: kv.value for kv in diags[-1].status[0].values}
+    for key in ('input_rate_hz', 'processed_rate_hz', 'processing_p50_s', 'processing_p95_s',
+                'stamp_to_publish_p50_s', 'device', 'model', 'received', 'processed'):
+        assert key in values, values
+    assert values['device'] == 'cpu' and 'lraspp' in values['model']
+    assert int(values['processed']) >= 1
+    assert lat[-1].layout.dim[0].label == 'processing_s,stamp_to_publish_s'
+    assert len(lat[-1].data) == 2 and 0 < lat[-1].data[0] < 30
+
+
+ENCODINGS = ['rgb8', 'bgr8', 'rgba8', 'bgra8', 'mono8', 'mono16', 'rgb16', 'yuv422', '',
+             '32FC1', 'bayer_rggb8', 'x' * 300]
+
+
+@st.composite
+def hostile_images(draw):
+    msg = Image()
+    msg.encoding = draw(st.sampled_from(ENCODINGS))
+    msg.height = draw(st.one_of(st.integers(0, 64), st.sampled_from([2**31 - 1, 2**32 - 1])))
+    msg.width = draw(st.one_of(st.integers(0, 64), st.sampled_from([2**31 - 1, 65536])))
+    msg.step = draw(st.one_of(st.integers(0, 256), st.just(2**32 - 1)))
+    msg.is_bigendian = draw(st.integers(0, 1))
+    size = draw(st.one_of(st.integers(0, 64 * 64 * 4),
+                          st.just(min(msg.step * msg.height, 64 * 256))))
+    msg.data = draw(st.binary(min_size=size, max_size=size))
+    msg.header.frame_id = draw(st.text(max_size=20))
+    return msg
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                 HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(msg=hostile_images())
+def test_fuzz_random_images_never_crash_the_node(raw, msg):
+    node, client = raw
+    pub = getattr(test_fuzz_random_images_never_crash_the_node, '_pub', None)
+    if pub is None:
+        pub = client.node.create_publisher(Image, '/cam/image', 10)
+        test_fuzz_random_images_never_crash_the_node._pub = pub
+    pub.publish(msg)
+    client.spin_until(lambda: False, 0.02)
+    assert node.alive(), node.log()
+
+
+def test_still_answers_after_fuzzing(raw):
+    node, client = raw
+    answers = Answers(client)
+    pub = client.node.create_publisher(Image, '/cam/image', 10)
+    assert answered(client, pub, image_msg(synthetic_image(H, W), 'rgb8', 555 * 10**9),
+                    answers)
+    assert node.alive()
+
+
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.binary(max_size=2000), fmt=st.sampled_from(['jpeg', 'png', 'rgb8; jpeg',
+                                                            'bgr8; png compressed', 'bmp']),
+       prefix=st.sampled_from([b'', b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n']))
+def test_fuzz_compressed(compressed, data, fmt, prefix):
+    node, client = compressed
+    pub = getattr(test_fuzz_compressed, '_pub', None)
+    if pub is None:
+        pub = client.node.create_publisher(CompressedImage, '/cam/image/compressed', 10)
+        test_fuzz_compressed._pub = pub
+    msg = CompressedImage()
+    msg.format = fmt
+    msg.data = prefix + data
+    pub.publish(msg)
+    client.spin_until(lambda: False, 0.02)
+    assert node.alive(), node.log()
+
+
+def test_exception_in_processing_is_logged_and_the_node_continues(weights, tmp_path):
+    """In-process node (real rclpy and DDS) whose pipeline fails once."""
+    from seg_ros.ros.segment_node import SegmentNode
+    domain = fresh_domain_id()
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=domain)
+    node = SegmentNode(context=ctx, cli_args=['--ros-args', '-r', 'image:=/cam/image'],
+                       parameter_overrides=[
+        Parameter('device', value='cpu'), Parameter('semantic.weights', value=str(weights)),
+        Parameter('semantic.input_size', value=0)])
+    logs = []
+    real = node.engine.pipeline
+    fails = [1]
+
+    class Faulty:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __call__(self, *a, **kw):
+            if fails[0]:
+                fails[0] -= 1
+                raise RuntimeError('post-processing exploded')
+            return real(*a, **kw)
+    node.engine.pipeline = Faulty()
+    node.engine.drop = lambda reason, text, _d=node.engine.drop: (logs.append(text),
+                                                                   _d(reason, text))
+    executor = MultiThreadedExecutor(context=ctx)
+    executor.add_node(node)
+    spin = threading.Thread(target=executor.spin, daemon=True)
+    spin.start()
+    client = RosClient(domain)
+    try:
+        answers = Answers(client)
+        pub = client.node.create_publisher(Image, '/cam/image', 10)
+        first = image_msg(synthetic_image(H, W), 'rgb8', 42 * 10**9 + 7)
+        last = [0.0]
+
+        def resend():  # until the node has matched our publisher and taken the frame
+            if time.time() - last[0] > 0.5:
+                pub.publish(first)
+                last[0] = time.time()
+        client.spin_until(lambda: logs, 20, resend)
+        assert logs and '42.000000007' in logs[0] and 'exploded' in logs[0]
+        assert node.engine.stats.drops['processing_error'] == 1
+        assert answered(client, pub, image_msg(synthetic_image(H, W), 'rgb8', 43 * 10**9),
+                        answers)
+    finally:
+        client.close()
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.shutdown(context=ctx)
