@@ -171,11 +171,14 @@ def array_to_buffer(array: np.ndarray, encoding: str, is_bigendian: bool = False
     return h, w, step, out.tobytes()
 
 
-def frame_to_tensor(frame: Frame, device: torch.device | str) -> torch.Tensor:
+def frame_to_tensor(frame: Frame, device: torch.device | str,
+                    staging: PinnedStaging | None = None) -> torch.Tensor:
     """Move a frame to ``device`` as a float (1, 3, H, W) RGB tensor in [0, 1].
 
-    One host->device copy of the raw integer pixels; channel reordering, alpha dropping,
-    grey expansion and scaling happen on the device.
+    One host->device copy of the raw integer pixels (through ``staging``, a reused pinned
+    buffer, with a non-blocking copy when given and the device is CUDA); channel
+    reordering, alpha dropping, grey expansion and scaling happen on the device. On the
+    CPU the tensor is a zero-copy view of the frame until the float conversion.
     """
     _, _, order = ENCODINGS[frame.encoding]
     arr = frame.array
@@ -184,7 +187,12 @@ def frame_to_tensor(frame: Frame, device: torch.device | str) -> torch.Tensor:
         warnings.simplefilter('ignore', UserWarning)
         t = torch.from_numpy(arr)  # zero-copy, strided rows allowed
     scale = 65535.0 if arr.dtype == np.uint16 else 255.0
-    t = t.to(device, non_blocking=True).permute(2, 0, 1)  # C, H, W
+    device = torch.device(device)
+    if device.type == 'cuda' and staging is not None:
+        t = staging.upload(t, device)
+    else:
+        t = t.to(device)
+    t = t.permute(2, 0, 1)  # C, H, W
     if order == 'mono':
         t = t.expand(3, -1, -1)
     else:
@@ -192,6 +200,25 @@ def frame_to_tensor(frame: Frame, device: torch.device | str) -> torch.Tensor:
         if order == 'bgr':
             t = t.flip(0)
     return (t.float() / scale).unsqueeze(0)
+
+
+class PinnedStaging:
+    """A reused page-locked host buffer for non-blocking host->GPU copies.
+
+    The buffer is reallocated only when the frame's shape or dtype changes. Reuse is safe
+    because the pipeline reads its results back to the host (a synchronisation) before the
+    next frame is staged.
+    """
+
+    def __init__(self) -> None:
+        self._buf: torch.Tensor | None = None
+
+    def upload(self, t: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Copy host tensor ``t`` into the pinned buffer, then to ``device`` (async)."""
+        if self._buf is None or self._buf.shape != t.shape or self._buf.dtype != t.dtype:
+            self._buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        self._buf.copy_(t)
+        return self._buf.to(device, non_blocking=True)
 
 
 def frame_to_rgb8(frame: Frame) -> np.ndarray:

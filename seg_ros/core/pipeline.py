@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from .imaging import Frame, frame_to_tensor
+from .imaging import Frame, PinnedStaging, frame_to_tensor
 from .instances import InstanceSegmenter
 from .results import FrameResult
 from .semantic import SemanticSegmenter
@@ -47,6 +47,7 @@ class Pipeline:
         self.device = device
         self.semantic = semantic
         self.instance = instance
+        self.staging = PinnedStaging() if device.type == 'cuda' else None
 
     @torch.inference_mode()
     def warm_up(self, height: int = 240, width: int = 320) -> None:
@@ -62,7 +63,7 @@ class Pipeline:
                  want_overlay: bool = False) -> FrameResult:
         """Run every enabled model on ``frame``; timings per stage in seconds."""
         t0 = time.perf_counter()
-        x = frame_to_tensor(frame, self.device)
+        x = frame_to_tensor(frame, self.device, self.staging)
         res = FrameResult()
         t1 = time.perf_counter()
         res.timings['to_tensor'] = t1 - t0

@@ -145,7 +145,8 @@ class Engine:
                     p('semantic.model'), p('semantic.weights'), p('semantic.num_classes'),
                     names(p('semantic.class_names')), device)
                 semantic = SemanticSegmenter(loaded, device, p('semantic.input_size'),
-                                             precision)
+                                             precision, p('semantic.channels_last'),
+                                             p('semantic.compile'))
                 self._report_model('semantic', loaded)
             if p('instance.enabled'):
                 loaded = load_instance_model(

@@ -95,6 +95,12 @@ PARAMS: list[Param] = [
           "shorter side fed to the model: -1 = the weights' own (520 for torchvision "
           "DEFAULT, 360 for camvid, else native), 0 = the image's own resolution, N = "
           'resize shorter side to N', int_range=(-1, 8192)),
+    Param('semantic.channels_last', True, 'bool',
+          'run the semantic model in channels-last memory format (faster on CPUs and tensor '
+          'cores)'),
+    Param('semantic.compile', False, 'bool',
+          'wrap the semantic model in torch.compile (compiled during warm-up; needs a C++ '
+          'compiler on the CPU, Triton on CUDA)'),
     Param('instance.enabled', False, 'bool', 'run instance segmentation (Mask R-CNN)'),
     Param('instance.model', 'maskrcnn_resnet50_fpn_v2', 'string',
           f'instance architecture: {", ".join(INSTANCE_MODELS)}',

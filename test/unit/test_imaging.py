@@ -102,3 +102,50 @@ def test_encoder_refuses_mismatched_arrays():
         array_to_buffer(np.zeros((2, 2), np.uint8), 'rgb8')
     with pytest.raises(ImageConversionError):
         array_to_buffer(np.zeros((2, 2, 3), np.uint8), 'rgb8', step=5)
+
+
+@pytest.mark.needs_cuda
+def test_pinned_staging_uploads_exactly():
+    from seg_ros.core.imaging import PinnedStaging
+    a = _random('rgb8')
+    h, w, step, data = array_to_buffer(a, 'rgb8', step=32)
+    frame = buffer_to_frame('rgb8', h, w, step, False, data)
+    staging = PinnedStaging()
+    t = frame_to_tensor(frame, 'cuda', staging)
+    ref = frame_to_tensor(frame, 'cpu')
+    torch.testing.assert_close(t.cpu(), ref)
+    buf = staging._buf
+    frame_to_tensor(frame, 'cuda', staging)
+    assert staging._buf is buf  # reused, not reallocated
+
+
+def test_decode_compressed_png_jpeg_and_errors():
+    import io
+
+    from PIL import Image
+
+    from seg_ros.core.imaging import decode_compressed
+    a = _random('rgb8', 16, 24)
+    for fmt in ('PNG', 'JPEG'):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, fmt, quality=95)
+        f = decode_compressed(f'rgb8; {fmt.lower()} compressed bgr8', buf.getvalue())
+        assert f.encoding == 'rgb8' and f.array.shape == (16, 24, 3)
+        if fmt == 'PNG':
+            np.testing.assert_array_equal(f.array, a)
+        data = buf.getvalue()
+        for bad, reason in ((b'', 'empty_data'), (data[:len(data) // 2], 'decode_error'),
+                            (b'nonsense' * 9, 'decode_error')):
+            with pytest.raises(ImageConversionError) as info:
+                decode_compressed(fmt.lower(), bad)
+            assert info.value.reason == reason
+        with pytest.raises(ImageConversionError) as info:
+            decode_compressed(fmt.lower(), data, max_pixels=100)
+        assert info.value.reason == 'too_large'
+    with pytest.raises(ImageConversionError) as info:
+        decode_compressed('tiff', b'II*\0')
+    assert info.value.reason == 'unsupported_format'
+    buf = io.BytesIO()
+    Image.fromarray(a[:, :, 0]).save(buf, 'PNG')
+    f = decode_compressed('mono8; png compressed', buf.getvalue())
+    assert f.encoding == 'mono8' and f.array.shape == (16, 24, 1)
