@@ -56,7 +56,7 @@ CONFIGS = {
     'lraspp+maskrcnn_v2': {'semantic': 'lraspp_mobilenet_v3_large',
                            'instance': 'maskrcnn_resnet50_fpn_v2'},
 }
-SIZES = {'640x480': (480, 640), '1920x1080': (1080, 1920)}
+SIZES = {'320x240': (240, 320), '640x480': (480, 640), '1920x1080': (1080, 1920)}
 
 
 def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -200,10 +200,11 @@ def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: f
         out['node_processing_p50_s'] = pct(proc, 50)
         if stream_s > 0:
             out['stream'] = stream(client, pub, boxes, rgb, stream_s, node.pid)
+        out['node_alive_at_end'] = node.alive()
     finally:
         if client is not None:
             client.close()
-        node.stop()
+        out['node_exit_code'] = node.stop()
     return out
 
 
@@ -258,7 +259,7 @@ def stream(client, pub, boxes, rgb, seconds: float, pid: int, rate: float = 30.0
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--configs', nargs='+', default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument('--sizes', nargs='+', default=list(SIZES), choices=list(SIZES))
+    ap.add_argument('--sizes', nargs='+', default=['640x480', '1920x1080'], choices=list(SIZES))
     ap.add_argument('--n', type=int, default=0, help='samples per measurement (0: by model)')
     ap.add_argument('--stream-seconds', type=float, default=120.0)
     ap.add_argument('--stream-configs', nargs='*', default=['lraspp@640x480'],
