@@ -126,6 +126,7 @@ def test_max_age_and_backwards_time(raw):
     answers = Answers(client)
     pub = client.node.create_publisher(Image, '/cam/image', 10)
     rgb = synthetic_image(H, W)
+    assert answered(client, pub, image_msg(rgb, 'rgb8', now_stamp(client)), answers)
     assert set_parameters(client, '/segmentation', {'max_age': 5.0})[0].successful
     old = image_msg(rgb, 'rgb8', now_stamp(client) - 60 * 10**9)
     pub.publish(old)
@@ -147,10 +148,11 @@ def test_diagnostics_and_latency_topic(raw):
     client.node.create_subscription(Float64MultiArray, '/segmentation/latency', lat.append, 10)
     answers = Answers(client)
     pub = client.node.create_publisher(Image, '/cam/image', 10)
+    # A good frame first: our publisher is matched once it is answered.
+    assert answered(client, pub, image_msg(synthetic_image(H, W), 'rgb8', 77 * 10**9), answers)
     bad = image_msg(synthetic_image(H, W), 'rgb8', 1)
     bad.encoding = '32FC1'
     pub.publish(bad)
-    assert answered(client, pub, image_msg(synthetic_image(H, W), 'rgb8', 77 * 10**9), answers)
     assert client.spin_until(lambda: lat and diags and any(
         'drops.unsupported_encoding' in {kv.key for s in d.status for kv in s.values}
         for d in diags), 10.0)

@@ -117,6 +117,9 @@ def test_bad_frames_are_dropped_and_the_node_survives(setup):
     _, node, client = setup
     labels = Inbox(client, '/segmentation/semantic/labels')
     pub = client.node.create_publisher(Image, '/cam/image', 10)
+    # A good frame first: our publisher is matched once it is answered.
+    send_until_answered(client, pub, image_msg(synthetic_image(H, W), 'rgb8', 98 * 10**9),
+                        labels)
     bad = []
     m = image_msg(synthetic_image(8, 8), 'rgb8', 1)
     m.encoding = 'yuv422'
