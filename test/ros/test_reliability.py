@@ -5,6 +5,7 @@ import time
 
 import pytest
 import rclpy
+import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -240,16 +241,16 @@ def test_exception_in_processing_is_logged_and_the_node_continues(weights, tmp_p
         Parameter('semantic.input_size', value=0)])
     logs = []
     real = node.engine.pipeline
-    fails = [1]
+    faults = [RuntimeError('post-processing exploded'),
+              torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')]
 
     class Faulty:
         def __getattr__(self, name):
             return getattr(real, name)
 
         def __call__(self, *a, **kw):
-            if fails[0]:
-                fails[0] -= 1
-                raise RuntimeError('post-processing exploded')
+            if faults:
+                raise faults.pop(0)
             return real(*a, **kw)
     node.engine.pipeline = Faulty()
     node.engine.drop = lambda reason, text, _d=node.engine.drop: (logs.append(text),
@@ -269,9 +270,11 @@ def test_exception_in_processing_is_logged_and_the_node_continues(weights, tmp_p
             if time.time() - last[0] > 0.5:
                 pub.publish(first)
                 last[0] = time.time()
-        client.spin_until(lambda: logs, 20, resend)
-        assert logs and '42.000000007' in logs[0] and 'exploded' in logs[0]
+        client.spin_until(lambda: len(logs) >= 2, 20, resend)
+        assert len(logs) == 2 and '42.000000007' in logs[0] and 'exploded' in logs[0]
+        assert 'out of memory' in logs[1] and 'cache released' in logs[1]
         assert node.engine.stats.drops['processing_error'] == 1
+        assert node.engine.stats.drops['out_of_memory'] == 1
         assert answered(client, pub, image_msg(synthetic_image(H, W), 'rgb8', 43 * 10**9),
                         answers)
     finally:

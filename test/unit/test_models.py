@@ -107,3 +107,16 @@ def test_instance_model_settings():
     assert m.model.roi_heads.score_thresh == 0.3
     assert m.model.roi_heads.detections_per_img == 7
     assert m.model.transform.min_size == (160,) and m.model.transform.max_size == 320
+
+
+def test_default_weights_unavailable_gives_a_clear_error(monkeypatch, tmp_path):
+    """Offline: torchvision cannot fetch its weights (simulated, nothing is downloaded)."""
+    import torchvision.models._api as tv_api
+
+    def offline(*args, **kwargs):
+        raise OSError('<urlopen error [Errno -3] Temporary failure in name resolution>')
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path))
+    monkeypatch.setattr(tv_api, 'load_state_dict_from_url', offline)
+    with pytest.raises(ModelLoadError, match='cannot get torchvision pretrained weights') as e:
+        load_semantic_model('lraspp_mobilenet_v3_large', 'DEFAULT')
+    assert 'offline' in str(e.value) and 'name resolution' in str(e.value)

@@ -100,3 +100,22 @@ def test_resolve_device():
 def test_pipeline_needs_a_model():
     with pytest.raises(ValueError):
         Pipeline(torch.device('cpu'))
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize('precision', ['fp16', 'bf16'])
+def test_reduced_precision_on_cuda_agrees_with_fp32(weights, precision):
+    loaded = load_semantic_model('lraspp_mobilenet_v3_large', str(weights), device='cuda')
+    x = torch.from_numpy(synthetic_image(72, 96)).permute(2, 0, 1)[None].float().cuda() / 255
+    full = SemanticSegmenter(loaded, 'cuda', input_size=0)(x).labels
+    half = SemanticSegmenter(loaded, 'cuda', input_size=0, precision=precision)(x).labels
+    assert (full == half).mean() >= 0.98
+
+
+def test_channels_last_is_the_same_model(weights):
+    x = torch.from_numpy(synthetic_image(72, 96)).permute(2, 0, 1)[None].float() / 255
+    a = SemanticSegmenter(load_semantic_model('lraspp_mobilenet_v3_large', str(weights)),
+                          'cpu', input_size=0, channels_last=True)
+    b = SemanticSegmenter(load_semantic_model('lraspp_mobilenet_v3_large', str(weights)),
+                          'cpu', input_size=0, channels_last=False)
+    torch.testing.assert_close(a.logits(x), b.logits(x), atol=1e-3, rtol=1e-3)
