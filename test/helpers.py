@@ -81,6 +81,46 @@ RosClient = remote.Client
 image_to_array = remote.decode
 
 
+def start_node(tmp_dir: Path, args: list[str], executable: str = 'segment_node',
+               ready_marker: str = 'listening on'):
+    """A node process (waited until ready) and a client in a fresh ROS domain."""
+    domain = fresh_domain_id()
+    node = NodeProcess(args, domain, Path(tmp_dir) / 'node.log', executable)
+    node.wait_ready(marker=ready_marker)
+    return node, RosClient(domain)
+
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def torchvision_semantic_labels(weights: Path, rgb: np.ndarray, num_classes: int,
+                                name: str = 'lraspp_mobilenet_v3_large') -> np.ndarray:
+    """The reference: torchvision alone builds, loads the file, normalises, argmax."""
+    model = SEMANTIC_MODELS[name].builder(weights=None, weights_backbone=None,
+                                          num_classes=num_classes)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        return model((x - IMAGENET_MEAN) / IMAGENET_STD)['out'].argmax(1)[0].numpy()
+
+
+def torchvision_maskrcnn(weights: Path, rgb: np.ndarray, score_threshold: float,
+                         min_size: int, max_size: int, num_classes: int = 4,
+                         name: str = 'maskrcnn_resnet50_fpn') -> dict[str, np.ndarray]:
+    """The reference: torchvision's Mask R-CNN output above ``score_threshold``."""
+    model = INSTANCE_MODELS[name].builder(weights=None, weights_backbone=None,
+                                          num_classes=num_classes, min_size=min_size,
+                                          max_size=max_size)
+    model.load_state_dict(torch.load(weights, weights_only=True))
+    model.eval()
+    with torch.no_grad():
+        out = model([torch.from_numpy(rgb).permute(2, 0, 1).float() / 255])[0]
+    keep = out['scores'] >= score_threshold
+    return {k: v[keep].numpy() for k, v in out.items()}
+
+
 def run_node_to_exit(args: list[str], timeout: float = 90.0) -> subprocess.CompletedProcess:
     """Run segment_node expecting it to exit by itself (e.g. bad parameters)."""
     env = dict(os.environ, ROS_DOMAIN_ID=str(fresh_domain_id()))

@@ -9,6 +9,7 @@ thread runs the pure pipeline and publishes.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Any
@@ -188,7 +189,8 @@ class Engine:
         node, p = self.node, self.param
         out_qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                              reliability=_RELIABILITY[p('output_reliability')])
-        events = PublisherEventCallbacks(incompatible_qos=self._on_incompatible_pub)
+        events = PublisherEventCallbacks(
+            incompatible_qos=functools.partial(self._warn_incompatible_qos, 'output'))
         header = Header()
         header.stamp = node.get_clock().now().to_msg()
 
@@ -264,7 +266,8 @@ class Engine:
         if self._sub is not None:
             self.node.destroy_subscription(self._sub)
         qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=want)
-        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_sub)
+        events = SubscriptionEventCallbacks(
+            incompatible_qos=functools.partial(self._warn_incompatible_qos, 'input'))
         msg_type = CompressedImage if self.compressed else Image
         self._sub = self.node.create_subscription(msg_type, self.input_topic, self._on_image,
                                                   qos, event_callbacks=events)
@@ -272,19 +275,19 @@ class Engine:
         self.log.info(f'subscribed to {self.input_topic} with reliability '
                       f'{want.name.lower()}')
 
-    def _on_incompatible_sub(self, event) -> None:
+    def _warn_incompatible_qos(self, side: str, event) -> None:
+        """Log an incompatible-QoS event with a hint naming the mismatched policy."""
         policy = _policy_name(event.last_policy_kind)
-        hint = ('set reliability:=best_effort or make the publisher reliable'
-                if policy == 'RELIABILITY' else 'align the QoS of publisher and subscriber')
-        self.log.warning(f'a publisher on {self.input_topic} offers a QoS incompatible with '
-                         f'this subscription ({policy}; {event.total_count} so far): {hint}')
-
-    def _on_incompatible_pub(self, event) -> None:
-        policy = _policy_name(event.last_policy_kind)
-        hint = ('the subscriber asks for reliable: set output_reliability:=reliable'
-                if policy == 'RELIABILITY' else 'align the QoS of publisher and subscriber')
-        self.log.warning(f'a subscriber of an output requests an incompatible QoS ({policy}; '
-                         f'{event.total_count} so far): {hint}')
+        what, reliability_hint = {
+            'input': (f'a publisher on {self.input_topic} offers a QoS incompatible with this '
+                      'subscription', 'set reliability:=auto or best_effort, or make the '
+                      'publisher reliable'),
+            'output': ('a subscriber of an output requests an incompatible QoS',
+                       'the subscriber asks for reliable: set output_reliability:=reliable'),
+        }[side]
+        hint = reliability_hint if policy == 'RELIABILITY' else \
+            'align the QoS of publisher and subscriber'
+        self.log.warning(f'{what} ({policy}; {event.total_count} so far): {hint}')
 
     # -- input ------------------------------------------------------------------------------
     def _on_image(self, msg) -> None:

@@ -1,25 +1,20 @@
 """segment_node with semantic + instance segmentation, as a separate process over DDS."""
-import time
-
 import numpy as np
 import pytest
-import torch
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from seg_ros.core.models import INSTANCE_MODELS
+from seg_ros.ros.remote import LATCHED
 
 from helpers import (
-    NodeProcess,
-    RosClient,
-    fresh_domain_id,
     image_msg,
     image_to_array,
     make_instance_weights,
     make_semantic_weights,
     set_parameters,
+    start_node,
     synthetic_image,
+    torchvision_maskrcnn,
 )
 
 pytestmark = pytest.mark.ros
@@ -29,15 +24,7 @@ NODE = '/perception/seg'
 
 
 def torchvision_instances(weights, rgb, score_threshold):
-    model = INSTANCE_MODELS['maskrcnn_resnet50_fpn'].builder(
-        weights=None, weights_backbone=None, num_classes=4, min_size=MIN_SIZE,
-        max_size=MAX_SIZE)
-    model.load_state_dict(torch.load(weights, weights_only=True))
-    model.eval()
-    with torch.no_grad():
-        out = model([torch.from_numpy(rgb).permute(2, 0, 1).float() / 255])[0]
-    keep = out['scores'] >= score_threshold
-    return {k: v[keep].numpy() for k, v in out.items()}
+    return torchvision_maskrcnn(weights, rgb, score_threshold, MIN_SIZE, MAX_SIZE)
 
 
 @pytest.fixture(scope='module')
@@ -45,50 +32,28 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('inst')
     inst_w = make_instance_weights(tmp / 'inst.pt')
     sem_w = make_semantic_weights(tmp / 'sem.pt')
-    domain = fresh_domain_id()
-    node = NodeProcess([
+    node, client = start_node(tmp, [
         '-r', '__node:=seg', '-r', '__ns:=/perception', '-r', 'image:=/cam/image',
         '-p', 'device:=cpu', '-p', f'semantic.weights:={sem_w}', '-p', 'semantic.input_size:=0',
         '-p', 'instance.enabled:=true', '-p', 'instance.model:=maskrcnn_resnet50_fpn',
         '-p', f'instance.weights:={inst_w}', '-p', 'instance.class_names:=[bg, box, can, cup]',
         '-p', 'instance.score_threshold:=0.7', '-p', f'instance.min_size:={MIN_SIZE}',
-        '-p', f'instance.max_size:={MAX_SIZE}'], domain, tmp / 'node.log')
-    node.wait_ready()
-    client = RosClient(domain)
+        '-p', f'instance.max_size:={MAX_SIZE}'])
     yield inst_w, node, client
     client.close()
     assert node.stop() == 0, node.log()
 
 
-class Inbox:
-    def __init__(self, client, topic, msg_type):
-        self.msgs = {}
-        qos = 10
-        if topic.endswith('label_info'):
-            qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        client.node.create_subscription(msg_type, topic, self._put, qos)
-
-    def _put(self, m):
-        self.msgs[m.header.stamp.sec * 10**9 + m.header.stamp.nanosec] = m
-
-
 def exchange(client, rgb, stamp, topics=('detections', 'masks')):
     """Publish a frame until the node answered it on every topic; returns the answers."""
-    inboxes = {t: Inbox(client, f'{NODE}/instances/{t}',
-                        Detection2DArray if t == 'detections' else Image) for t in topics}
+    boxes = {t: client.collect(Detection2DArray if t == 'detections' else Image,
+                               f'{NODE}/instances/{t}') for t in topics}
     pub = client.node.create_publisher(Image, '/cam/image', 10)
-    msg = image_msg(rgb, 'rgb8', stamp, frame_id='tool0')
-    last = [0.0]
-
-    def step():
-        if time.time() - last[0] > 1.0:
-            pub.publish(msg)
-            last[0] = time.time()
-    ok = client.spin_until(lambda: all(stamp in b.msgs for b in inboxes.values()), 60.0, step)
+    lat = client.exchange(pub, image_msg(rgb, 'rgb8', stamp, frame_id='tool0'),
+                          list(boxes.values()), timeout=60.0, resend=1.0)
     client.node.destroy_publisher(pub)
-    assert ok, 'no answer'
-    return {t: b.msgs[stamp] for t, b in inboxes.items()}
+    assert lat is not None, 'no answer'
+    return {t: b[stamp][0] for t, b in boxes.items()}
 
 
 def test_detections_and_masks_match_torchvision(setup):
@@ -145,9 +110,9 @@ def test_semantic_runs_beside_instances(setup):
 
 def test_label_info(setup):
     _, _, client = setup
-    box = Inbox(client, f'{NODE}/instances/label_info', LabelInfo)
-    assert client.spin_until(lambda: box.msgs, 15.0)
-    info = next(iter(box.msgs.values()))
+    box = client.collect(LabelInfo, f'{NODE}/instances/label_info', LATCHED)
+    assert client.spin_until(lambda: box, 15.0)
+    info = next(iter(box.values()))[0]
     assert [c.class_name for c in info.class_map] == ['bg', 'box', 'can', 'cup']
 
 

@@ -5,11 +5,9 @@ from lifecycle_msgs.srv import ChangeState, GetState
 from sensor_msgs.msg import Image
 
 from helpers import (
-    NodeProcess,
-    RosClient,
-    fresh_domain_id,
     image_msg,
     make_semantic_weights,
+    start_node,
     synthetic_image,
 )
 
@@ -41,13 +39,10 @@ def state(client):
 
 
 def start(tmp_path, weights):
-    domain = fresh_domain_id()
-    node = NodeProcess(['-p', 'device:=cpu', '-p', f'semantic.weights:={weights}',
-                        '-p', 'semantic.input_size:=0', '-r', 'image:=/cam/image'],
-                       domain, tmp_path / 'node.log', executable='segment_lifecycle_node')
-    node.wait_ready(marker='waiting for the configure transition')
-    client = RosClient(domain)
-    return node, client
+    return start_node(tmp_path, ['-p', 'device:=cpu', '-p', f'semantic.weights:={weights}',
+                                 '-p', 'semantic.input_size:=0', '-r', 'image:=/cam/image'],
+                      executable='segment_lifecycle_node',
+                      ready_marker='waiting for the configure transition')
 
 
 def test_transitions(tmp_path):

@@ -16,12 +16,12 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64MultiArray
 
 from helpers import (
-    NodeProcess,
     RosClient,
     fresh_domain_id,
     image_msg,
     make_semantic_weights,
     set_parameters,
+    start_node,
     synthetic_image,
 )
 
@@ -35,13 +35,9 @@ def weights(tmp_path_factory):
 
 
 def start(tmp_path_factory, weights, *extra):
-    tmp = tmp_path_factory.mktemp('node')
-    domain = fresh_domain_id()
-    node = NodeProcess(['-p', 'device:=cpu', '-p', f'semantic.weights:={weights}',
-                        '-p', 'semantic.input_size:=0', '-r', 'image:=/cam/image', *extra],
-                       domain, tmp / 'node.log')
-    node.wait_ready()
-    return node, RosClient(domain)
+    return start_node(tmp_path_factory.mktemp('node'), [
+        '-p', 'device:=cpu', '-p', f'semantic.weights:={weights}',
+        '-p', 'semantic.input_size:=0', '-r', 'image:=/cam/image', *extra])
 
 
 @pytest.fixture(scope='module')
@@ -60,24 +56,12 @@ def compressed(tmp_path_factory, weights):
     assert node.stop() == 0, node.log()
 
 
-class Answers:
-    def __init__(self, client):
-        self.stamps = set()
-        client.node.create_subscription(Image, '/segmentation/semantic/labels', self._put, 50)
-
-    def _put(self, m):
-        self.stamps.add(m.header.stamp.sec * 10**9 + m.header.stamp.nanosec)
+def Answers(client):
+    return client.collect(Image, '/segmentation/semantic/labels', 50)
 
 
 def answered(client, pub, msg, answers, timeout=20.0):
-    key = msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
-    last = [0.0]
-
-    def step():
-        if time.time() - last[0] > 0.5:
-            pub.publish(msg)
-            last[0] = time.time()
-    return client.spin_until(lambda: key in answers.stamps, timeout, step)
+    return client.exchange(pub, msg, [answers], timeout, resend=0.5) is not None
 
 
 def now_stamp(client):
@@ -115,7 +99,7 @@ def test_compressed_jpeg_png_and_broken_payloads(compressed):
     garbage.data = b'\x89PNG\r\n\x1a\n' + b'garbage' * 50
     pub.publish(garbage)
     assert answered(client, pub, compressed_msg(rgb, 'png', 30 * 10**9), answers)
-    assert not answers.stamps & {10 * 10**9, 11 * 10**9, 12 * 10**9, 20 * 10**9}
+    assert not set(answers) & {10 * 10**9, 11 * 10**9, 12 * 10**9, 20 * 10**9}
     log = node.log()
     for reason in ('empty_data', 'decode_error', 'unsupported_format'):
         assert f'({reason}:' in log, log
@@ -134,7 +118,7 @@ def test_max_age_and_backwards_time(raw):
     client.spin_until(lambda: False, 1.0)
     fresh = image_msg(rgb, 'rgb8', now_stamp(client))
     assert answered(client, pub, fresh, answers)
-    assert (old.header.stamp.sec * 10**9 + old.header.stamp.nanosec) not in answers.stamps
+    assert (old.header.stamp.sec * 10**9 + old.header.stamp.nanosec) not in answers
     assert '(too_old:' in node.log()
     assert set_parameters(client, '/segmentation', {'max_age': 0.0})[0].successful
     # Stamps that jump backwards (sim reset, bag loop) are served like any other.

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from seg_ros.core.instances import InstanceSegmenter, compose_id_map
-from seg_ros.core.models import INSTANCE_MODELS, load_instance_model
+from seg_ros.core.models import load_instance_model
 
 from conftest import cpu_and_cuda
-from helpers import make_instance_weights, synthetic_image
+from helpers import make_instance_weights, synthetic_image, torchvision_maskrcnn
 
 MIN_SIZE, MAX_SIZE = 160, 240
 
@@ -34,16 +34,8 @@ def weights(tmp_path_factory):
 
 
 def reference(weights, rgb, score_threshold):
-    model = INSTANCE_MODELS['maskrcnn_resnet50_fpn'].builder(
-        weights=None, weights_backbone=None, num_classes=4, min_size=MIN_SIZE,
-        max_size=MAX_SIZE)
-    model.load_state_dict(torch.load(weights, weights_only=True))
-    model.eval()
-    x = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255
-    with torch.no_grad():
-        out = model([x])[0]
-    keep = out['scores'] >= score_threshold
-    return {k: v[keep] for k, v in out.items()}
+    return {k: torch.from_numpy(v) for k, v in
+            torchvision_maskrcnn(weights, rgb, score_threshold, MIN_SIZE, MAX_SIZE).items()}
 
 
 def segmenter(weights, device='cpu', **kw):

@@ -6,26 +6,18 @@ import torch.nn.functional as F
 
 from seg_ros.core.colors import make_palette, voc_palette
 from seg_ros.core.imaging import array_to_buffer, buffer_to_frame
-from seg_ros.core.models import SEMANTIC_MODELS, load_semantic_model
+from seg_ros.core.models import load_semantic_model
 from seg_ros.core.pipeline import Pipeline, resolve_device
 from seg_ros.core.semantic import SemanticSegmenter, resize_shorter
 
 from conftest import cpu_and_cuda
-from helpers import make_semantic_weights, synthetic_image
-
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def reference_labels(weights, rgb, num_classes=6):
-    """torchvision alone: build, load the file, normalise, forward, argmax."""
-    model = SEMANTIC_MODELS['lraspp_mobilenet_v3_large'].builder(
-        weights=None, weights_backbone=None, num_classes=num_classes)
-    model.load_state_dict(torch.load(weights, weights_only=True))
-    model.eval()
-    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
-    with torch.no_grad():
-        return model((x - MEAN) / STD)['out'].argmax(1)[0].numpy()
+from helpers import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    make_semantic_weights,
+    synthetic_image,
+    torchvision_semantic_labels,
+)
 
 
 @pytest.fixture(scope='module')
@@ -37,7 +29,7 @@ def weights(tmp_path_factory):
 @pytest.mark.parametrize('encoding', ['rgb8', 'bgr8', 'bgra8'])
 def test_labels_match_torchvision(weights, device, encoding):
     rgb = synthetic_image(72, 96)
-    ref = reference_labels(weights, rgb)
+    ref = torchvision_semantic_labels(weights, rgb, 6)
     assert np.bincount(ref.ravel()).max() < 0.8 * ref.size, 'reference must vary'
     arr = {'rgb8': rgb, 'bgr8': rgb[:, :, ::-1],
            'bgra8': np.dstack([rgb[:, :, ::-1], np.full(rgb.shape[:2], 255, np.uint8)])}
@@ -66,8 +58,9 @@ def test_input_size_resizes_model_input_but_not_output(weights):
     assert seen[0][-2:] == (40, 53)
     assert res.labels.shape == (60, 80)
     ref = seg.logits(x)
-    manual = F.interpolate(seg.model((resize_shorter(x, 40) - MEAN) / STD)['out'],
-                           size=(60, 80), mode='bilinear', align_corners=False)
+    normalised = (resize_shorter(x, 40) - IMAGENET_MEAN) / IMAGENET_STD
+    manual = F.interpolate(seg.model(normalised)['out'], size=(60, 80), mode='bilinear',
+                           align_corners=False)
     torch.testing.assert_close(ref, manual)
 
 
