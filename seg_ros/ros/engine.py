@@ -10,6 +10,7 @@ thread runs the pure pipeline and publishes.
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 import time
 from typing import Any
@@ -43,6 +44,8 @@ _ROS_TYPES = {
     'string_array': ParameterType.PARAMETER_STRING_ARRAY,
 }
 _UNSET = {'string_array': Parameter.Type.STRING_ARRAY}
+# Subscription "matched" events exist from Iron on; Humble falls back to the 1 s poll.
+_HAS_MATCHED_EVENT = 'matched' in inspect.signature(SubscriptionEventCallbacks).parameters
 _RELIABILITY = {'reliable': ReliabilityPolicy.RELIABLE,
                 'best_effort': ReliabilityPolicy.BEST_EFFORT}
 
@@ -91,6 +94,7 @@ class Engine:
         self._sub = None
         self._sub_reliability: ReliabilityPolicy | None = None
         self._timers: list = []
+        self._oneshot = None
         self._pubs: list = []
         node.add_on_set_parameters_callback(self._on_set_parameters)
 
@@ -242,8 +246,9 @@ class Engine:
         if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout=10.0)
         self._worker = None
-        for t in self._timers:
+        for t in self._timers + ([self._oneshot] if self._oneshot is not None else []):
             self.node.destroy_timer(t)
+        self._oneshot = None
         if self._sub is not None:
             self.node.destroy_subscription(self._sub)
         for pub in self._pubs:
@@ -266,14 +271,36 @@ class Engine:
         if self._sub is not None:
             self.node.destroy_subscription(self._sub)
         qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=want)
-        events = SubscriptionEventCallbacks(
-            incompatible_qos=functools.partial(self._warn_incompatible_qos, 'input'))
+        kwargs = {'incompatible_qos': self._on_input_incompatible}
+        if self._mode == 'auto' and _HAS_MATCHED_EVENT:
+            kwargs['matched'] = lambda _info: self._reevaluate_soon()
+        events = SubscriptionEventCallbacks(**kwargs)
         msg_type = CompressedImage if self.compressed else Image
         self._sub = self.node.create_subscription(msg_type, self.input_topic, self._on_image,
                                                   qos, event_callbacks=events)
         self._sub_reliability = want
         self.log.info(f'subscribed to {self.input_topic} with reliability '
                       f'{want.name.lower()}')
+
+    def _on_input_incompatible(self, event) -> None:
+        self._warn_incompatible_qos('input', event)
+        if self._mode == 'auto':
+            self._reevaluate_soon()
+
+    def _reevaluate_soon(self) -> None:
+        """Re-check the publishers' QoS right away (a publisher matched or was refused),
+        from a one-shot timer: the subscription is not replaced inside its own callback.
+        """
+        if self._oneshot is not None:
+            return
+
+        def fire() -> None:
+            timer, self._oneshot = self._oneshot, None
+            if timer is not None:
+                self.node.destroy_timer(timer)
+            if self._running:
+                self._update_subscription()
+        self._oneshot = self.node.create_timer(0.0, fire)
 
     def _warn_incompatible_qos(self, side: str, event) -> None:
         """Log an incompatible-QoS event with a hint naming the mismatched policy."""

@@ -29,3 +29,18 @@ def test_corrupt_weights_file(tmp_path):
     res = run_node_to_exit(['-p', f'semantic.weights:={bad}'])
     assert res.returncode == 1
     assert 'cannot read weights file' in res.stderr and 'Traceback' not in res.stderr
+
+
+def test_wrong_class_count_and_non_state_dict(tmp_path):
+    import torch
+
+    from helpers import make_semantic_weights
+    weights = make_semantic_weights(tmp_path / 'six.pt', num_classes=6)
+    res = run_node_to_exit(['-p', 'warmup:=false', '-p', f'semantic.weights:={weights}',
+                            '-p', 'semantic.num_classes:=21'])
+    assert res.returncode == 1 and 'num_classes=21 but weights file' in res.stderr
+    pickled = tmp_path / 'list.pt'
+    torch.save([1, 2, 3], pickled)
+    res = run_node_to_exit(['-p', 'warmup:=false', '-p', f'semantic.weights:={pickled}'])
+    assert res.returncode == 1 and 'not a plain state dict' in res.stderr
+    assert 'Traceback' not in res.stderr
