@@ -48,6 +48,7 @@ from seg_ros.core.instances import InstanceSegmenter  # noqa: E402
 from seg_ros.core.models import load_instance_model, load_semantic_model  # noqa: E402
 from seg_ros.core.pipeline import Pipeline, resolve_device  # noqa: E402
 from seg_ros.core.semantic import SemanticSegmenter  # noqa: E402
+from seg_ros.ros.remote import large_data_transport  # noqa: E402
 
 CONFIGS = {
     'lraspp': {'semantic': 'lraspp_mobilenet_v3_large'},
@@ -268,13 +269,15 @@ def main() -> int:
     ap.add_argument('--quick', action='store_true', help='lraspp 640x480, 30 s stream')
     ap.add_argument('--json', type=Path, default=ROOT / 'out' / 'benchmark.json')
     args = ap.parse_args()
+    transports = large_data_transport()
     if args.quick:
         args.configs, args.sizes, args.stream_seconds = ['lraspp'], ['640x480'], 30.0
     device = resolve_device('auto')
     args.json.parent.mkdir(parents=True, exist_ok=True)
     machine = {'device': str(device), 'torch': torch.__version__, 'threads':
                torch.get_num_threads(), 'cpu': platform.processor() or platform.machine(),
-               'cores': os.cpu_count(), 'python': platform.python_version()}
+               'cores': os.cpu_count(), 'python': platform.python_version(),
+               'dds_transports': transports}
     try:
         with open('/proc/cpuinfo') as f:
             machine['cpu'] = next(ln.split(':', 1)[1].strip() for ln in f

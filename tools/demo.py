@@ -29,7 +29,14 @@ from vision_msgs.msg import Detection2DArray, LabelInfo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from seg_ros.core.models import SHIPPED_SEMANTIC, WEIGHTS_DIR  # noqa: E402
-from seg_ros.ros.remote import LATCHED, Client, NodeProcess, decode, frame_msg  # noqa: E402
+from seg_ros.ros.remote import (  # noqa: E402
+    LATCHED,
+    Client,
+    NodeProcess,
+    decode,
+    frame_msg,
+    large_data_transport,
+)
 
 CAMVID_VAL = ROOT.parent / 'shared' / 'data' / 'camvid' / 'val'
 NODE = '/segmentation'
@@ -89,6 +96,7 @@ def main() -> int:
     ap.add_argument('--instance', action='store_true', help='enable instance segmentation')
     ap.add_argument('--timeout', type=float, default=120.0, help='seconds to wait per frame')
     args = ap.parse_args(argv)
+    transports = large_data_transport()
 
     if args.images:
         frames, source = image_frames(args.images, args.frames), str(args.images)
@@ -122,14 +130,14 @@ def main() -> int:
               flush=True)
         node.wait_ready(300)
         client = Client(domain, 'seg_ros_demo')
-        return run(args, client, frames, source, weights, random_weights)
+        return run(args, client, frames, source, weights, random_weights, transports)
     finally:
         if client is not None:
             client.close()
         node.stop()
 
 
-def run(args, client: Client, frames, source, weights, random_weights) -> int:
+def run(args, client: Client, frames, source, weights, random_weights, transports) -> int:
     got = {'labels': client.collect(Image, f'{NODE}/semantic/labels'),
            'color': client.collect(Image, f'{NODE}/semantic/color')}
     if args.instance:
@@ -168,13 +176,15 @@ def run(args, client: Client, frames, source, weights, random_weights) -> int:
     lat_ms = np.array(latencies) * 1000
     summary = {
         'source': source, 'weights': weights, 'random_weights': random_weights,
-        'frames_sent': n_sent, 'frames_answered': len(latencies), 'class_names': class_names,
+        'dds_transports': transports, 'frames_sent': n_sent,
+        'frames_answered': len(latencies), 'class_names': class_names,
         'latency_ms': ({'p50': float(np.percentile(lat_ms, 50)),
                         'p95': float(np.percentile(lat_ms, 95)),
                         'max': float(lat_ms.max()), 'first': float(lat_ms[0])}
                        if len(lat_ms) else None),
         'note': 'latency = publish to receipt of the label image over DDS, one frame at a '
-                'time (no queueing)',
+                'time (no queueing); both processes use FASTDDS_BUILTIN_TRANSPORTS='
+                f'{transports}',
     }
     (args.out / 'summary.json').write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != 'class_names'}, indent=2))

@@ -31,6 +31,7 @@ from seg_ros.core.metrics import confusion_matrix, iou_from_confusion  # noqa: E
 from seg_ros.core.models import load_semantic_model  # noqa: E402
 from seg_ros.core.pipeline import Pipeline  # noqa: E402
 from seg_ros.core.semantic import SemanticSegmenter  # noqa: E402
+from seg_ros.ros.remote import large_data_transport  # noqa: E402
 
 NUM_CLASSES, IGNORE = 11, 11
 
@@ -108,6 +109,7 @@ def main() -> int:
     ap.add_argument('--skip-node', action='store_true', help='direct evaluation only')
     ap.add_argument('--json', type=Path)
     args = ap.parse_args()
+    transports = large_data_transport()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     items = pairs(args.images, args.labels, args.limit)
     import yaml
@@ -120,7 +122,8 @@ def main() -> int:
     d_miou, d_per = score(d_preds, items)
     print(f'direct: {len(items)} images, mIoU {100 * d_miou:.2f} ({time.time() - t0:.0f}s)',
           flush=True)
-    result = {'weights': args.weights, 'images': str(args.images), 'count': len(items),
+    result = {'dds_transports': transports, 'weights': args.weights,
+              'images': str(args.images), 'count': len(items),
               'direct': {'miou': d_miou, 'per_class': dict(zip(names, d_per, strict=True))}}
     ok = True
     if not args.skip_node:

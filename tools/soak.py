@@ -27,6 +27,7 @@ def main() -> int:
     ap.add_argument('--size', default='320x240', choices=list(benchmark.SIZES))
     ap.add_argument('--json', type=Path, default=benchmark.ROOT / 'out' / 'soak.json')
     args = ap.parse_args()
+    benchmark.large_data_transport()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     h, w = benchmark.SIZES[args.size]
     res = benchmark.node_bench(benchmark.CONFIGS['lraspp'], benchmark.scene(h, w), 5,

@@ -27,6 +27,19 @@ LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 
+def large_data_transport() -> str:
+    """Use Fast DDS's LARGE_DATA builtin transports in this process and the nodes it starts.
+
+    With the default transports, a frame over the 512 KB shared-memory segment travels as
+    UDP fragments that the default socket buffer drops; reliable delivery then waits for a
+    retransmission (~3 s heartbeat here). Both ends must agree on the transports: a
+    LARGE_DATA process and a DEFAULT one did not exchange 640x480 frames here. Call before
+    creating a :class:`Client`; an explicit ``FASTDDS_BUILTIN_TRANSPORTS`` is respected.
+    Returns the value in force.
+    """
+    return os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
+
+
 class NodeProcess:
     """``segment_node --ros-args ARGS`` (or another executable of the package) as a child
     process logging to ``log_path``.
