@@ -25,6 +25,8 @@ class FrameStats:
         self._out_times: deque[float] = deque()
         self._processing: deque[float] = deque(maxlen=samples)
         self._age: deque[float] = deque(maxlen=samples)
+        self._samples = samples
+        self._stages: dict[str, deque[float]] = {}
 
     def on_received(self, now: float | None = None) -> None:
         """A frame arrived (valid or not)."""
@@ -49,6 +51,12 @@ class FrameStats:
             self._processing.append(processing_s)
             if stamp_to_publish_s is not None and stamp_to_publish_s >= 0:
                 self._age.append(stamp_to_publish_s)
+
+    def on_stage(self, timings: dict[str, float]) -> None:
+        """Durations (s) of named stages of one frame (convert, wait, inference, publish)."""
+        with self._lock:
+            for name, seconds in timings.items():
+                self._stages.setdefault(name, deque(maxlen=self._samples)).append(seconds)
 
     def _push(self, times: deque[float], now: float | None) -> None:
         now = time.monotonic() if now is None else now
@@ -77,4 +85,5 @@ class FrameStats:
                 else 0.0,
                 'stamp_to_publish_p95_s': float(np.percentile(age, 95)) if age is not None
                 else 0.0,
+                **{f'stage.{k}_p50_s': float(np.median(v)) for k, v in self._stages.items()},
             }

@@ -187,8 +187,15 @@ class Engine:
             self.log.info(msg)
 
     # -- ROS interfaces -------------------------------------------------------------------
-    def start(self) -> None:
-        """Create publishers, the subscription, timers and the worker thread."""
+    def start(self, worker_thread: bool = True) -> None:
+        """Create publishers, the subscription, timers and the inference worker.
+
+        Args:
+            worker_thread: run inference in a new thread; with False the caller runs
+                :meth:`work` itself (segment_node does, from the process's main thread,
+                where PyTorch's CPU kernels ran ~12% faster than in a secondary thread
+                here).
+        """
         assert self.pipeline is not None, 'load() first'
         node, p = self.node, self.param
         out_qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
@@ -231,9 +238,10 @@ class Engine:
             self._timers.append(node.create_timer(p('diagnostics_period'),
                                                   self._publish_diagnostics))
         self._running = True
-        self._worker = threading.Thread(target=self._work, name='seg_ros_inference',
-                                        daemon=True)
-        self._worker.start()
+        if worker_thread:
+            self._worker = threading.Thread(target=self.work, name='seg_ros_inference',
+                                            daemon=True)
+            self._worker.start()
         self.log.info(f'listening on {self.input_topic} (device {self.pipeline.device}, '
                       f'reliability {self._mode})')
 
@@ -318,6 +326,7 @@ class Engine:
 
     # -- input ------------------------------------------------------------------------------
     def _on_image(self, msg) -> None:
+        t_arrival = time.perf_counter()
         self.stats.on_received()
         try:
             if self.compressed:
@@ -334,10 +343,11 @@ class Engine:
                 self.drop('too_old', f'dropped frame at {_stamp(msg.header)}: {age:.3f}s old '
                           f'> max_age {max_age}s')
                 return
+        t_queued = time.perf_counter()
         with self._cv:
             if self._slot is not None:
                 self.stats.on_dropped('superseded')
-            self._slot = (msg, frame)
+            self._slot = (msg, frame, t_queued, t_queued - t_arrival)
             self._cv.notify()
 
     def drop(self, reason: str, text: str) -> None:
@@ -349,17 +359,21 @@ class Engine:
             self.log.warning(f'{text} ({reason}: {count} so far)')
 
     # -- inference thread -------------------------------------------------------------------
-    def _work(self) -> None:
+    def work(self, keep_going=lambda: True) -> None:
+        """The inference loop: take the newest frame, process, publish; returns after
+        :meth:`stop` or when ``keep_going()`` turns false (checked every 0.5 s).
+        """
         while True:
             with self._cv:
-                while self._slot is None and self._running:
+                while self._slot is None and self._running and keep_going():
                     self._cv.wait(timeout=0.5)
-                if not self._running:
+                if not self._running or not keep_going():
                     return
-                msg, frame = self._slot
+                msg, frame, t_queued, convert_s = self._slot
                 self._slot = None
             try:
-                self._process(msg, frame)
+                self._process(msg, frame, {'convert_in': convert_s,
+                                           'wait': time.perf_counter() - t_queued})
             except torch.cuda.OutOfMemoryError as exc:
                 torch.cuda.empty_cache()
                 self.drop('out_of_memory', f'frame at {_stamp(msg.header)}: CUDA out of '
@@ -368,13 +382,14 @@ class Engine:
                 self.drop('processing_error', f'frame at {_stamp(msg.header)} failed: '
                           f'{type(exc).__name__}: {str(exc)[:300]}')
 
-    def _process(self, msg, frame) -> None:
+    def _process(self, msg, frame, stages: dict[str, float]) -> None:
         t0 = time.perf_counter()
         pipeline = self.pipeline
         want_color = self.pub_color is not None and self.pub_color.get_subscription_count() > 0
         want_overlay = (self.pub_overlay is not None
                         and self.pub_overlay.get_subscription_count() > 0)
         res = pipeline(frame, want_color=want_color, want_overlay=want_overlay)
+        t_inferred = time.perf_counter()
         header = msg.header
         if res.semantic is not None:
             self.pub_labels.publish(messages.array_to_image(
@@ -390,9 +405,11 @@ class Engine:
             if res.instances.overlay is not None:
                 self.pub_overlay.publish(messages.array_to_image(res.instances.overlay,
                                                                  'rgb8', header))
-        processing = time.perf_counter() - t0
+        t_end = time.perf_counter()
+        processing = t_end - t0
         age = _age_s(self.node, header)
         self.stats.on_processed(processing, age)
+        self.stats.on_stage({**stages, **res.timings, 'publish': t_end - t_inferred})
         lat = Float64MultiArray()
         lat.layout.dim = [MultiArrayDimension(label=LATENCY_LABELS, size=2, stride=2)]
         lat.data = [processing, age]

@@ -7,24 +7,32 @@ variant is :mod:`seg_ros.ros.segment_lifecycle_node`. Both delegate to
 from __future__ import annotations
 
 import sys
+import threading
 from typing import Any
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 
 from seg_ros.ros.engine import Engine, StartupError, declare
 
 
 class SegmentNode(Node):
-    """Semantic and instance segmentation of one camera stream (unmanaged node)."""
+    """Semantic and instance segmentation of one camera stream (unmanaged node).
 
-    def __init__(self, node_name: str = 'segmentation', **kwargs: Any) -> None:
+    Args:
+        worker_thread: run inference in a thread of its own (default); ``main()`` passes
+            False and runs :meth:`Engine.work` in the main thread instead, spinning the
+            executor in a background thread.
+    """
+
+    def __init__(self, node_name: str = 'segmentation', worker_thread: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self.engine = Engine(self)
         declare(self)
         self.engine.load()
-        self.engine.start()
+        self.engine.start(worker_thread)
 
     def destroy_node(self) -> None:
         """Stop the inference thread, then destroy the node."""
@@ -34,15 +42,26 @@ class SegmentNode(Node):
         super().destroy_node()
 
 
-def run(node_factory) -> int:
+def run(node_factory, inference_in_main_thread: bool = False) -> int:
     """rclpy.init, build the node, spin; one clear line and exit code 1 when it cannot
     start; clean shutdown on Ctrl-C / SIGTERM.
+
+    With ``inference_in_main_thread`` the executor spins in a background thread and the
+    main thread runs the node's inference loop (``node.engine.work``).
     """
     rclpy.init(args=sys.argv)
     node = None
     try:
         node = node_factory()
-        rclpy.spin(node)
+        if inference_in_main_thread:
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            spinner = threading.Thread(target=_spin, args=(executor,), daemon=True,
+                                       name='seg_ros_executor')
+            spinner.start()
+            node.engine.work(keep_going=lambda: rclpy.ok() and spinner.is_alive())
+        else:
+            rclpy.spin(node)
     except StartupError as exc:
         print(f'[segment_node] cannot start: {exc}', file=sys.stderr, flush=True)
         return 1
@@ -55,9 +74,16 @@ def run(node_factory) -> int:
     return 0
 
 
+def _spin(executor) -> None:
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+
+
 def main() -> int:
     """Entry point of ``ros2 run seg_ros segment_node``."""
-    return run(SegmentNode)
+    return run(lambda: SegmentNode(worker_thread=False), inference_in_main_thread=True)
 
 
 if __name__ == '__main__':
