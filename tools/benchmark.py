@@ -107,7 +107,7 @@ def model_only(pipe: Pipeline, rgb: np.ndarray, n: int) -> list[float]:
     fns = []
     if pipe.semantic is not None:
         s = pipe.semantic
-        xs = ((x - s.mean) / s.std).contiguous(memory_format=s.memory_format)
+        xs = s.normalise(x)
         fns.append(lambda: s.model(xs))
     if pipe.instance is not None:
         m = pipe.instance.model

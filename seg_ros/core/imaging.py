@@ -171,14 +171,17 @@ def array_to_buffer(array: np.ndarray, encoding: str, is_bigendian: bool = False
     return h, w, step, out.tobytes()
 
 
-def frame_to_tensor(frame: Frame, device: torch.device | str,
-                    staging: PinnedStaging | None = None) -> torch.Tensor:
-    """Move a frame to ``device`` as a float (1, 3, H, W) RGB tensor in [0, 1].
+def frame_to_device(frame: Frame, device: torch.device | str,
+                    staging: PinnedStaging | None = None) -> tuple[torch.Tensor, float]:
+    """Move a frame's raw pixels to ``device`` as a (1, 3, H, W) RGB integer tensor.
 
-    One host->device copy of the raw integer pixels (through ``staging``, a reused pinned
-    buffer, with a non-blocking copy when given and the device is CUDA); channel
-    reordering, alpha dropping, grey expansion and scaling happen on the device. On the
-    CPU the tensor is a zero-copy view of the frame until the float conversion.
+    One host->device copy of the raw pixels (through ``staging``, a reused pinned buffer,
+    with a non-blocking copy when given and the device is CUDA); channel reordering, alpha
+    dropping and grey expansion are views on the device (BGR costs one integer copy). On
+    the CPU the result is a zero-copy view of the frame. Its strides are channels-last.
+
+    Returns:
+        ``(pixels, full_scale)``: uint8 or uint16 tensor and 255.0 or 65535.0.
     """
     _, _, order = ENCODINGS[frame.encoding]
     arr = frame.array
@@ -199,7 +202,20 @@ def frame_to_tensor(frame: Frame, device: torch.device | str,
         t = t[:3]
         if order == 'bgr':
             t = t.flip(0)
-    return (t.float() / scale).unsqueeze(0)
+    return t.unsqueeze(0), scale
+
+
+def to_unit_float(pixels: torch.Tensor, full_scale: float) -> torch.Tensor:
+    """Integer pixels -> float32 in [0, 1] in one pass (layout preserved)."""
+    if pixels.dtype == torch.uint8:
+        return pixels * (1.0 / full_scale)  # uint8 x python float -> float32, one kernel
+    return pixels.to(torch.float32).mul_(1.0 / full_scale)
+
+
+def frame_to_tensor(frame: Frame, device: torch.device | str,
+                    staging: PinnedStaging | None = None) -> torch.Tensor:
+    """Move a frame to ``device`` as a float (1, 3, H, W) RGB tensor in [0, 1]."""
+    return to_unit_float(*frame_to_device(frame, device, staging))
 
 
 class PinnedStaging:
