@@ -64,7 +64,8 @@ class NodeProcess:
 
     def log(self) -> str:
         """Everything the node logged so far."""
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
 
     def alive(self) -> bool:

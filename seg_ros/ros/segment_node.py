@@ -50,7 +50,7 @@ def run(node_factory, inference_in_main_thread: bool = False) -> int:
     main thread runs the node's inference loop (``node.engine.work``).
     """
     rclpy.init(args=sys.argv)
-    node = None
+    node = executor = spinner = None
     try:
         node = node_factory()
         if inference_in_main_thread:
@@ -68,6 +68,11 @@ def run(node_factory, inference_in_main_thread: bool = False) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        if node is not None:
+            node.engine.stop()
+        if executor is not None:  # stop spinning before the node's handles go away
+            executor.shutdown(timeout_sec=5.0)
+            spinner.join(timeout=5.0)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
