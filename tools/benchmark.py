@@ -102,7 +102,7 @@ def build(cfg: dict, device, threshold: float):
     return Pipeline(device, sem, inst)
 
 
-def model_only(pipe: Pipeline, rgb: np.ndarray, n: int) -> list[float]:
+def model_only(pipe: Pipeline, rgb: np.ndarray, n: int, warmup: int = 0) -> list[float]:
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255).to(pipe.device)
     fns = []
     if pipe.semantic is not None:
@@ -117,10 +117,11 @@ def model_only(pipe: Pipeline, rgb: np.ndarray, n: int) -> list[float]:
     def run():
         for f in fns:
             f()
-    return timeit(run, n)
+    return timeit(run, n, warmup)
 
 
-def pipeline_times(pipe: Pipeline, rgb: np.ndarray, n: int) -> tuple[list[float], dict]:
+def pipeline_times(pipe: Pipeline, rgb: np.ndarray, n: int,
+                   warmup: int = 0) -> tuple[list[float], dict]:
     h, w = rgb.shape[:2]
     data = rgb.tobytes()
     stages: dict[str, list[float]] = {}
@@ -130,7 +131,7 @@ def pipeline_times(pipe: Pipeline, rgb: np.ndarray, n: int) -> tuple[list[float]
         res = pipe(frame)
         for k, v in res.timings.items():
             stages.setdefault(k, []).append(v)
-    times = timeit(run, n)
+    times = timeit(run, n, warmup)
     return times, {k: float(np.median(v)) for k, v in stages.items()}
 
 
@@ -157,7 +158,9 @@ def rss_mb(pid: int) -> float:
 
 
 def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: float,
-               log_dir: Path) -> dict:
+               log_dir: Path, between=None) -> dict:
+    """Node end to end; ``between()`` runs before every measured frame (while the node is
+    idle), so that in-process samples interleave with node samples in one machine state."""
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float64MultiArray
@@ -190,6 +193,8 @@ def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: f
         lat = []
         for i, msg in enumerate(msgs):
             done = lambda k=10**9 * (i + 1): all(k in b for b in boxes)  # noqa: E731
+            if between is not None and i >= 2:
+                between()
             t0 = time.perf_counter()
             pub.publish(msg)
             if not client.spin_until(done, 600):
@@ -223,6 +228,7 @@ def stream(client, pub, boxes, rgb, seconds: float, pid: int, rate: float = 30.0
     for b in boxes:
         b.clear()
     base = 10**12
+    msg = frame_msg(rgb, base)  # one message, restamped: keep the publisher's CPU low
     sent: dict[int, float] = {}
     rss = [(0.0, rss_mb(pid))]
     t_start = time.perf_counter()
@@ -235,7 +241,7 @@ def stream(client, pub, boxes, rgb, seconds: float, pid: int, rate: float = 30.0
             break
         if now >= next_t:
             key = base + i * 10**6
-            msg = frame_msg(rgb, key)
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(key, 10**9)
             sent[key] = time.perf_counter()
             pub.publish(msg)
             i += 1
@@ -305,23 +311,26 @@ def main() -> int:
                            (10 if sname == '1920x1080' else 30))
             rgb = scene(h, w)
             pipe = build(cfg, device, args.instance_threshold)
-            m = model_only(pipe, rgb, n)
-            p, stages = pipeline_times(pipe, rgb, n)
-            m_after = model_only(pipe, rgb, n)
-            # The floor: the better of two model-only medians (before / after the pipeline),
-            # so that machine noise never flatters our ratios.
-            if pct(m_after, 50) < pct(m, 50):
-                m, m_after = m_after, m
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
+            m, p, stages = [], [], {}
+            model_only(pipe, rgb, 1, warmup=2)  # warm-up
+            pipeline_times(pipe, rgb, 1, warmup=2)
+
+            def between(pipe=pipe, rgb=rgb, m=m, p=p, stages=stages):
+                # One model-only and one pipeline sample before each node frame: this
+                # machine's speed drifts by tens of percent over minutes, so the three
+                # measurements interleave instead of running one after the other.
+                m.extend(model_only(pipe, rgb, 1))
+                t, st = pipeline_times(pipe, rgb, 1)
+                p.extend(t)
+                for k, v in st.items():
+                    stages.setdefault(k, []).append(v)
             s = args.stream_seconds if f'{cname}@{sname}' in args.stream_configs else 0.0
-            node = node_bench(cfg, rgb, n, s, args.instance_threshold, args.json.parent)
-            pipe = build(cfg, device, args.instance_threshold)
-            m_end = model_only(pipe, rgb, n)  # machine drift check after the node phase
+            node = node_bench(cfg, rgb, n, s, args.instance_threshold, args.json.parent,
+                              between)
+            stages = {k: float(np.median(v)) for k, v in stages.items()}
             del pipe
             r = {'config': cname, 'size': sname, 'n': n,
-                 'model_only_s': {'p50': pct(m, 50), 'p95': pct(m, 95),
-                                  'other_run_p50': pct(m_after, 50),
-                                  'after_node_p50': pct(m_end, 50)},
+                 'model_only_s': {'p50': pct(m, 50), 'p95': pct(m, 95)},
                  'pipeline_s': {'p50': pct(p, 50), 'p95': pct(p, 95)},
                  'pipeline_stages_p50_s': stages, **node}
             r['ratio_node_p50_over_model'] = r['e2e_s']['p50'] / r['model_only_s']['p50']
