@@ -4,8 +4,9 @@
 loads the models (:meth:`Engine.load`), starts and stops the ROS interfaces
 (:meth:`Engine.start` / :meth:`Engine.stop`) and releases the models
 (:meth:`Engine.release`). The image callback only validates and converts, then puts the
-frame into a one-slot mailbox (newest wins, superseded frames are counted); one worker
-thread runs the pure pipeline and publishes.
+frame into a one-slot mailbox (newest wins, superseded frames are counted); one inference
+loop (:meth:`Engine.work`, in a worker thread or in the caller's thread) runs the pure
+pipeline and publishes. Inference never runs on the executor's thread.
 """
 from __future__ import annotations
 
