@@ -90,6 +90,15 @@ def start_node(tmp_dir: Path, args: list[str], executable: str = 'segment_node',
     return node, RosClient(domain)
 
 
+def serve_node(tmp_dir: Path, args: list[str]):
+    """Generator for module fixtures: yields ``(node, client)``, then closes the client and
+    checks that the node exits cleanly (code 0) on SIGINT."""
+    node, client = start_node(tmp_dir, args)
+    yield node, client
+    client.close()
+    assert node.stop() == 0, node.log()
+
+
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 

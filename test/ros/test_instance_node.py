@@ -11,8 +11,8 @@ from helpers import (
     image_to_array,
     make_instance_weights,
     make_semantic_weights,
+    serve_node,
     set_parameters,
-    start_node,
     synthetic_image,
     torchvision_maskrcnn,
 )
@@ -32,16 +32,15 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('inst')
     inst_w = make_instance_weights(tmp / 'inst.pt')
     sem_w = make_semantic_weights(tmp / 'sem.pt')
-    node, client = start_node(tmp, [
+    args = [
         '-r', '__node:=seg', '-r', '__ns:=/perception', '-r', 'image:=/cam/image',
         '-p', 'device:=cpu', '-p', f'semantic.weights:={sem_w}', '-p', 'semantic.input_size:=0',
         '-p', 'instance.enabled:=true', '-p', 'instance.model:=maskrcnn_resnet50_fpn',
         '-p', f'instance.weights:={inst_w}', '-p', 'instance.class_names:=[bg, box, can, cup]',
         '-p', 'instance.score_threshold:=0.7', '-p', f'instance.min_size:={MIN_SIZE}',
-        '-p', f'instance.max_size:={MAX_SIZE}'])
-    yield inst_w, node, client
-    client.close()
-    assert node.stop() == 0, node.log()
+        '-p', f'instance.max_size:={MAX_SIZE}']
+    for node, client in serve_node(tmp, args):
+        yield inst_w, node, client
 
 
 def exchange(client, rgb, stamp, topics=('detections', 'masks')):

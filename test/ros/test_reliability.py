@@ -20,8 +20,8 @@ from helpers import (
     fresh_domain_id,
     image_msg,
     make_semantic_weights,
+    serve_node,
     set_parameters,
-    start_node,
     synthetic_image,
 )
 
@@ -34,26 +34,20 @@ def weights(tmp_path_factory):
     return make_semantic_weights(tmp_path_factory.mktemp('rel') / 'sem.pt')
 
 
-def start(tmp_path_factory, weights, *extra):
-    return start_node(tmp_path_factory.mktemp('node'), [
+def serve(tmp_path_factory, weights, *extra):
+    return serve_node(tmp_path_factory.mktemp('node'), [
         '-p', 'device:=cpu', '-p', f'semantic.weights:={weights}',
         '-p', 'semantic.input_size:=0', '-r', 'image:=/cam/image', *extra])
 
 
 @pytest.fixture(scope='module')
 def raw(tmp_path_factory, weights):
-    node, client = start(tmp_path_factory, weights, '-p', 'diagnostics_period:=0.5')
-    yield node, client
-    client.close()
-    assert node.stop() == 0, node.log()
+    yield from serve(tmp_path_factory, weights, '-p', 'diagnostics_period:=0.5')
 
 
 @pytest.fixture(scope='module')
 def compressed(tmp_path_factory, weights):
-    node, client = start(tmp_path_factory, weights, '-p', 'input_transport:=compressed')
-    yield node, client
-    client.close()
-    assert node.stop() == 0, node.log()
+    yield from serve(tmp_path_factory, weights, '-p', 'input_transport:=compressed')
 
 
 def Answers(client):

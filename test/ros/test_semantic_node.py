@@ -12,7 +12,7 @@ from helpers import (
     image_msg,
     image_to_array,
     make_semantic_weights,
-    start_node,
+    serve_node,
     synthetic_image,
     torchvision_semantic_labels,
 )
@@ -25,13 +25,11 @@ H, W, NUM_CLASSES = 72, 96, 6
 def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('sem')
     weights = make_semantic_weights(tmp / 'sem.pt', num_classes=NUM_CLASSES)
-    node, client = start_node(tmp, [
-        '-p', 'device:=cpu', '-p', 'semantic.model:=lraspp_mobilenet_v3_large',
-        '-p', f'semantic.weights:={weights}', '-p', f'semantic.num_classes:={NUM_CLASSES}',
-        '-p', 'semantic.input_size:=0', '-r', 'image:=/cam/image'])
-    yield weights, node, client
-    client.close()
-    assert node.stop() == 0, node.log()
+    args = ['-p', 'device:=cpu', '-p', 'semantic.model:=lraspp_mobilenet_v3_large',
+            '-p', f'semantic.weights:={weights}', '-p', f'semantic.num_classes:={NUM_CLASSES}',
+            '-p', 'semantic.input_size:=0', '-r', 'image:=/cam/image']
+    for node, client in serve_node(tmp, args):
+        yield weights, node, client
 
 
 def send_until_answered(client, pub, msg, box, timeout=30.0):
