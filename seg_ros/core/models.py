@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +98,6 @@ class LoadedModel:
     palette: list[list[int]] | None = None
     random_init: bool = False
     source: str = ''
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -207,27 +206,24 @@ def load_semantic_model(name: str, weights: str, num_classes: int = 0,
     Raises:
         ModelLoadError: unknown model, unreadable/mismatched weights, download failure.
     """
-    extra: dict[str, Any] = {}
+    cfg: dict[str, Any] | None = None
     shipped = SHIPPED_SEMANTIC.get(weights.lower()) if weights else None
-    if shipped is not None:
-        cfg_path = shipped_config_path(shipped['config'])
-        with open(cfg_path, encoding='utf-8') as f:
+    weights_path = weights
+    if shipped is not None:  # the shipped config fixes model, classes, colours, input size
+        with open(shipped_config_path(shipped['config']), encoding='utf-8') as f:
             cfg = yaml.safe_load(f)
         name = cfg['model']
         weights_path = str(WEIGHTS_DIR / shipped['file'])
         class_names = cfg['class_names']
         num_classes = len(class_names)
-        extra = {'palette': cfg.get('palette'), 'input_size': int(cfg.get('input_size', 0))}
-    else:
-        weights_path = weights
     spec = SEMANTIC_MODELS.get(name)
     if spec is None:
         raise ModelLoadError(
             f'unknown semantic model {name!r}; choose one of {sorted(SEMANTIC_MODELS)}')
     loaded = _build(spec, name, weights_path, num_classes, class_names, default_classes=21)
-    if shipped is not None:
-        loaded.palette = extra['palette']
-        loaded.input_size = extra['input_size']
+    if cfg is not None:
+        loaded.palette = cfg.get('palette')
+        loaded.input_size = int(cfg.get('input_size', 0))
         loaded.source = f'shipped weights {weights!r} ({weights_path})'
     loaded.model.to(device).eval()
     return loaded

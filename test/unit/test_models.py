@@ -120,3 +120,25 @@ def test_default_weights_unavailable_gives_a_clear_error(monkeypatch, tmp_path):
     with pytest.raises(ModelLoadError, match='cannot get torchvision pretrained weights') as e:
         load_semantic_model('lraspp_mobilenet_v3_large', 'DEFAULT')
     assert 'offline' in str(e.value) and 'name resolution' in str(e.value)
+
+
+def test_shipped_camvid_model():
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    from seg_ros.core.semantic import SemanticSegmenter
+    m = load_semantic_model('ignored_for_shipped', 'camvid')
+    assert m.name == 'lraspp_mobilenet_v3_large' and m.input_size == 360
+    assert m.class_names[0] == 'Sky' and len(m.class_names) == 11 and len(m.palette) == 11
+    assert not m.random_init
+    root = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'camvid'
+    if not (root / 'val').is_dir():
+        pytest.skip('CamVid not beside this checkout')
+    rgb = np.asarray(Image.open(root / 'val' / '0016E5_07965.png').convert('RGB'))
+    gt = np.asarray(Image.open(root / 'valannot' / '0016E5_07965.png'))
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    labels = SemanticSegmenter(m, 'cpu')(x).labels
+    valid = gt != 11
+    assert (labels[valid] == gt[valid]).mean() > 0.8  # a trained model, not a random one
