@@ -62,22 +62,6 @@ class Frame:
     array: np.ndarray
     encoding: str
 
-    @property
-    def height(self) -> int:
-        """Rows."""
-        return int(self.array.shape[0])
-
-    @property
-    def width(self) -> int:
-        """Columns."""
-        return int(self.array.shape[1])
-
-
-def bytes_per_pixel(encoding: str) -> int:
-    """Bytes per pixel of a supported encoding (raises for others)."""
-    ch, dt, _ = _lookup(encoding)
-    return ch * np.dtype(dt).itemsize
-
 
 def _lookup(encoding: str) -> tuple[int, type, str]:
     try:
@@ -235,20 +219,6 @@ class PinnedStaging:
             self._buf = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
         self._buf.copy_(t)
         return self._buf.to(device, non_blocking=True)
-
-
-def frame_to_rgb8(frame: Frame) -> np.ndarray:
-    """Host (H, W, 3) uint8 RGB copy of a frame (for overlays and demos)."""
-    _, dtype, order = ENCODINGS[frame.encoding]
-    a = frame.array
-    if a.dtype == np.uint16:
-        a = (a >> 8).astype(np.uint8)
-    if order == 'mono':
-        return np.repeat(a, 3, axis=2)
-    a = a[:, :, :3]
-    if order == 'bgr':
-        a = a[:, :, ::-1]
-    return np.ascontiguousarray(a)
 
 
 #: sensor_msgs/CompressedImage formats we decode (image_transport's "compressed" plugin
