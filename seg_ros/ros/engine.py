@@ -456,4 +456,4 @@ def _stamp(header: Header) -> str:
 def _age_s(node: Node, header: Header) -> float:
     """Seconds from the header's stamp to now on the node's clock (negative if ahead)."""
     now = node.get_clock().now().nanoseconds
-    return (now - (header.stamp.sec * 10**9 + header.stamp.nanosec)) / 1e9
+    return (now - messages.stamp_ns(header)) / 1e9

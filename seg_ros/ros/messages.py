@@ -24,6 +24,11 @@ from seg_ros.core.imaging import DEFAULT_MAX_PIXELS, Frame, buffer_to_frame
 from seg_ros.core.results import InstanceResult
 
 
+def stamp_ns(header: Header) -> int:
+    """A header's stamp in integer nanoseconds."""
+    return header.stamp.sec * 10**9 + header.stamp.nanosec
+
+
 def image_to_frame(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
     """Validate an Image and view its data as an array (no copy for native byte order).
 

@@ -21,7 +21,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
 from seg_ros.core.imaging import buffer_to_frame
-from seg_ros.ros.messages import array_to_image
+from seg_ros.ros.messages import array_to_image, stamp_ns
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -157,11 +157,6 @@ class Client:
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
-
-
-def stamp_ns(header) -> int:
-    """A header's stamp in integer nanoseconds."""
-    return header.stamp.sec * 10**9 + header.stamp.nanosec
 
 
 def frame_msg(rgb: np.ndarray, stamp: int, frame_id: str = 'camera',

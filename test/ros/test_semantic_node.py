@@ -6,7 +6,7 @@ from sensor_msgs.msg import Image
 from vision_msgs.msg import LabelInfo
 
 from seg_ros.core.colors import voc_palette
-from seg_ros.ros.remote import stamp_ns
+from seg_ros.ros.messages import stamp_ns
 
 from helpers import (
     image_msg,
