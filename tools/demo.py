@@ -5,7 +5,8 @@
                                         # generated street-like frames
     scripts/demo --images DIR           # a folder of images (png/jpg, sorted by name)
     scripts/demo --video FILE.mp4       # a video (OpenCV)
-    scripts/demo --instance             # also Mask R-CNN (random weights offline)
+    scripts/demo --instance             # also Mask R-CNN (RANDOM weights: none ship)
+    scripts/demo --frames 4             # 4 frames spread over the folder (default 12)
     scripts/demo -- -p semantic.input_size:=240   # extra node arguments after --
 
 segment_node runs as a separate process (as `ros2 run seg_ros segment_node` would) in its
@@ -28,6 +29,7 @@ from vision_msgs.msg import Detection2DArray, LabelInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from seg_ros.core.colors import voc_palette  # noqa: E402
 from seg_ros.core.models import SHIPPED_SEMANTIC, WEIGHTS_DIR  # noqa: E402
 from seg_ros.ros.remote import (  # noqa: E402
     LATCHED,
@@ -39,6 +41,7 @@ from seg_ros.ros.remote import (  # noqa: E402
 )
 
 CAMVID_VAL = ROOT.parent / 'shared' / 'data' / 'camvid' / 'val'
+DEFAULT_FRAMES = 12
 NODE = '/segmentation'
 
 
@@ -56,18 +59,30 @@ def generated_frames(n: int, h: int = 360, w: int = 480):
         yield f'generated_{i:04d}', img
 
 
-def image_frames(folder: Path, n: int):
-    files = sorted(p for p in folder.iterdir()
-                   if p.suffix.lower() in ('.png', '.jpg', '.jpeg', '.bmp'))
-    for p in files[:n]:
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The images of a folder, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def spread(files: list[Path], n: int) -> list[Path]:
+    """``n`` files spread evenly over the whole list (first and last included)."""
+    if n >= len(files):
+        return files
+    idx = np.unique(np.linspace(0, len(files) - 1, n).round().astype(int))
+    return [files[i] for i in idx]
+
+
+def image_frames(files: list[Path]):
+    for p in files:
         yield p.stem, np.asarray(PILImage.open(p).convert('RGB'))
 
 
 def video_frames(path: Path, n: int):
     import cv2  # only the video option needs OpenCV
     cap = cv2.VideoCapture(str(path))
-    if not cap.isOpened():
-        raise SystemExit(f'cannot open video {path}')
     i = 0
     while i < n:
         ok, bgr = cap.read()
@@ -78,66 +93,134 @@ def video_frames(path: Path, n: int):
     cap.release()
 
 
+def instance_colors(ids: np.ndarray) -> np.ndarray:
+    """A viewable RGB picture of a mono16 instance-id image (0 = black background)."""
+    palette = np.array(voc_palette(256), np.uint8)
+    palette[0] = 0
+    out = palette[1 + (ids.astype(np.int64) - 1) % 255]
+    out[ids == 0] = 0
+    return out
+
+
+def check_source(args) -> tuple[list[Path] | None, str]:
+    """Refuse a bad source or device before anything starts (one line, SystemExit 2)."""
+    if args.frames < 1:
+        raise SystemExit('demo: --frames must be at least 1')
+    if args.device.startswith('cuda'):
+        import torch
+        if not torch.cuda.is_available():
+            raise SystemExit(f'demo: --device {args.device}: CUDA is not available on this '
+                             'machine (use --device cpu or auto)')
+    if args.video:
+        if not args.video.is_file():
+            raise SystemExit(f'demo: --video {args.video}: no such file')
+        import cv2
+        cap = cv2.VideoCapture(str(args.video))
+        ok = cap.isOpened() and cap.read()[0]
+        cap.release()
+        if not ok:
+            raise SystemExit(f'demo: --video {args.video}: cannot read a frame (not a video '
+                             'OpenCV can decode?)')
+        return None, str(args.video)
+    folder = args.images if args.images else (CAMVID_VAL if CAMVID_VAL.is_dir() else None)
+    if folder is None:
+        return None, 'generated frames'
+    if not folder.is_dir():
+        raise SystemExit(f'demo: --images {folder}: no such folder')
+    files = image_files(folder)
+    if not files:
+        raise SystemExit(f'demo: --images {folder}: no images in it (looked for '
+                         f'{", ".join(IMAGE_SUFFIXES)})')
+    return spread(files, args.frames), str(folder)
+
+
 def main() -> int:
     argv = sys.argv[1:]
     extra: list[str] = []
     if '--' in argv:
         extra = argv[argv.index('--') + 1:]
         argv = argv[:argv.index('--')]
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split('\n')[0],
+        epilog='Node arguments after --, e.g. scripts/demo -- -p semantic.input_size:=240',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     src = ap.add_mutually_exclusive_group()
-    src.add_argument('--images', type=Path, help='folder of images')
-    src.add_argument('--video', type=Path, help='video file')
-    ap.add_argument('--frames', type=int, default=12, help='number of frames to replay')
-    ap.add_argument('--out', type=Path, default=ROOT / 'out' / 'demo')
-    ap.add_argument('--device', default='auto')
+    src.add_argument('--images', type=Path,
+                     help='folder of images (png/jpg/bmp); default: the CamVid val frames in '
+                          f'{CAMVID_VAL} when present, else generated street-like frames')
+    src.add_argument('--video', type=Path, help='video file (read with OpenCV)')
+    ap.add_argument('--frames', type=int, default=DEFAULT_FRAMES,
+                    help='number of frames to replay; from a folder they are spread evenly '
+                         'over all its images (first and last included)')
+    ap.add_argument('--out', type=Path, default=ROOT / 'out' / 'demo',
+                    help='where the outputs and summary.json go')
+    ap.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
     ap.add_argument('--weights', default=None,
-                    help='semantic.weights (default: camvid when shipped, else none)')
-    ap.add_argument('--instance', action='store_true', help='enable instance segmentation')
+                    help='semantic.weights: camvid (the shipped model, default), DEFAULT, a '
+                         'state-dict file, or none (random weights)')
+    ap.add_argument('--instance', action='store_true',
+                    help='also run instance segmentation (Mask R-CNN); no trained instance '
+                         'weights ship with seg_ros, so it runs RANDOM weights unless '
+                         '--instance-weights names a file')
+    ap.add_argument('--instance-weights', default='none',
+                    help='instance.weights with --instance: a state-dict file, DEFAULT, or none')
     ap.add_argument('--timeout', type=float, default=120.0, help='seconds to wait per frame')
     args = ap.parse_args(argv)
+    files, source = check_source(args)
     transports = large_data_transport()
 
-    if args.images:
-        frames, source = image_frames(args.images, args.frames), str(args.images)
-    elif args.video:
-        frames, source = video_frames(args.video, args.frames), str(args.video)
-    elif CAMVID_VAL.is_dir():
-        frames, source = image_frames(CAMVID_VAL, args.frames), str(CAMVID_VAL)
+    if args.video:
+        frames = video_frames(args.video, args.frames)
+    elif files is not None:
+        frames = image_frames(files)
     else:
-        frames, source = generated_frames(args.frames), 'generated frames'
+        frames = generated_frames(args.frames)
 
     weights = args.weights
     if weights is None:
         shipped = WEIGHTS_DIR / SHIPPED_SEMANTIC['camvid']['file']
         weights = 'camvid' if shipped.is_file() else 'none'
-    random_weights = weights.lower() == 'none'
-    if random_weights:
-        print('demo: NOTE: RANDOM WEIGHTS (no trained model available here) -- the labels '
-              'show the pipeline working, not a meaningful segmentation', flush=True)
+    random_models = []
+    if weights.lower() == 'none':
+        random_models.append('semantic')
+        why = ('requested with --weights none' if args.weights is not None else
+               'the shipped model is missing')
+        print(f'demo: NOTE: semantic model has RANDOM WEIGHTS ({why}) -- the labels show the '
+              'pipeline working, not a meaningful segmentation', flush=True)
+    if args.instance and args.instance_weights.lower() == 'none':
+        random_models.append('instance')
+        print('demo: NOTE: instance model (Mask R-CNN) has RANDOM WEIGHTS (none ship with '
+              'seg_ros; --instance-weights FILE uses yours) -- detections and masks show the '
+              'pipeline working, not real objects', flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
     domain = 50 + os.getpid() % 50
     node_args = ['-p', f'device:={args.device}', '-p', f'semantic.weights:={weights}',
                  '-r', 'image:=/camera/image']
     if args.instance:
-        node_args += ['-p', 'instance.enabled:=true', '-p', 'instance.weights:=none',
+        node_args += ['-p', 'instance.enabled:=true',
+                      '-p', f'instance.weights:={args.instance_weights}',
                       '-p', 'instance.min_size:=480']
     node = NodeProcess(node_args + extra, domain, args.out / 'node.log')
     client = None
     try:
         print(f'demo: starting segment_node (weights={weights}, log {node.log_path})',
               flush=True)
-        node.wait_ready(300)
+        try:
+            node.wait_ready(300)
+        except RuntimeError:
+            lines = [ln for ln in node.log().splitlines() if 'cannot start' in ln]
+            raise SystemExit('demo: ' + (lines[-1] if lines else
+                                         f'segment_node exited; see {node.log_path}')) from None
         client = Client(domain, 'seg_ros_demo')
-        return run(args, client, frames, source, weights, random_weights, transports)
+        return run(args, client, frames, source, weights, random_models, transports)
     finally:
         if client is not None:
             client.close()
         node.stop()
 
 
-def run(args, client: Client, frames, source, weights, random_weights, transports) -> int:
+def run(args, client: Client, frames, source, weights, random_models, transports) -> int:
     got = {'labels': client.collect(Image, f'{NODE}/semantic/labels'),
            'color': client.collect(Image, f'{NODE}/semantic/color')}
     if args.instance:
@@ -149,7 +232,8 @@ def run(args, client: Client, frames, source, weights, random_weights, transport
     client.spin_until(lambda: pub.get_subscription_count() > 0 and info, 30)
     class_names = [c.class_name for c in next(iter(info.values()))[0].class_map] \
         if info else []
-    waits = [got[k] for k in ('labels', 'color', 'masks', 'dets') if k in got]
+    # Wait for every output the demo writes (the overlay arrives after masks/detections).
+    waits = [got[k] for k in ('labels', 'color', 'masks', 'dets', 'overlay') if k in got]
 
     latencies, n_sent = [], 0
     for i, (name, rgb) in enumerate(frames):
@@ -167,15 +251,18 @@ def run(args, client: Client, frames, source, weights, random_weights, transport
         line = f'demo: {name}: {labels.shape[1]}x{labels.shape[0]}, {lat * 1000:.0f} ms'
         if args.instance:
             masks = decode(got['masks'][stamp][0])[:, :, 0]
-            PILImage.fromarray(masks).save(args.out / f'{name}_instances.png')
-            if stamp in got['overlay']:
-                PILImage.fromarray(decode(got['overlay'][stamp][0])).save(
-                    args.out / f'{name}_overlay.png')
+            PILImage.fromarray(masks).save(args.out / f'{name}_instances.png')  # raw ids
+            PILImage.fromarray(instance_colors(masks)).save(
+                args.out / f'{name}_instances_color.png')
+            PILImage.fromarray(decode(got['overlay'][stamp][0])).save(
+                args.out / f'{name}_overlay.png')
             line += f', {len(got["dets"][stamp][0].detections)} instances'
         print(line, flush=True)
     lat_ms = np.array(latencies) * 1000
     summary = {
-        'source': source, 'weights': weights, 'random_weights': random_weights,
+        'source': source, 'weights': weights,
+        'instance_weights': args.instance_weights if args.instance else None,
+        'random_weights': bool(random_models), 'random_models': random_models,
         'dds_transports': transports, 'frames_sent': n_sent,
         'frames_answered': len(latencies), 'class_names': class_names,
         'latency_ms': ({'p50': float(np.percentile(lat_ms, 50)),
@@ -188,7 +275,9 @@ def run(args, client: Client, frames, source, weights, random_weights, transport
     }
     (args.out / 'summary.json').write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != 'class_names'}, indent=2))
-    print(f'demo: wrote {len(latencies)} frames to {args.out}', flush=True)
+    print(f'demo: wrote {len(latencies)} of {n_sent} frames to {args.out}', flush=True)
+    if n_sent == 0:
+        print(f'demo: no frame could be read from {source}', flush=True)
     return 0 if latencies and len(latencies) == n_sent else 1
 
 

@@ -138,6 +138,19 @@ def _check_names(class_names: Sequence[str], num_classes: int) -> list[str]:
     return names or default_class_names(num_classes)
 
 
+def _load_failure(exc: Exception) -> str:
+    """What went wrong reading a weights file, without PyTorch's advice to retry with
+    ``weights_only=False`` (which would execute arbitrary pickled code, never offered here).
+    """
+    text = str(exc).strip()
+    if 'weights_only' in text or 'Weights only load failed' in text:
+        return 'it holds objects other than tensors (an arbitrary pickle)'
+    first = text.splitlines()[0] if text else type(exc).__name__
+    if 'invalid load key' in first or 'zip archive' in first or 'magic number' in first:
+        return f'not a PyTorch file ({first})'
+    return first
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a plain state dict safely (``weights_only=True``).
 
@@ -151,9 +164,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f'weights file not found: {p}')
     try:
         obj = torch.load(p, map_location='cpu', weights_only=True)
-    except Exception as exc:  # corrupt file, unsafe pickle, ...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f'cannot read weights file {p}: {first}') from None
+    except Exception as exc:  # corrupt file, unsafe pickle, not a torch file at all
+        raise ModelLoadError(f'cannot read weights file {p}: {_load_failure(exc)}; it must be '
+                             'a state dict saved with torch.save(model.state_dict(), path) '
+                             '(only tensors are loaded, never arbitrary pickles)') from None
     if isinstance(obj, Mapping):
         for key in ('state_dict', 'model'):
             if key in obj and isinstance(obj[key], Mapping):

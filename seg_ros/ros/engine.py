@@ -10,8 +10,10 @@ pipeline and publishes. Inference never runs on the executor's thread.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
+import os
 import threading
 import time
 from typing import Any
@@ -19,7 +21,11 @@ from typing import Any
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor, ParameterType, SetParametersResult
-from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+
+try:  # Iron and later
+    from rclpy.event_handler import PublisherEventCallbacks, SubscriptionEventCallbacks
+except ImportError:  # Humble: the same classes under their old module name (rclpy#1058)
+    from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
@@ -44,7 +50,6 @@ _ROS_TYPES = {
     'string': ParameterType.PARAMETER_STRING,
     'string_array': ParameterType.PARAMETER_STRING_ARRAY,
 }
-_UNSET = {'string_array': Parameter.Type.STRING_ARRAY}
 # Subscription "matched" events exist from Iron on; Humble falls back to the 1 s poll.
 _HAS_MATCHED_EVENT = 'matched' in inspect.signature(SubscriptionEventCallbacks).parameters
 _RELIABILITY = {'reliable': ReliabilityPolicy.RELIABLE,
@@ -55,6 +60,7 @@ LATCHED = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 WARN_PERIOD_S = 5.0
 LATENCY_LABELS = 'processing_s,stamp_to_publish_s'
+FASTDDS_SHM_SEGMENT = 512 * 1024  # Fast DDS's default shared-memory segment (bytes)
 
 
 class StartupError(RuntimeError):
@@ -62,21 +68,77 @@ class StartupError(RuntimeError):
 
 
 def declare(node: Node) -> None:
-    """Declare every parameter of the table with its descriptor.
+    """Declare every parameter of the table with its descriptor and a value.
 
-    Validation runs in the :class:`Engine`'s on-set callback, so create the engine first.
+    Every parameter has a value, string arrays included (an empty list), so that
+    GetParameters / ``ros2 param dump`` answer for every declared name. Values given at
+    start-up are validated first, so a refusal is one sentence of ours. Validation of later
+    changes runs in the :class:`Engine`'s on-set callback, so create the engine first.
+    Overrides that name no declared parameter are warned about (:func:`warn_unknown`).
 
     Raises:
         StartupError: a value given at start-up is refused (the reason says why).
     """
+    overrides = _overrides(node)
     for spec in PARAMS:
-        desc = ParameterDescriptor(name=spec.name, type=_ROS_TYPES[spec.type],
-                                   description=spec.description, read_only=spec.read_only)
-        default = spec.default if spec.default is not None else _UNSET[spec.type]
+        given = overrides.get(spec.name)
+        if given is not None and given.type_ != Parameter.Type.NOT_SET:
+            err = validate(spec.name, given.value)
+            if err:
+                raise StartupError(err)
         try:
-            node.declare_parameter(spec.name, default, desc)
-        except Exception as exc:  # InvalidParameterValueException, type mismatch
-            raise StartupError(f'parameter {spec.name}: {exc}') from None
+            _declare_one(node, spec)
+        except Exception as exc:  # e.g. a type mismatch rclpy found first
+            raise StartupError(f'{spec.name}: {_exception_reason(exc)}') from None
+    warn_unknown(node, overrides)
+
+
+def _declare_one(node: Node, spec) -> None:
+    desc = ParameterDescriptor(name=spec.name, type=_ROS_TYPES[spec.type],
+                               description=spec.description, read_only=spec.read_only)
+    if spec.type != 'string_array':
+        node.declare_parameter(spec.name, spec.default, desc)
+        return
+    # rclpy infers an empty list as a byte array, so declare the type, give the empty list
+    # (when nothing overrides it) while still writable, then apply the real descriptor.
+    writable = ParameterDescriptor(name=spec.name, type=desc.type,
+                                   description=spec.description, read_only=False)
+    node.declare_parameter(spec.name, Parameter.Type.STRING_ARRAY, writable)
+    if node.get_parameter_or(spec.name).type_ == Parameter.Type.NOT_SET:
+        node.set_parameters([Parameter(spec.name, Parameter.Type.STRING_ARRAY,
+                                       list(spec.default))])
+    if spec.read_only:
+        node.set_descriptor(spec.name, desc)
+
+
+def _overrides(node: Node) -> dict[str, Parameter]:
+    """The parameter values given to this node at start-up (command line, params files)."""
+    return dict(getattr(node, '_parameter_overrides', {}) or {})
+
+
+def _exception_reason(exc: Exception) -> str:
+    """The reason in an rclpy exception, without its boilerplate and repeated name."""
+    text = str(exc.args[0]) if exc.args else str(exc)
+    return text.split('Reason: ', 1)[-1]
+
+
+def warn_unknown(node: Node, overrides: dict[str, Parameter] | None = None) -> list[str]:
+    """Warn once for every start-up override that names no declared parameter, with the
+    closest declared name (``-p devcie:=cpu`` -> "did you mean device?"). Returns them.
+    """
+    overrides = _overrides(node) if overrides is None else overrides
+    declared = [spec.name for spec in PARAMS]
+    unknown = []
+    for name in sorted(overrides):
+        if node.has_parameter(name) or name.startswith('qos_overrides.'):
+            continue
+        unknown.append(name)
+        close = difflib.get_close_matches(name, declared, n=1, cutoff=0.6)
+        hint = f'; did you mean {close[0]}?' if close else \
+            ' (see ros2 param list, or config/segment.yaml)'
+        node.get_logger().warning(f'unknown parameter {name!r} ignored: this node declares no '
+                                  f'such parameter{hint}')
+    return unknown
 
 
 class Engine:
@@ -97,6 +159,7 @@ class Engine:
         self._timers: list = []
         self._oneshot = None
         self._pubs: list = []
+        self._large_data_hinted = False
         node.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- parameters -----------------------------------------------------------------------
@@ -392,20 +455,25 @@ class Engine:
         res = pipeline(frame, want_color=want_color, want_overlay=want_overlay)
         t_inferred = time.perf_counter()
         header = msg.header
+        images = []  # (publisher, Image)
         if res.semantic is not None:
-            self.pub_labels.publish(messages.array_to_image(
-                res.semantic.labels, pipeline.semantic.label_encoding, header))
+            images.append((self.pub_labels, messages.array_to_image(
+                res.semantic.labels, pipeline.semantic.label_encoding, header)))
             if res.semantic.color is not None:
-                self.pub_color.publish(messages.array_to_image(res.semantic.color, 'rgb8',
-                                                               header))
+                images.append((self.pub_color, messages.array_to_image(
+                    res.semantic.color, 'rgb8', header)))
         if res.instances is not None:
             self.pub_dets.publish(messages.detections(header, res.instances,
                                                       pipeline.instance.loaded.class_names))
-            self.pub_masks.publish(messages.array_to_image(res.instances.id_map, 'mono16',
-                                                           header))
+            images.append((self.pub_masks, messages.array_to_image(
+                res.instances.id_map, 'mono16', header)))
             if res.instances.overlay is not None:
-                self.pub_overlay.publish(messages.array_to_image(res.instances.overlay,
-                                                                 'rgb8', header))
+                images.append((self.pub_overlay, messages.array_to_image(
+                    res.instances.overlay, 'rgb8', header)))
+        for publisher, image in images:
+            publisher.publish(image)
+        if not self._large_data_hinted:
+            self._hint_large_data(max((len(im.data) for _, im in images), default=0))
         t_end = time.perf_counter()
         processing = t_end - t0
         age = _age_s(self.node, header)
@@ -415,6 +483,21 @@ class Engine:
         lat.layout.dim = [MultiArrayDimension(label=LATENCY_LABELS, size=2, stride=2)]
         lat.data = [processing, age]
         self.pub_latency.publish(lat)
+
+    def _hint_large_data(self, nbytes: int) -> None:
+        """Once: outputs over Fast DDS's shared-memory segment travel as UDP fragments that
+        default socket buffers drop, unless every process uses the LARGE_DATA transports.
+        """
+        if nbytes <= FASTDDS_SHM_SEGMENT or os.environ.get('FASTDDS_BUILTIN_TRANSPORTS'):
+            return
+        self._large_data_hinted = True
+        self.log.info(
+            f'hint: an output image is {nbytes / 1024:.0f} KB, above Fast DDS\'s 512 KB '
+            'shared-memory segment; with the default transports such messages travel as UDP '
+            'fragments that default socket buffers drop (late or lost frames). Set '
+            'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in every process (camera driver, this node, '
+            'every consumer), or raise net.core.rmem_max / rmem_default (README: Large images '
+            'and DDS)')
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:

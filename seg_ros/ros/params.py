@@ -17,7 +17,11 @@ _DEVICE = re.compile(r'^(auto|cpu|cuda|cuda:\d+)$')
 
 @dataclass(frozen=True)
 class Param:
-    """One parameter: default (None = typed but unset), ROS type name, doc, validation."""
+    """One parameter: default value, ROS type name, doc, validation.
+
+    String arrays default to ``()``: declared as an empty list, which is a value that
+    GetParameters returns (an unset parameter would answer nothing).
+    """
 
     name: str
     default: Any
@@ -89,7 +93,7 @@ PARAMS: list[Param] = [
     Param('semantic.num_classes', 0, 'int',
           'classes of a weights file or random model (0 = from the file, else 21)',
           int_range=(0, 65535)),
-    Param('semantic.class_names', None, 'string_array',
+    Param('semantic.class_names', (), 'string_array',
           'optional class names for a weights file (one per class)', check=_classes),
     Param('semantic.input_size', -1, 'int',
           "shorter side fed to the model: -1 = the weights' own (520 for torchvision "
@@ -111,7 +115,7 @@ PARAMS: list[Param] = [
     Param('instance.num_classes', 0, 'int',
           'classes of a weights file or random model incl. background (0 = from the file, '
           'else 91)', int_range=(0, 65535)),
-    Param('instance.class_names', None, 'string_array',
+    Param('instance.class_names', (), 'string_array',
           'optional class names for a weights file (index 0 = background)', check=_classes),
     Param('instance.score_threshold', 0.5, 'double', 'drop instances scoring below',
           read_only=False, float_range=(0.0, 1.0)),
@@ -120,7 +124,7 @@ PARAMS: list[Param] = [
           float_range=(0.0, 1.0)),
     Param('instance.max_detections', 100, 'int', 'keep at most this many instances',
           int_range=(1, 1000)),
-    Param('instance.classes', None, 'string_array',
+    Param('instance.classes', (), 'string_array',
           'class names to keep (unset/empty keeps all)', read_only=False, check=_classes),
     Param('instance.min_size', 800, 'int', "Mask R-CNN's internal resize: shorter side",
           int_range=(32, 4096)),

@@ -41,19 +41,21 @@ def large_data_transport() -> str:
 
 
 class NodeProcess:
-    """``segment_node --ros-args ARGS`` (or another executable of the package) as a child
-    process logging to ``log_path``.
+    """``segment_node --ros-args ARGS`` (or another executable of the package, or any
+    ``command``) as a child process logging to ``log_path``.
     """
 
     def __init__(self, args: list[str], domain_id: int, log_path: Path,
                  env: dict[str, str] | None = None,
-                 executable: str = 'segment_node') -> None:
+                 executable: str = 'segment_node',
+                 command: list[str] | None = None) -> None:
         full_env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED='1',
                         RCUTILS_LOGGING_BUFFERED_STREAM='0')
         full_env.update(env or {})
         self.log_path = Path(log_path)
         self._log = open(self.log_path, 'w')
-        self.proc = subprocess.Popen([executable, '--ros-args', *args], env=full_env,
+        self.proc = subprocess.Popen([*(command or [executable]), '--ros-args', *args],
+                                     env=full_env,
                                      stdout=self._log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
 

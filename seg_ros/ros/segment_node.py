@@ -6,6 +6,7 @@ variant is :mod:`seg_ros.ros.segment_lifecycle_node`. Both delegate to
 """
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
 
 from seg_ros.ros.engine import Engine, StartupError, declare
 
@@ -43,29 +45,39 @@ class SegmentNode(Node):
 
 
 def run(node_factory, inference_in_main_thread: bool = False) -> int:
-    """rclpy.init, build the node, spin; one clear line and exit code 1 when it cannot
-    start; clean shutdown on Ctrl-C / SIGTERM.
+    """rclpy.init, build the node, serve; one clear line and exit code 1 when it cannot
+    start; exit code 0 after SIGINT / SIGTERM, however many arrive.
 
-    With ``inference_in_main_thread`` the executor spins in a background thread and the
-    main thread runs the node's inference loop (``node.engine.work``).
+    The executor spins in a background thread. The main thread runs the node's inference
+    loop (``node.engine.work``) with ``inference_in_main_thread``, else waits. SIGINT and
+    SIGTERM only set a flag (rclpy's own handlers are not installed): a terminal's Ctrl-C
+    under ``ros2 launch`` reaches the node twice (from the terminal and from launch), and a
+    second signal during shutdown must not turn a clean exit into a KeyboardInterrupt.
     """
-    rclpy.init(args=sys.argv)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set())
+                for sig in (signal.SIGINT, signal.SIGTERM)}
+    rclpy.init(args=sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     node = executor = spinner = None
     try:
         node = node_factory()
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        spinner = threading.Thread(target=_spin, args=(executor,), daemon=True,
+                                   name='seg_ros_executor')
+        spinner.start()
+
+        def keep_going() -> bool:
+            return not stop.is_set() and rclpy.ok() and spinner.is_alive()
         if inference_in_main_thread:
-            executor = SingleThreadedExecutor()
-            executor.add_node(node)
-            spinner = threading.Thread(target=_spin, args=(executor,), daemon=True,
-                                       name='seg_ros_executor')
-            spinner.start()
-            node.engine.work(keep_going=lambda: rclpy.ok() and spinner.is_alive())
+            node.engine.work(keep_going=keep_going)
         else:
-            rclpy.spin(node)
+            while keep_going():
+                stop.wait(0.2)
     except StartupError as exc:
         print(f'[segment_node] cannot start: {exc}', file=sys.stderr, flush=True)
         return 1
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:
         pass
     finally:
         if node is not None:
@@ -76,13 +88,15 @@ def run(node_factory, inference_in_main_thread: bool = False) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return 0
 
 
 def _spin(executor) -> None:
     try:
         executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+    except ExternalShutdownException:
         pass
 
 

@@ -21,6 +21,11 @@ def test_refused_with_reason(args, expect):
     lines = [ln for ln in res.stderr.splitlines() if 'cannot start' in ln]
     assert len(lines) == 1 and expect in lines[0], res.stderr
     assert 'Traceback' not in res.stderr
+    # one clean sentence: no rclpy boilerplate, the parameter named once
+    assert 'Invalid parameter value' not in lines[0] and 'Reason' not in lines[0], lines[0]
+    name = args[-1].split(':=')[0]
+    if name in lines[0]:
+        assert lines[0].count(name) == 1, lines[0]
 
 
 def test_corrupt_weights_file(tmp_path):

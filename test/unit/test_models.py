@@ -75,6 +75,17 @@ def test_corrupt_file(tmp_path):
         read_state_dict(p)
 
 
+def test_non_torch_file_says_what_it_must_be(tmp_path):
+    # e.g. a video passed by mistake: the reason must not suggest weights_only=False
+    p = tmp_path / 'clip.mp4'
+    p.write_bytes(b'\x00\x00\x00\x18ftypmp42' + bytes(range(256)) * 4)
+    with pytest.raises(ModelLoadError) as err:
+        read_state_dict(p)
+    text = str(err.value)
+    assert 'torch.save(model.state_dict(), path)' in text
+    assert 'weights_only=False' not in text
+
+
 class Evil:
     def __reduce__(self):
         return (print, ('pwned',))
@@ -83,8 +94,9 @@ class Evil:
 def test_arbitrary_pickle_is_refused(tmp_path):
     p = tmp_path / 'evil.pt'
     torch.save({"x": Evil()}, p, pickle_protocol=2)
-    with pytest.raises(ModelLoadError, match='cannot read weights file'):
+    with pytest.raises(ModelLoadError, match='cannot read weights file') as err:
         read_state_dict(p)
+    assert 'weights_only=False' not in str(err.value)
 
 
 def test_non_state_dict_is_refused(tmp_path):

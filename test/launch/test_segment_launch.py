@@ -1,0 +1,107 @@
+"""launch_testing: `segment.launch.py` with its arguments starts segment_node and serves.
+
+Run twice (launch_testing.parametrize): without a ``device`` argument the params file's
+``device: cpu`` applies; with ``device:=auto`` the argument overrides the file. Checks: the
+remapped input is subscribed, an image is answered on the namespaced outputs with its
+header, params_file values reach the node, and every process exits cleanly on shutdown.
+"""
+import os
+import unittest
+
+import launch_testing
+import launch_testing.actions
+import launch_testing.asserts
+import pytest
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import IncludeLaunchDescription
+from launch.launch_description_sources import PythonLaunchDescriptionSource
+from rcl_interfaces.srv import GetParameters
+from sensor_msgs.msg import Image
+
+from launch import LaunchDescription
+from seg_ros.ros.remote import Client, frame_msg
+
+from helpers import fresh_domain_id, image_to_array, synthetic_image
+
+DOMAIN = fresh_domain_id()
+NAMESPACE, NODE_NAME = '/rig1', 'seg'
+PARAMS_YAML = """\
+/**:
+  ros__parameters:
+    device: cpu
+    warmup: false
+    diagnostics_period: 0.5
+    semantic:
+      input_size: 0
+"""
+
+
+@pytest.mark.launch_test
+@launch_testing.parametrize('device_arg, expected_device', [(None, 'cpu'), ('auto', 'auto')])
+def generate_test_description(device_arg, expected_device):
+    os.environ['ROS_DOMAIN_ID'] = str(DOMAIN)  # the launched node inherits it
+    params = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'seg_ros_launch_{os.getpid()}.yaml')
+    with open(params, 'w', encoding='utf-8') as f:
+        f.write(PARAMS_YAML)
+    args = {'image': '/cam/image', 'params_file': params, 'namespace': NAMESPACE,
+            'node_name': NODE_NAME}
+    if device_arg is not None:
+        args['device'] = device_arg
+    launch_file = os.path.join(get_package_share_directory('seg_ros'), 'launch',
+                               'segment.launch.py')
+    return LaunchDescription([
+        IncludeLaunchDescription(PythonLaunchDescriptionSource(launch_file),
+                                 launch_arguments=args.items()),
+        launch_testing.actions.ReadyToTest(),
+    ])
+
+
+class TestServes(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        cls.client = Client(DOMAIN, 'launch_test_client')
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+
+    def test_answers_on_namespaced_outputs(self, proc_output, expected_device):
+        proc_output.assertWaitFor('listening on /cam/image', timeout=120, stream='stderr')
+        client = self.client
+        labels = client.collect(Image, f'{NAMESPACE}/{NODE_NAME}/semantic/labels')
+        pub = client.node.create_publisher(Image, '/cam/image', 1)
+        assert client.spin_until(lambda: pub.get_subscription_count() > 0, 30), \
+            'the remapped input /cam/image has no subscriber'
+        rgb = synthetic_image(48, 64, seed=2)
+        msg = frame_msg(rgb, 1_700_000_000_123_456_789, frame_id='rig1_camera')
+        assert client.exchange(pub, msg, [labels], timeout=60, resend=1.0) is not None
+        out = labels[1_700_000_000_123_456_789][0]
+        assert out.header.frame_id == 'rig1_camera'
+        assert (out.encoding, out.height, out.width) == ('mono8', 48, 64)
+        assert image_to_array(out).max() < 11  # CamVid class indices
+
+    def test_params_file_and_launch_argument_reach_the_node(self, proc_output, expected_device):
+        proc_output.assertWaitFor('listening on', timeout=120, stream='stderr')
+        client = self.client
+        cli = client.node.create_client(GetParameters,
+                                        f'{NAMESPACE}/{NODE_NAME}/get_parameters')
+        assert cli.wait_for_service(timeout_sec=30)
+        req = GetParameters.Request(names=['device', 'diagnostics_period', 'warmup',
+                                           'semantic.input_size'])
+        fut = cli.call_async(req)
+        assert client.spin_until(fut.done, 30)
+        values = fut.result().values
+        assert [v.string_value for v in values[:1]] == [expected_device]
+        assert values[1].double_value == 0.5
+        assert values[2].bool_value is False
+        assert values[3].integer_value == 0
+
+
+@launch_testing.post_shutdown_test()
+class TestShutdown(unittest.TestCase):
+
+    def test_exit_code(self, proc_info, proc_output):
+        launch_testing.asserts.assertExitCodes(proc_info)
+        for io in proc_output:
+            assert b'Traceback' not in io.text, io.text.decode(errors='replace')

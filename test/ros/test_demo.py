@@ -1,0 +1,76 @@
+"""tools/demo.py (README command 1's main job): refusals before anything starts, and an
+honest summary and viewable pictures with --instance."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image as PILImage
+
+from helpers import fresh_domain_id, synthetic_image
+
+pytestmark = pytest.mark.ros
+DEMO = Path(__file__).resolve().parents[2] / 'tools' / 'demo.py'
+
+
+def demo(*args, timeout=300):
+    env = dict(os.environ, ROS_DOMAIN_ID=str(fresh_domain_id()), OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, str(DEMO), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize('make_args, expect', [
+    (lambda tmp: ['--images', '/nonexistent/frames'], 'no such folder'),
+    (lambda tmp: ['--images', str(tmp)], 'no images in it'),
+    (lambda tmp: ['--video', str(tmp / 'missing.mp4')], 'no such file'),
+    (lambda tmp: ['--frames', '0'], 'at least 1'),
+])
+def test_refusals_are_one_line_before_the_node_starts(tmp_path, make_args, expect):
+    res = demo(*make_args(tmp_path), '--out', str(tmp_path / 'out'), timeout=60)
+    assert res.returncode != 0
+    out = (res.stdout + res.stderr).strip()
+    assert len(out.splitlines()) == 1 and expect in out, out
+    assert 'starting segment_node' not in out and not (tmp_path / 'out').exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has CUDA')
+def test_cuda_without_cuda_is_refused(tmp_path):
+    res = demo('--device', 'cuda', '--out', str(tmp_path / 'out'), timeout=60)
+    out = (res.stdout + res.stderr).strip()
+    assert res.returncode != 0 and len(out.splitlines()) == 1 and 'CUDA' in out, out
+
+
+def test_help_documents_every_option():
+    res = demo('--help', timeout=60)
+    assert res.returncode == 0
+    for opt in ('--images', '--video', '--frames', '--out', '--device', '--weights',
+                '--instance', '--instance-weights', '--timeout', 'default: 12'):
+        assert opt in res.stdout, opt
+
+
+def test_instance_demo_is_honest_and_writes_viewable_pictures(tmp_path):
+    frames = tmp_path / 'frames'
+    frames.mkdir()
+    for i in range(3):
+        PILImage.fromarray(synthetic_image(60, 80, seed=i)).save(frames / f'f{i}.png')
+    out = tmp_path / 'out'
+    res = demo('--images', str(frames), '--frames', '2', '--instance', '--device', 'cpu',
+               '--out', str(out), '--', '-p', 'instance.min_size:=128',
+               '-p', 'instance.max_size:=160', '-p', 'instance.score_threshold:=0.0')
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert 'instance model (Mask R-CNN) has RANDOM WEIGHTS' in res.stdout
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['random_weights'] is True and summary['random_models'] == ['instance']
+    assert summary['frames_answered'] == 2
+    # frames spread over the folder: the first and the last
+    for name in ('f0', 'f2'):
+        assert (out / f'{name}_overlay.png').is_file()
+        ids = np.asarray(PILImage.open(out / f'{name}_instances.png'))
+        color = np.asarray(PILImage.open(out / f'{name}_instances_color.png'))
+        assert color.shape == (60, 80, 3) and color.dtype == np.uint8
+        assert ((ids > 0) == color.any(-1)).all()  # coloured exactly where an instance is
+    assert not (out / 'f1_labels.png').exists()
