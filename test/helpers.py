@@ -46,9 +46,14 @@ def make_semantic_weights(path: Path, name: str = 'lraspp_mobilenet_v3_large',
 
 
 def make_instance_weights(path: Path, name: str = 'maskrcnn_resnet50_fpn',
-                          num_classes: int = 4, seed: int = 0) -> Path:
+                          num_classes: int = 4, seed: int = 0,
+                          anchors_as_boxes: bool = False) -> Path:
     """Random-init Mask R-CNN weights with spread scores (about 0.65-0.9 on
-    :func:`synthetic_image`), more than one class and masks covering part of each box."""
+    :func:`synthetic_image`), more than one class and masks covering part of each box.
+
+    ``anchors_as_boxes`` zeroes both box regressors, so every box is an anchor: shifting
+    the image by a multiple of the anchor stride shifts the boxes exactly (for tracking).
+    """
     torch.manual_seed(seed)
     model = INSTANCE_MODELS[name].builder(weights=None, weights_backbone=None,
                                           num_classes=num_classes)
@@ -58,6 +63,10 @@ def make_instance_weights(path: Path, name: str = 'maskrcnn_resnet50_fpn',
         w.sub_(w.mean(1, keepdim=True))
         model.roi_heads.box_predictor.cls_score.bias.zero_()
         model.roi_heads.mask_predictor.mask_fcn_logits.bias.fill_(0.5)
+        if anchors_as_boxes:
+            for layer in (model.rpn.head.bbox_pred, model.roi_heads.box_predictor.bbox_pred):
+                layer.weight.zero_()
+                layer.bias.zero_()
     torch.save(model.state_dict(), path)
     return path
 

@@ -11,6 +11,7 @@ from .colors import voc_palette
 from .models import LoadedModel
 from .results import InstanceResult
 from .semantic import autocast_context
+from .tracking import Tracker
 
 MAX_INSTANCES = 65535  # the id map is uint16
 
@@ -32,6 +33,16 @@ def compose_id_map(masks: torch.Tensor, height: int, width: int) -> torch.Tensor
     covered = masks.any(0)
     first = masks.to(torch.uint8).argmax(0)  # first True = highest score
     return torch.where(covered, first + 1, 0).to(torch.uint16)
+
+
+def motion_thumbnail(image: torch.Tensor, width: int = 160) -> tuple[np.ndarray, float]:
+    """A small copy of a (1, 3, H, W) frame for the tracker's camera-motion estimate: its
+    green channel (the luminance's main part) sampled every k-th pixel, (h, w) float32 on
+    the host, and k, the frame pixels per thumbnail pixel. Sampling, not averaging: ~20x
+    cheaper, and phase correlation does not need the lost detail.
+    """
+    k = max(1, int(image.shape[-1]) // width)
+    return image[0, 1, ::k, ::k].float().cpu().numpy(), float(k)
 
 
 class InstanceSegmenter:
@@ -80,12 +91,15 @@ class InstanceSegmenter:
                          if classes else None)
 
     @torch.inference_mode()
-    def __call__(self, image: torch.Tensor, want_overlay: bool = False) -> InstanceResult:
+    def __call__(self, image: torch.Tensor, want_overlay: bool = False,
+                 tracker: Tracker | None = None, stamp_ns: int = 0) -> InstanceResult:
         """Detect and segment the objects of one frame.
 
         Args:
             image: (1, 3, H, W) float RGB in [0, 1] on the model's device.
             want_overlay: also draw masks, boxes and labels over the image.
+            tracker: keeps ids across frames; ``ids`` and the id map then carry track ids.
+            stamp_ns: the image's stamp (the tracker ages tracks on it).
 
         Returns:
             :class:`InstanceResult`; masks are thresholded and composed on the device and
@@ -105,16 +119,27 @@ class InstanceSegmenter:
         labels = out['labels'][idx]
         masks = out['masks'][idx, 0] > self.mask_threshold
         id_map = compose_id_map(masks, h, w)
-        overlay = self._draw(image[0], boxes, labels, masks, id_map) if want_overlay else None
+        boxes_np = boxes.cpu().numpy().astype(np.float32)
+        class_np = labels.cpu().numpy().astype(np.int64)
+        ids = np.arange(1, boxes_np.shape[0] + 1, dtype=np.int64)
+        reset = False
+        if tracker is not None:
+            small, scale = motion_thumbnail(image)
+            update = tracker.update(boxes_np, class_np, stamp_ns, small, scale)
+            ids, reset = update.ids, update.reset
+        overlay = (self._draw(image[0], boxes, labels, masks, id_map, ids)
+                   if want_overlay else None)
+        id_map_np = id_map.cpu().numpy()
+        if tracker is not None and ids.size:
+            lut = np.concatenate([[0], ids]).astype(np.uint16)
+            id_map_np = np.take(lut, id_map_np)  # instance k -> its track id
         return InstanceResult(
-            boxes=boxes.cpu().numpy().astype(np.float32),
-            scores=scores[idx].cpu().numpy().astype(np.float32),
-            class_ids=labels.cpu().numpy().astype(np.int64),
-            id_map=id_map.cpu().numpy(),
-            overlay=overlay)
+            boxes=boxes_np, scores=scores[idx].cpu().numpy().astype(np.float32),
+            class_ids=class_np, id_map=id_map_np, ids=ids, overlay=overlay,
+            tracks_reset=reset)
 
     def _draw(self, image: torch.Tensor, boxes: torch.Tensor, labels: torch.Tensor,
-              masks: torch.Tensor, id_map: torch.Tensor) -> np.ndarray:
+              masks: torch.Tensor, id_map: torch.Tensor, ids: np.ndarray) -> np.ndarray:
         img = (image * 255).round().to(torch.uint8)
         n = boxes.shape[0]
         if n:
@@ -125,7 +150,7 @@ class InstanceSegmenter:
                       for c in labels.tolist()]
             img = draw_segmentation_masks(img.cpu(), visible.cpu(), alpha=0.5, colors=colors)
             names = self.loaded.class_names
-            text = [f'{k + 1}:{names[int(c)] if int(c) < len(names) else int(c)}'
+            text = [f'{int(ids[k])}:{names[int(c)] if int(c) < len(names) else int(c)}'
                     for k, c in enumerate(labels.tolist())]
             img = draw_bounding_boxes(img, boxes.cpu(), labels=text, colors=colors, width=2)
         return img.permute(1, 2, 0).contiguous().cpu().numpy()

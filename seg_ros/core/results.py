@@ -27,16 +27,25 @@ class InstanceResult:
         boxes: (N, 4) float32 ``x1, y1, x2, y2`` in input-image pixels.
         scores: (N,) float32 in [0, 1], non-increasing.
         class_ids: (N,) int64 model class indices.
-        id_map: (H, W) uint16; 0 = background, k = instance k; where masks overlap the
-            higher-scored instance keeps the pixel.
+        id_map: (H, W) uint16; 0 = background, ``ids[k-1]`` = the pixels of instance k;
+            where masks overlap the higher-scored instance keeps the pixel.
+        ids: (N,) int64 published id of each instance, distinct, in 1..65535: ``k`` for
+            instance k without tracking, its track id with tracking.
         overlay: (H, W, 3) uint8 RGB drawing, or None when not requested.
+        tracks_reset: the tracker forgot every track before this frame (stamp went back).
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     class_ids: np.ndarray
     id_map: np.ndarray
+    ids: np.ndarray | None = None
     overlay: np.ndarray | None = None
+    tracks_reset: bool = False
+
+    def __post_init__(self) -> None:
+        if self.ids is None:
+            self.ids = np.arange(1, len(self) + 1, dtype=np.int64)
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])

@@ -40,6 +40,7 @@ from seg_ros.core.models import ModelLoadError, load_instance_model, load_semant
 from seg_ros.core.pipeline import Pipeline, resolve_device
 from seg_ros.core.semantic import SemanticSegmenter
 from seg_ros.core.stats import FrameStats
+from seg_ros.core.tracking import Tracker
 from seg_ros.ros import messages
 from seg_ros.ros.params import PARAMS, names, validate
 
@@ -149,6 +150,7 @@ class Engine:
         self.log = node.get_logger()
         self.stats = FrameStats()
         self.pipeline: Pipeline | None = None
+        self.tracker: Tracker | None = None
         self._last_warn: dict[str, float] = {}
         self._slot: tuple[Any, Any] | None = None
         self._cv = threading.Condition()
@@ -189,6 +191,10 @@ class Engine:
                 inst.model.roi_heads.score_thresh = float(prm.value)
             elif inst is not None and prm.name == 'instance.mask_threshold':
                 inst.mask_threshold = float(prm.value)
+            elif self.tracker is not None and prm.name == 'instance.track_iou':
+                self.tracker.iou_threshold = float(prm.value)
+            elif self.tracker is not None and prm.name == 'instance.track_timeout':
+                self.tracker.timeout_s = float(prm.value)
         return SetParametersResult(successful=True)
 
     # -- models ---------------------------------------------------------------------------
@@ -230,6 +236,8 @@ class Engine:
                     names(p('instance.classes')), precision)
                 self._report_model('instance', loaded)
             self.pipeline = Pipeline(device, semantic, instance)
+            self.tracker = (Tracker(p('instance.track_iou'), p('instance.track_timeout'))
+                            if instance is not None and p('instance.tracking') else None)
         except (ModelLoadError, ValueError) as exc:
             raise StartupError(str(exc)) from None
         if p('warmup'):
@@ -238,8 +246,9 @@ class Engine:
             self.log.info(f'warm-up done in {time.perf_counter() - t0:.2f}s')
 
     def release(self) -> None:
-        """Drop the models and free cached GPU memory."""
+        """Drop the models (and tracks) and free cached GPU memory."""
         self.pipeline = None
+        self.tracker = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -452,9 +461,13 @@ class Engine:
         want_color = self.pub_color is not None and self.pub_color.get_subscription_count() > 0
         want_overlay = (self.pub_overlay is not None
                         and self.pub_overlay.get_subscription_count() > 0)
-        res = pipeline(frame, want_color=want_color, want_overlay=want_overlay)
-        t_inferred = time.perf_counter()
         header = msg.header
+        res = pipeline(frame, want_color=want_color, want_overlay=want_overlay,
+                       tracker=self.tracker, stamp_ns=messages.stamp_ns(header))
+        t_inferred = time.perf_counter()
+        if res.instances is not None and res.instances.tracks_reset:
+            self.log.info(f'stamp went backwards to {_stamp(header)}: tracks reset (ids '
+                          'continue; a bag loop or simulation reset?)')
         images = []  # (publisher, Image)
         if res.semantic is not None:
             images.append((self.pub_labels, messages.array_to_image(

@@ -66,7 +66,8 @@ def label_info(header: Header, class_names: Sequence[str], threshold: float) -> 
 
 def detections(header: Header, result: InstanceResult,
                class_names: Sequence[str]) -> Detection2DArray:
-    """Detection2DArray: detection k (1-based, ``id="k"``) is pixel value k of the id map.
+    """Detection2DArray: detection k has ``id = str(result.ids[k-1])``, the pixel value of
+    its mask in the id map (k itself without tracking, its track id with tracking).
 
     ``class_id`` is the class name, or the decimal index when the model has no name for it;
     boxes are centre + size in input-image pixels.
@@ -79,7 +80,7 @@ def detections(header: Header, result: InstanceResult,
         cls = int(result.class_ids[k])
         d = Detection2D()
         d.header = header
-        d.id = str(k + 1)
+        d.id = str(int(result.ids[k]))
         hyp = ObjectHypothesisWithPose()
         hyp.hypothesis.class_id = str(class_names[cls]) if 0 <= cls < len(class_names) \
             else str(cls)
