@@ -91,6 +91,18 @@ def buffer_to_frame(encoding: str, height: int, width: int, step: int, is_bigend
             a row, or ``len(data) != step * height``.
     """
     channels, dtype, _ = _lookup(encoding)
+    return Frame(buffer_to_array(height, width, step, is_bigendian, data, channels, dtype,
+                                 max_pixels), encoding)
+
+
+def buffer_to_array(height: int, width: int, step: int, is_bigendian: bool, data,
+                    channels: int, dtype, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Validate image fields and view ``data`` as an (H, W, channels) ``dtype`` array
+    (a view unless a byte swap was needed); the checks of :func:`buffer_to_frame`.
+
+    Raises:
+        ImageConversionError: zero/absurd size, bad ``step``, ``len(data) != step * height``.
+    """
     itemsize = np.dtype(dtype).itemsize
     height, width, step = int(height), int(width), int(step)
     if height <= 0 or width <= 0:
@@ -113,7 +125,7 @@ def buffer_to_frame(encoding: str, height: int, width: int, step: int, is_bigend
                      strides=(step, channels * itemsize, itemsize))
     if itemsize > 1 and not wire.isnative:
         arr = arr.astype(wire.newbyteorder('='))
-    return Frame(arr, encoding)
+    return arr
 
 
 def array_to_buffer(array: np.ndarray, encoding: str, is_bigendian: bool = False,

@@ -71,7 +71,7 @@ class Pipeline:
         # One float [0, 1] image for every model. (Normalising the integer pixels directly
         # measured slower inside the node here: 67 vs 52 ms for lraspp at 640x480.)
         x = frame_to_tensor(frame, self.device, self.staging)
-        res = FrameResult()
+        res = FrameResult(image=x)
         t1 = time.perf_counter()
         res.timings['to_tensor'] = t1 - t0
         if self.semantic is not None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -58,3 +59,5 @@ class FrameResult:
     semantic: SemanticResult | None = None
     instances: InstanceResult | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    #: the (1, 3, H, W) float RGB [0, 1] model input on the device (colours of 3D points)
+    image: Any = None

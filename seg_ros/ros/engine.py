@@ -30,10 +30,14 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from rclpy.time import Time
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
-from vision_msgs.msg import Detection2DArray, LabelInfo
+from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
+from visualization_msgs.msg import MarkerArray
 
+from seg_ros.core import geometry
+from seg_ros.core.geometry import GeometryError
 from seg_ros.core.imaging import ImageConversionError, decode_compressed
 from seg_ros.core.instances import InstanceSegmenter
 from seg_ros.core.models import ModelLoadError, load_instance_model, load_semantic_model
@@ -42,7 +46,7 @@ from seg_ros.core.semantic import SemanticSegmenter
 from seg_ros.core.stats import FrameStats
 from seg_ros.core.tracking import Tracker
 from seg_ros.ros import messages
-from seg_ros.ros.params import PARAMS, names, validate
+from seg_ros.ros.params import PARAMS, names, validate, validate_together
 
 _ROS_TYPES = {
     'bool': ParameterType.PARAMETER_BOOL,
@@ -60,6 +64,9 @@ LATCHED = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                      reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
 WARN_PERIOD_S = 5.0
+#: depth images kept for pairing with colour frames (1 s at 30 Hz; the lookup happens when
+#: the inference thread takes the frame, and again after inference if none matched yet)
+DEPTH_CACHE = 30
 LATENCY_LABELS = 'processing_s,stamp_to_publish_s'
 FASTDDS_SHM_SEGMENT = 512 * 1024  # Fast DDS's default shared-memory segment (bytes)
 
@@ -162,6 +169,9 @@ class Engine:
         self._oneshot = None
         self._pubs: list = []
         self._large_data_hinted = False
+        self._depth_subs: list = []
+        self._depth_cache = self._info_cache = None
+        self.depth_on = False
         node.add_on_set_parameters_callback(self._on_set_parameters)
 
     # -- parameters -----------------------------------------------------------------------
@@ -178,6 +188,12 @@ class Engine:
             err = validate(prm.name, prm.value)
             if err:
                 return SetParametersResult(successful=False, reason=err)
+        merged = {n: self.param(n) for n in ('depth.min', 'depth.max')
+                  if self.node.has_parameter(n)}
+        merged.update({prm.name: prm.value for prm in params if prm.name in merged})
+        err = validate_together(merged)
+        if err:
+            return SetParametersResult(successful=False, reason=err)
         inst = self.pipeline.instance if self.pipeline is not None else None
         for prm in params:
             if prm.name == 'instance.classes' and inst is not None:
@@ -209,6 +225,11 @@ class Engine:
             device = resolve_device(p('device'))
         except ValueError as exc:
             raise StartupError(str(exc)) from None
+        err = validate_together({'depth.min': p('depth.min'), 'depth.max': p('depth.max')})
+        if err:
+            raise StartupError(err)
+        if p('depth.enabled'):
+            _require_depth_tools()
         precision = p('precision')
         if device.type != 'cuda' and precision != 'fp32':
             self.log.warning(f'precision={precision} needs CUDA; running fp32 on {device}')
@@ -296,6 +317,15 @@ class Engine:
             self.pub_overlay = pub(Image, '~/instances/overlay')
             pub(LabelInfo, '~/instances/label_info', LATCHED).publish(
                 messages.label_info(header, inst.loaded.class_names, inst.score_threshold))
+        self.depth_on = bool(p('depth.enabled'))
+        self.pub_det3d = self.pub_inst_points = self.pub_markers = self.pub_sem_points = None
+        if self.depth_on:
+            if inst is not None:
+                self.pub_det3d = pub(Detection3DArray, '~/instances/detections_3d')
+                self.pub_inst_points = pub(PointCloud2, '~/instances/points')
+                self.pub_markers = pub(MarkerArray, '~/instances/markers')
+            if sem is not None:
+                self.pub_sem_points = pub(PointCloud2, '~/semantic/points')
         self.pub_latency = pub(Float64MultiArray, '~/latency')
         self.pub_diag = pub(DiagnosticArray, '/diagnostics', 10)
 
@@ -305,6 +335,8 @@ class Engine:
         self.max_pixels = p('max_image_pixels')
         self._mode = p('reliability')
         self._update_subscription()
+        if self.depth_on:
+            self._start_depth()
         if self._mode == 'auto':
             self._timers.append(node.create_timer(1.0, self._update_subscription))
         if p('diagnostics_period') > 0:
@@ -332,6 +364,9 @@ class Engine:
         self._oneshot = None
         if self._sub is not None:
             self.node.destroy_subscription(self._sub)
+        for sub in self._depth_subs:
+            self.node.destroy_subscription(sub.sub)
+        self._depth_subs, self._depth_cache, self._info_cache = [], None, None
         for pub in self._pubs:
             self.node.destroy_publisher(pub)
         self._timers, self._pubs, self._sub, self._sub_reliability = [], [], None, None
@@ -445,8 +480,10 @@ class Engine:
                 msg, frame, t_queued, convert_s = self._slot
                 self._slot = None
             try:
-                self._process(msg, frame, {'convert_in': convert_s,
-                                           'wait': time.perf_counter() - t_queued})
+                stages = {'convert_in': convert_s, 'wait': time.perf_counter() - t_queued}
+                # Pair depth now, while the frame is fresh (again after inference if none).
+                depth = self._find_depth(msg.header) if self.depth_on else None
+                self._process(msg, frame, stages, depth)
             except torch.cuda.OutOfMemoryError as exc:
                 torch.cuda.empty_cache()
                 self.drop('out_of_memory', f'frame at {_stamp(msg.header)}: CUDA out of '
@@ -455,7 +492,7 @@ class Engine:
                 self.drop('processing_error', f'frame at {_stamp(msg.header)} failed: '
                           f'{type(exc).__name__}: {str(exc)[:300]}')
 
-    def _process(self, msg, frame, stages: dict[str, float]) -> None:
+    def _process(self, msg, frame, stages: dict[str, float], depth=None) -> None:
         t0 = time.perf_counter()
         pipeline = self.pipeline
         want_color = self.pub_color is not None and self.pub_color.get_subscription_count() > 0
@@ -487,11 +524,16 @@ class Engine:
             publisher.publish(image)
         if not self._large_data_hinted:
             self._hint_large_data(max((len(im.data) for _, im in images), default=0))
+        if self.depth_on:
+            t3 = time.perf_counter()
+            self._publish_3d(header, res, depth or self._find_depth(header))
+            res.timings['depth3d'] = time.perf_counter() - t3
         t_end = time.perf_counter()
         processing = t_end - t0
         age = _age_s(self.node, header)
         self.stats.on_processed(processing, age)
-        self.stats.on_stage({**stages, **res.timings, 'publish': t_end - t_inferred})
+        self.stats.on_stage({**stages, **res.timings,
+                             'publish': t_end - t_inferred - res.timings.get('depth3d', 0.0)})
         lat = Float64MultiArray()
         lat.layout.dim = [MultiArrayDimension(label=LATENCY_LABELS, size=2, stride=2)]
         lat.data = [processing, age]
@@ -511,6 +553,96 @@ class Engine:
             'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in every process (camera driver, this node, '
             'every consumer), or raise net.core.rmem_max / rmem_default (README: Large images '
             'and DDS)')
+
+    # -- depth and 3D -------------------------------------------------------------------------
+    def _start_depth(self) -> None:
+        """Subscribe to ``depth`` and ``camera_info`` through message_filters: each message is
+        validated first (bad ones dropped with a reason), then kept in a Cache that colour
+        frames are paired from by stamp (nearest within ``depth.slop``).
+        """
+        import message_filters
+
+        rel = ReliabilityPolicy.RELIABLE if self._mode == 'reliable' else \
+            ReliabilityPolicy.BEST_EFFORT  # best effort matches every publisher
+        qos = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST, reliability=rel)
+        node = self.node
+        depth_sub = message_filters.Subscriber(node, Image, 'depth', qos_profile=qos)
+        info_sub = message_filters.Subscriber(node, CameraInfo, 'camera_info', qos_profile=qos)
+        self._depth_subs = [depth_sub, info_sub]
+        self._depth_cache = _LockedCache(_Checked(depth_sub, self._check_depth),
+                                         cache_size=DEPTH_CACHE)
+        self._info_cache = _LockedCache(_Checked(info_sub, self._check_info), cache_size=1)
+        self.depth_topics = (node.resolve_topic_name('depth'),
+                             node.resolve_topic_name('camera_info'))
+        self.log.info(f'3D on: depth from {self.depth_topics[0]}, intrinsics from '
+                      f'{self.depth_topics[1]}')
+
+    def _check_depth(self, msg) -> bool:
+        try:
+            _check_stamp(msg.header, 'depth')
+            geometry.depth_array(msg.encoding, msg.height, msg.width, msg.step,
+                                 msg.is_bigendian, msg.data, self.max_pixels)
+        except GeometryError as exc:
+            self.drop(exc.reason, f'dropped depth image at {_stamp(msg.header)}: {exc}')
+            return False
+        return True
+
+    def _check_info(self, msg) -> bool:
+        try:
+            _check_stamp(msg.header, 'camera_info')
+            geometry.intrinsics_from(msg.k, msg.p)
+        except GeometryError as exc:
+            self.drop(exc.reason, f'dropped camera_info at {_stamp(msg.header)}: {exc}')
+            return False
+        return True
+
+    def _find_depth(self, header: Header):
+        """The cached depth image nearest in stamp to ``header`` within ``depth.slop``."""
+        cache = self._depth_cache
+        if cache is None:
+            return None
+        t = messages.stamp_ns(header)
+        slop = int(round(self.param('depth.slop') * 1e9))
+        found = cache.interval_ns(max(0, t - slop), t + slop)
+        if not found:
+            return None
+        return min(found, key=lambda m: abs(messages.stamp_ns(m.header) - t))
+
+    def _publish_3d(self, header: Header, res, depth_msg) -> None:
+        """Compute and publish the 3D outputs of one frame, or count why not."""
+        info = self._info_cache.last() if self._info_cache is not None else None
+        where = f'frame at {_stamp(header)}'
+        if info is None:
+            self.drop('no_camera_info', f'{where}: no 3D outputs, no camera_info received yet '
+                      f'on {self.depth_topics[1]} (2D outputs continue)')
+            return
+        if depth_msg is None:
+            self.drop('no_depth', f'{where}: no 3D outputs, no depth image on '
+                      f'{self.depth_topics[0]} within depth.slop={self.param("depth.slop")}s '
+                      'of its stamp (2D outputs continue)')
+            return
+        p = self.param
+        try:
+            hw = tuple(int(v) for v in res.image.shape[-2:])
+            intr = geometry.intrinsics_from(info.k, info.p, info.width, info.height, hw)
+            depth, scale = geometry.depth_array(
+                depth_msg.encoding, depth_msg.height, depth_msg.width, depth_msg.step,
+                depth_msg.is_bigendian, depth_msg.data, self.max_pixels)
+            out = geometry.frame_3d(res, depth, scale, intr, p('depth.min'), p('depth.max'),
+                                    p('depth.stride'))
+        except GeometryError as exc:
+            self.drop(exc.reason, f'{where}: no 3D outputs: {exc}')
+            return
+        if out.instances is not None:
+            dets = messages.detections_3d(header, res.instances, out.instances,
+                                          self.pipeline.instance.loaded.class_names,
+                                          p('depth.min_points'))
+            self.pub_det3d.publish(dets)
+            self.pub_inst_points.publish(messages.instance_cloud(header, out.instances))
+            if self.pub_markers.get_subscription_count() > 0:
+                self.pub_markers.publish(messages.markers(header, dets))
+        if out.semantic is not None:
+            self.pub_sem_points.publish(messages.semantic_cloud(header, out.semantic))
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
@@ -553,3 +685,84 @@ def _age_s(node: Node, header: Header) -> float:
     """Seconds from the header's stamp to now on the node's clock (negative if ahead)."""
     now = node.get_clock().now().nanoseconds
     return (now - messages.stamp_ns(header)) / 1e9
+
+
+def _require_depth_tools() -> None:
+    """depth.enabled needs message_filters and sensor_msgs_py (in every ROS distribution;
+    here from ../shared via scripts/setup).
+    """
+    missing = []
+    for module in ('message_filters', 'sensor_msgs_py'):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise StartupError(
+            f'depth.enabled needs {" and ".join(missing)} (ROS packages message_filters, '
+            'sensor_msgs_py): install them from your distribution (ros-$ROS_DISTRO-message-'
+            'filters, ros-$ROS_DISTRO-sensor-msgs-py), or run scripts/setup beside ../shared')
+
+
+def _check_stamp(header: Header, what: str) -> None:
+    if header.stamp.sec < 0:
+        raise GeometryError(f'bad_{what}', f'{what} stamp is negative')
+
+
+class _Checked:
+    """A message_filters stage that passes on only messages ``check`` accepts; anything it
+    raises is caught (one hostile message never reaches the executor).
+    """
+
+    def __init__(self, source, check) -> None:
+        import message_filters
+
+        self._out = message_filters.SimpleFilter()
+        self._check = check
+        source.registerCallback(self._on)
+
+    def registerCallback(self, cb, *args):  # noqa: N802 (message_filters' API)
+        return self._out.registerCallback(cb, *args)
+
+    def _on(self, msg) -> None:
+        try:
+            ok = self._check(msg)
+        except Exception:  # a malformed message of an unexpected kind: drop it
+            ok = False
+        if ok:
+            self._out.signalMessage(msg)
+
+
+@functools.cache
+def _locked_cache_class():
+    import message_filters
+
+    class LockedCache(message_filters.Cache):
+        """message_filters.Cache, safe between the executor (adds) and the inference
+        thread (lookups), with lookups in integer nanoseconds.
+        """
+
+        def __init__(self, f, cache_size=1) -> None:
+            self._lock = threading.Lock()
+            super().__init__(f, cache_size=cache_size)
+
+        def add(self, msg) -> None:
+            with self._lock:
+                super().add(msg)
+
+        def interval_ns(self, lo: int, hi: int) -> list:
+            with self._lock:
+                if not self.cache_msgs:
+                    return []
+                clock = self.cache_times[0].clock_type
+                return self.getInterval(Time(nanoseconds=lo, clock_type=clock),
+                                        Time(nanoseconds=hi, clock_type=clock))
+
+        def last(self):
+            with self._lock:
+                return self.cache_msgs[-1] if self.cache_msgs else None
+    return LockedCache
+
+
+def _LockedCache(f, cache_size=1):  # noqa: N802 (a class, made when message_filters exists)
+    return _locked_cache_class()(f, cache_size=cache_size)

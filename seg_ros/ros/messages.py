@@ -10,16 +10,21 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import Image, PointField
 from std_msgs.msg import Header
 from vision_msgs.msg import (
     Detection2D,
     Detection2DArray,
+    Detection3D,
+    Detection3DArray,
     LabelInfo,
     ObjectHypothesisWithPose,
     VisionClass,
 )
+from visualization_msgs.msg import Marker, MarkerArray
 
+from seg_ros.core.colors import voc_palette
+from seg_ros.core.geometry import InstanceGeometry, SemanticPoints
 from seg_ros.core.imaging import DEFAULT_MAX_PIXELS, Frame, buffer_to_frame
 from seg_ros.core.results import InstanceResult
 
@@ -93,3 +98,123 @@ def detections(header: Header, result: InstanceResult,
         dets.append(d)
     out.detections = dets
     return out
+
+
+# -- 3D -------------------------------------------------------------------------------------
+# PointCloud2 layouts: little padding, 4-byte aligned points (what RViz and PCL read).
+INSTANCE_CLOUD_FIELDS = (('x', 0, 'float32'), ('y', 4, 'float32'), ('z', 8, 'float32'),
+                         ('id', 12, 'uint16'))
+INSTANCE_CLOUD_STEP = 16
+SEMANTIC_CLOUD_FIELDS = (('x', 0, 'float32'), ('y', 4, 'float32'), ('z', 8, 'float32'),
+                         ('label', 12, 'uint16'), ('rgb', 16, 'float32'))
+SEMANTIC_CLOUD_STEP = 20
+
+
+def _cloud(header: Header, layout, step: int, columns: dict[str, np.ndarray]):
+    """An unorganised PointCloud2 built by sensor_msgs_py from a structured array."""
+    from sensor_msgs_py import point_cloud2  # checked at start-up when depth is on
+
+    types = {'float32': PointField.FLOAT32, 'uint16': PointField.UINT16}
+    fields = [PointField(name=n, offset=o, datatype=types[t], count=1) for n, o, t in layout]
+    dtype = point_cloud2.dtype_from_fields(fields, point_step=step)
+    n = next(iter(columns.values())).shape[0]
+    points = np.zeros(n, dtype)
+    for name, values in columns.items():
+        points[name] = values
+    return point_cloud2.create_cloud(header, fields, points, point_step=step)
+
+
+def instance_cloud(header: Header, geom: InstanceGeometry):
+    """~/instances/points: x, y, z (float32, m) and id (uint16, the 2D id) per point."""
+    pts = geom.points
+    return _cloud(header, INSTANCE_CLOUD_FIELDS, INSTANCE_CLOUD_STEP,
+                  {'x': pts[:, 0], 'y': pts[:, 1], 'z': pts[:, 2], 'id': geom.point_ids})
+
+
+def semantic_cloud(header: Header, sp: SemanticPoints):
+    """~/semantic/points: x, y, z (float32), label (uint16), rgb (float32-packed 0x00RRGGBB,
+    as PCL and RViz read it).
+    """
+    pts = sp.points
+    return _cloud(header, SEMANTIC_CLOUD_FIELDS, SEMANTIC_CLOUD_STEP,
+                  {'x': pts[:, 0], 'y': pts[:, 1], 'z': pts[:, 2], 'label': sp.labels,
+                   'rgb': sp.rgb.astype(np.uint32).view(np.float32)})
+
+
+def detections_3d(header: Header, result: InstanceResult, geom: InstanceGeometry,
+                  class_names: Sequence[str], min_points: int) -> Detection3DArray:
+    """Detection3DArray: one Detection3D per 2D detection with >= ``min_points`` valid
+    points, same ``id`` and hypothesis; pose position = per-axis median, bbox = 2nd..98th
+    percentile box (centre + size), orientation identity.
+    """
+    out = Detection3DArray()
+    out.header = header
+    dets = []
+    for k in range(len(result)):
+        if int(geom.counts[k]) < min_points:
+            continue
+        cls = int(result.class_ids[k])
+        d = Detection3D()
+        d.header = header
+        d.id = str(int(result.ids[k]))
+        hyp = ObjectHypothesisWithPose()
+        hyp.hypothesis.class_id = str(class_names[cls]) if 0 <= cls < len(class_names) \
+            else str(cls)
+        hyp.hypothesis.score = float(result.scores[k])
+        px, py, pz = (float(v) for v in geom.position[k])
+        hyp.pose.pose.position.x, hyp.pose.pose.position.y = px, py
+        hyp.pose.pose.position.z = pz
+        hyp.pose.pose.orientation.w = 1.0
+        d.results = [hyp]
+        lo, hi = geom.box_min[k], geom.box_max[k]
+        d.bbox.center.position.x = float(lo[0] + hi[0]) / 2.0
+        d.bbox.center.position.y = float(lo[1] + hi[1]) / 2.0
+        d.bbox.center.position.z = float(lo[2] + hi[2]) / 2.0
+        d.bbox.center.orientation.w = 1.0
+        d.bbox.size.x = float(hi[0] - lo[0])
+        d.bbox.size.y = float(hi[1] - lo[1])
+        d.bbox.size.z = float(hi[2] - lo[2])
+        dets.append(d)
+    out.detections = dets
+    return out
+
+
+_MARKER_COLORS = voc_palette(256)
+
+
+def markers(header: Header, dets3d: Detection3DArray) -> MarkerArray:
+    """MarkerArray for RViz: DELETEALL, then a box and a text label per Detection3D."""
+    palette = _MARKER_COLORS
+    clear = Marker()
+    clear.header = header
+    clear.action = Marker.DELETEALL
+    out = [clear]
+    for d in dets3d.detections:
+        ident = int(d.id)
+        r, g, b = (float(c) / 255.0 for c in palette[ident % 255 + 1])
+        box = Marker()
+        box.header = header
+        box.ns, box.id, box.type, box.action = 'boxes', ident, Marker.CUBE, Marker.ADD
+        box.pose = d.bbox.center
+        box.scale.x = max(d.bbox.size.x, 1e-3)
+        box.scale.y = max(d.bbox.size.y, 1e-3)
+        box.scale.z = max(d.bbox.size.z, 1e-3)
+        box.color.r, box.color.g, box.color.b, box.color.a = r, g, b, 0.4
+        text = Marker()
+        text.header = header
+        text.ns, text.id, text.type = 'labels', ident, Marker.TEXT_VIEW_FACING
+        text.action = Marker.ADD
+        text.pose.position.x = d.bbox.center.position.x
+        # above the box (optical frame: y points down)
+        text.pose.position.y = d.bbox.center.position.y - d.bbox.size.y / 2.0 - 0.02
+        text.pose.position.z = d.bbox.center.position.z
+        text.pose.orientation.w = 1.0
+        text.scale.z = 0.04
+        text.color.r = text.color.g = text.color.b = text.color.a = 1.0
+        hyp = d.results[0].hypothesis
+        text.text = f'{d.id}:{hyp.class_id} {hyp.score:.2f}'
+        out.append(box)
+        out.append(text)
+    arr = MarkerArray()
+    arr.markers = out
+    return arr

@@ -139,6 +139,23 @@ PARAMS: list[Param] = [
           int_range=(32, 4096)),
     Param('instance.max_size', 1333, 'int', "Mask R-CNN's internal resize: longer side cap",
           int_range=(32, 8192)),
+    Param('depth.enabled', False, 'bool',
+          '3D from a registered depth image: subscribe to depth and camera_info, publish '
+          '~/instances/detections_3d, ~/instances/points, ~/instances/markers, '
+          '~/semantic/points'),
+    Param('depth.slop', 0.02, 'double',
+          "s: how far a depth image's stamp may be from the colour image's", read_only=False,
+          float_range=(0.0, 10.0)),
+    Param('depth.min', 0.1, 'double', 'm: nearest valid depth', read_only=False,
+          float_range=(0.0, 1000.0)),
+    Param('depth.max', 20.0, 'double', 'm: farthest valid depth', read_only=False,
+          float_range=(0.0, 1000.0)),
+    Param('depth.min_points', 20, 'int',
+          'least valid 3D points for an instance to get a Detection3D', read_only=False,
+          int_range=(1, 100_000_000)),
+    Param('depth.stride', 2, 'int',
+          'the semantic cloud takes every stride-th pixel in x and y (rows/cols 0, s, 2s..)',
+          read_only=False, int_range=(1, 64)),
 ]
 
 BY_NAME = {p.name: p for p in PARAMS}
@@ -165,4 +182,14 @@ def validate(name: str, value: Any) -> str | None:
         err = p.check(value)
         if err:
             return f'{name}: {err}'
+    return None
+
+
+def validate_together(values: dict[str, Any]) -> str | None:
+    """Why a set of parameter values is inconsistent (None if it is not): ``depth.min``
+    must stay below ``depth.max``.
+    """
+    lo, hi = values.get('depth.min'), values.get('depth.max')
+    if lo is not None and hi is not None and not lo < hi:
+        return f'depth.min ({lo}) must be less than depth.max ({hi})'
     return None
