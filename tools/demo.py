@@ -7,6 +7,8 @@
     scripts/demo --video FILE.mp4       # a video (OpenCV)
     scripts/demo --instance             # also Mask R-CNN (RANDOM weights: none ship)
     scripts/demo --frames 4             # 4 frames spread over the folder (default 12)
+    scripts/demo --depth                # a synthetic RGB-D tabletop: instances in 3D
+                                        # (Detection3DArray, point clouds), top/side views
     scripts/demo -- -p semantic.input_size:=240   # extra node arguments after --
 
 segment_node runs as a separate process (as `ros2 run seg_ros segment_node` would) in its
@@ -24,13 +26,15 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
-from sensor_msgs.msg import Image
-from vision_msgs.msg import Detection2DArray, LabelInfo
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from seg_ros.core.colors import voc_palette  # noqa: E402
 from seg_ros.core.models import SHIPPED_SEMANTIC, WEIGHTS_DIR  # noqa: E402
+from seg_ros.core.rgbd_scene import Box, Cylinder, default_objects, render  # noqa: E402
+from seg_ros.ros.messages import array_to_image  # noqa: E402
 from seg_ros.ros.remote import (  # noqa: E402
     LATCHED,
     Client,
@@ -60,6 +64,70 @@ def generated_frames(n: int, h: int = 360, w: int = 480):
 
 
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
+
+
+def rgbd_frames(n: int, h: int = 360, w: int = 480):
+    """A tabletop seen from 0.8 m above (seg_ros.core.rgbd_scene), objects sliding a little
+    from frame to frame: (name, rgb, depth in mm as 16UC1, k, p)."""
+    for i in range(n):
+        objs = [Box(o.x + 0.01 * i, o.y, o.sx, o.sy, o.height, o.color) if isinstance(o, Box)
+                else Cylinder(o.x, o.y + 0.005 * i, o.radius, o.height, o.color)
+                for o in default_objects()]
+        sc = render(w, h, objs, seed=i)
+        yield f'rgbd_{i:04d}', sc.rgb, sc.depth_16uc1(), sc.k, sc.p
+
+
+def cloud_array(msg: PointCloud2, names: tuple[str, ...]) -> np.ndarray:
+    from sensor_msgs_py import point_cloud2
+    return point_cloud2.read_points(msg, field_names=names)
+
+
+def views_3d(inst_pts: np.ndarray, sem_pts: np.ndarray | None, dets3d,
+             size: int = 420, max_boxes: int = 12) -> np.ndarray:
+    """A picture of the 3D outputs: left, seen from above the table (x right, y down, as
+    the camera sees it); right, from the side (x right, depth z down): semantic points in
+    their colour, instance points coloured by id, the box and id of the ``max_boxes``
+    highest-scored Detection3Ds."""
+    from PIL import ImageDraw
+    width, top = 2 * size + 10, 24
+    pixels = np.full((size + top, width, 3), 255, np.uint8)
+    pts = [p for p in (inst_pts, sem_pts) if p is not None and len(p)]
+    if not pts:
+        return pixels
+    axes = ('x', 'y', 'z')
+    allp = np.stack([np.concatenate([p[a] for p in pts]) for a in axes], 1)
+    lo = allp.min(0) - 0.02
+    span = float(np.ptp(allp, 0).max()) + 0.04
+    palette = voc_palette(256)
+    shown = sorted(dets3d.detections, key=lambda d: -d.results[0].hypothesis.score)[:max_boxes]
+    panels = ((0, 0, 1, 'from above (x, y)'), (size + 10, 0, 2, 'from the side (x, depth z)'))
+
+    def to_px(a, b, ia, ib, ox):  # metres -> pixels of one panel
+        return (ox + (a - lo[ia]) / span * (size - 1), top + (b - lo[ib]) / span * (size - 1))
+    layers = []
+    if sem_pts is not None and len(sem_pts):
+        packed = np.ascontiguousarray(sem_pts['rgb']).view(np.uint32)
+        layers.append((sem_pts, np.stack([(packed >> 16) & 255, (packed >> 8) & 255,
+                                           packed & 255], 1).astype(np.uint8)))
+    if len(inst_pts):
+        layers.append((inst_pts, palette[inst_pts['id'].astype(int) % 255 + 1]))
+    for ox, ia, ib, _ in panels:
+        for layer, colours in layers:
+            u, v = to_px(layer[axes[ia]], layer[axes[ib]], ia, ib, ox)
+            pixels[v.astype(int), u.astype(int)] = colours
+    canvas = PILImage.fromarray(pixels)
+    draw = ImageDraw.Draw(canvas)
+    for ox, ia, ib, title in panels:
+        draw.text((ox + 4, 4), title, fill=(0, 0, 0))
+        for d in shown:
+            c, s = d.bbox.center.position, d.bbox.size
+            centre, half = (c.x, c.y, c.z), (s.x / 2, s.y / 2, s.z / 2)
+            a0, b0 = to_px(centre[ia] - half[ia], centre[ib] - half[ib], ia, ib, ox)
+            a1, b1 = to_px(centre[ia] + half[ia], centre[ib] + half[ib], ia, ib, ox)
+            colour = tuple(int(x) for x in palette[int(d.id) % 255 + 1])
+            draw.rectangle((a0, b0, a1, b1), outline=colour, width=2)
+            draw.text((a0 + 2, b0 + 2), d.id, fill=(0, 0, 0))
+    return np.asarray(canvas)
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -100,6 +168,20 @@ def instance_colors(ids: np.ndarray) -> np.ndarray:
     out = palette[1 + (ids.astype(np.int64) - 1) % 255]
     out[ids == 0] = 0
     return out
+
+
+def camera_info(k, p, width: int, height: int, stamp: int) -> CameraInfo:
+    msg = CameraInfo()
+    msg.header = frame_msg(np.zeros((1, 1, 3), np.uint8), stamp).header
+    msg.width, msg.height = width, height
+    msg.k, msg.p = [float(v) for v in k], [float(v) for v in p]
+    return msg
+
+
+def depth_image(depth_mm: np.ndarray, stamp: int) -> Image:
+    """A 16UC1 (millimetre) depth image with the colour frame's stamp and frame_id."""
+    return array_to_image(depth_mm, '16UC1', frame_msg(np.zeros((1, 1, 3), np.uint8),
+                                                       stamp).header)
 
 
 def check_source(args) -> tuple[list[Path] | None, str]:
@@ -164,12 +246,21 @@ def main() -> int:
                          '--instance-weights names a file')
     ap.add_argument('--instance-weights', default='none',
                     help='instance.weights with --instance: a state-dict file, DEFAULT, or none')
+    src.add_argument('--depth', action='store_true',
+                     help='a synthetic RGB-D tabletop (colour, 16UC1 depth, camera_info) with '
+                          'instances and 3D from depth on: writes the 3D outputs and a '
+                          'top/side view picture per frame (implies --instance)')
     ap.add_argument('--timeout', type=float, default=120.0, help='seconds to wait per frame')
     args = ap.parse_args(argv)
+    if args.depth:
+        args.instance = True
     files, source = check_source(args)
     transports = large_data_transport()
 
-    if args.video:
+    if args.depth:
+        frames = rgbd_frames(args.frames)
+        source = 'synthetic RGB-D tabletop (seg_ros.core.rgbd_scene)'
+    elif args.video:
         frames = video_frames(args.video, args.frames)
     elif files is not None:
         frames = image_frames(files)
@@ -201,6 +292,9 @@ def main() -> int:
         node_args += ['-p', 'instance.enabled:=true',
                       '-p', f'instance.weights:={args.instance_weights}',
                       '-p', 'instance.min_size:=480']
+    if args.depth:
+        node_args += ['-p', 'depth.enabled:=true', '-r', 'depth:=/camera/depth',
+                      '-r', 'camera_info:=/camera/camera_info']
     node = NodeProcess(node_args + extra, domain, args.out / 'node.log')
     client = None
     try:
@@ -227,18 +321,32 @@ def run(args, client: Client, frames, source, weights, random_models, transports
         got['masks'] = client.collect(Image, f'{NODE}/instances/masks')
         got['dets'] = client.collect(Detection2DArray, f'{NODE}/instances/detections')
         got['overlay'] = client.collect(Image, f'{NODE}/instances/overlay')
+    if args.depth:
+        got['dets3d'] = client.collect(Detection3DArray, f'{NODE}/instances/detections_3d')
+        got['ipts'] = client.collect(PointCloud2, f'{NODE}/instances/points')
+        got['spts'] = client.collect(PointCloud2, f'{NODE}/semantic/points')
+        pub_depth = client.node.create_publisher(Image, '/camera/depth', 5)
+        pub_info = client.node.create_publisher(CameraInfo, '/camera/camera_info', 5)
     info = client.collect(LabelInfo, f'{NODE}/semantic/label_info', LATCHED)
     pub = client.node.create_publisher(Image, '/camera/image', 1)
     client.spin_until(lambda: pub.get_subscription_count() > 0 and info, 30)
     class_names = [c.class_name for c in next(iter(info.values()))[0].class_map] \
         if info else []
     # Wait for every output the demo writes (the overlay arrives after masks/detections).
-    waits = [got[k] for k in ('labels', 'color', 'masks', 'dets', 'overlay') if k in got]
+    waits = [got[k] for k in ('labels', 'color', 'masks', 'dets', 'overlay', 'dets3d',
+                              'ipts', 'spts') if k in got]
 
     latencies, n_sent = [], 0
-    for i, (name, rgb) in enumerate(frames):
+    for i, (name, rgb, *rgbd) in enumerate(frames):
         stamp = 10**9 * (i + 1)
         n_sent += 1
+        if args.depth:  # depth and camera_info first, with the colour image's stamp
+            depth_mm, k, p = rgbd
+            client.spin_until(lambda: pub_depth.get_subscription_count() > 0
+                              and pub_info.get_subscription_count() > 0, 30)
+            pub_info.publish(camera_info(k, p, rgb.shape[1], rgb.shape[0], stamp))
+            pub_depth.publish(depth_image(depth_mm, stamp))
+            client.spin_until(lambda: False, 0.1)
         lat = client.exchange(pub, frame_msg(rgb, stamp), waits, timeout=args.timeout,
                               resend=20.0)
         if lat is None:
@@ -257,6 +365,21 @@ def run(args, client: Client, frames, source, weights, random_models, transports
             PILImage.fromarray(decode(got['overlay'][stamp][0])).save(
                 args.out / f'{name}_overlay.png')
             line += f', {len(got["dets"][stamp][0].detections)} instances'
+        if args.depth:
+            d3 = got['dets3d'][stamp][0]
+            ipts = cloud_array(got['ipts'][stamp][0], ('x', 'y', 'z', 'id'))
+            spts = cloud_array(got['spts'][stamp][0], ('x', 'y', 'z', 'label', 'rgb'))
+            PILImage.fromarray(views_3d(ipts, spts, d3)).save(args.out / f'{name}_3d.png')
+            (args.out / f'{name}_detections_3d.json').write_text(json.dumps([
+                {'id': d.id, 'class': d.results[0].hypothesis.class_id,
+                 'score': d.results[0].hypothesis.score,
+                 'position_m': [d.results[0].pose.pose.position.x,
+                                d.results[0].pose.pose.position.y,
+                                d.results[0].pose.pose.position.z],
+                 'size_m': [d.bbox.size.x, d.bbox.size.y, d.bbox.size.z]}
+                for d in d3.detections], indent=1))
+            line += (f', {len(d3.detections)} in 3D, {len(ipts)} instance points, '
+                     f'{len(spts)} semantic points')
         print(line, flush=True)
     lat_ms = np.array(latencies) * 1000
     summary = {

@@ -74,3 +74,18 @@ def test_instance_demo_is_honest_and_writes_viewable_pictures(tmp_path):
         assert color.shape == (60, 80, 3) and color.dtype == np.uint8
         assert ((ids > 0) == color.any(-1)).all()  # coloured exactly where an instance is
     assert not (out / 'f1_labels.png').exists()
+
+
+def test_depth_mode_writes_3d_outputs_and_a_picture(tmp_path):
+    out = tmp_path / 'out'
+    res = demo('--depth', '--frames', '1', '--device', 'cpu', '--out', str(out), '--',
+               '-p', 'instance.min_size:=240', '-p', 'instance.max_size:=320')
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['frames_answered'] == 1 and 'instance' in summary['random_models']
+    assert 'RGB-D' in summary['source']
+    view = np.asarray(PILImage.open(out / 'rgbd_0000_3d.png'))
+    assert view.ndim == 3 and (view != 255).any()  # something was drawn
+    dets = json.loads((out / 'rgbd_0000_detections_3d.json').read_text())
+    for d in dets:  # the table is 0.8 m below the camera: nothing is farther
+        assert 0.0 < d['position_m'][2] <= 0.81

@@ -1,0 +1,70 @@
+"""What seg_ros' launch files share: the launch arguments every one declares and the
+segment_node action they build (a launch argument overrides the params file only when the
+user gave it).
+"""
+from __future__ import annotations
+
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+
+_BOOL = {'true': True, 'false': False}
+
+
+def common_arguments(node_name: str = 'segmentation') -> list[DeclareLaunchArgument]:
+    """``image``, ``params_file``, ``device``, ``namespace``, ``node_name``."""
+    default_params = os.path.join(get_package_share_directory('seg_ros'), 'config',
+                                  'segment.yaml')
+    return [
+        DeclareLaunchArgument('image', default_value='image',
+                              description='input sensor_msgs/Image topic'),
+        DeclareLaunchArgument('params_file', default_value=default_params,
+                              description='parameters YAML (see config/segment.yaml)'),
+        DeclareLaunchArgument('device', default_value='',
+                              description='auto | cpu | cuda | cuda:N; empty (default) keeps '
+                                          "the params file's value (auto when it has none)"),
+        DeclareLaunchArgument('namespace', default_value='',
+                              description='namespace of the node'),
+        DeclareLaunchArgument('node_name', default_value=node_name,
+                              description='name of the node (outputs live under ~/)'),
+    ]
+
+
+def segment_node(context, remaps: tuple[str, ...] = ('image',), fixed: dict | None = None,
+                 bool_args: dict[str, str] | None = None) -> list[Node]:
+    """The segment_node action.
+
+    Args:
+        remaps: launch arguments that are also topic names to remap (``image`` -> its value).
+        fixed: parameters this launch file always sets (after the params file).
+        bool_args: parameter name -> launch argument ('true'/'false'; empty = keep the file's).
+
+    Raises:
+        ValueError: a boolean argument that is neither true nor false.
+    """
+    overrides = dict(fixed or {})
+    device = LaunchConfiguration('device').perform(context).strip()
+    if device:
+        overrides['device'] = device
+    for param, arg in (bool_args or {}).items():
+        value = LaunchConfiguration(arg).perform(context).strip().lower()
+        if value:
+            if value not in _BOOL:
+                raise ValueError(f'launch argument {arg}:={value}: expected true or false')
+            overrides[param] = _BOOL[value]
+    parameters = [LaunchConfiguration('params_file')]
+    if overrides:
+        parameters.append(overrides)
+    return [Node(
+        package='seg_ros',
+        executable='segment_node',
+        name=LaunchConfiguration('node_name'),
+        namespace=LaunchConfiguration('namespace'),
+        parameters=parameters,
+        remappings=[(topic, LaunchConfiguration(topic)) for topic in remaps],
+        output='screen',
+        emulate_tty=True,
+    )]
