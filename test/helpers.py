@@ -212,3 +212,42 @@ def camera_info_msg(k, p, width: int, height: int, stamp_ns: int, frame_id: str 
     msg.distortion_model = 'plumb_bob'
     msg.d = [0.0] * 5
     return msg
+
+
+def included_launch(launch_name: str, arguments: dict):
+    """A test's LaunchDescription: the installed seg_ros launch file with ``arguments``,
+    then launch_testing's ReadyToTest."""
+    import launch_testing.actions
+    from ament_index_python.packages import get_package_share_directory
+    from launch.actions import IncludeLaunchDescription
+    from launch.launch_description_sources import PythonLaunchDescriptionSource
+
+    from launch import LaunchDescription
+    path = os.path.join(get_package_share_directory('seg_ros'), 'launch', launch_name)
+    return LaunchDescription([
+        IncludeLaunchDescription(PythonLaunchDescriptionSource(path),
+                                 launch_arguments=[(k, str(v)) for k, v in arguments.items()]),
+        launch_testing.actions.ReadyToTest(),
+    ])
+
+
+class LaunchClientCase:
+    """Mixin for launch_testing test classes: ``self.client`` in ``DOMAIN`` (class attr)."""
+
+    DOMAIN = 0
+
+    @classmethod
+    def setUpClass(cls):
+        cls.client = RosClient(cls.DOMAIN, f'{cls.__name__.lower()}_client')
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.client.close()
+
+
+def assert_clean_exit(proc_info, proc_output) -> None:
+    """Post-shutdown: every launched process exited 0 and printed no traceback."""
+    import launch_testing.asserts
+    launch_testing.asserts.assertExitCodes(proc_info)
+    for io in proc_output:
+        assert b'Traceback' not in io.text, io.text.decode(errors='replace')

@@ -69,6 +69,17 @@ def label_info(header: Header, class_names: Sequence[str], threshold: float) -> 
     return msg
 
 
+def _hypothesis(result: InstanceResult, k: int,
+                class_names: Sequence[str]) -> ObjectHypothesisWithPose:
+    """Instance k's class (its name, or the decimal index without one) and score."""
+    cls = int(result.class_ids[k])
+    hyp = ObjectHypothesisWithPose()
+    hyp.hypothesis.class_id = str(class_names[cls]) if 0 <= cls < len(class_names) \
+        else str(cls)
+    hyp.hypothesis.score = float(result.scores[k])
+    return hyp
+
+
 def detections(header: Header, result: InstanceResult,
                class_names: Sequence[str]) -> Detection2DArray:
     """Detection2DArray: detection k has ``id = str(result.ids[k-1])``, the pixel value of
@@ -82,15 +93,10 @@ def detections(header: Header, result: InstanceResult,
     dets = []
     for k in range(len(result)):
         x1, y1, x2, y2 = (float(v) for v in result.boxes[k])
-        cls = int(result.class_ids[k])
         d = Detection2D()
         d.header = header
         d.id = str(int(result.ids[k]))
-        hyp = ObjectHypothesisWithPose()
-        hyp.hypothesis.class_id = str(class_names[cls]) if 0 <= cls < len(class_names) \
-            else str(cls)
-        hyp.hypothesis.score = float(result.scores[k])
-        d.results = [hyp]
+        d.results = [_hypothesis(result, k, class_names)]
         d.bbox.center.position.x = (x1 + x2) / 2.0
         d.bbox.center.position.y = (y1 + y2) / 2.0
         d.bbox.size_x = x2 - x1
@@ -153,14 +159,10 @@ def detections_3d(header: Header, result: InstanceResult, geom: InstanceGeometry
     for k in range(len(result)):
         if int(geom.counts[k]) < min_points:
             continue
-        cls = int(result.class_ids[k])
         d = Detection3D()
         d.header = header
         d.id = str(int(result.ids[k]))
-        hyp = ObjectHypothesisWithPose()
-        hyp.hypothesis.class_id = str(class_names[cls]) if 0 <= cls < len(class_names) \
-            else str(cls)
-        hyp.hypothesis.score = float(result.scores[k])
+        hyp = _hypothesis(result, k, class_names)
         px, py, pz = (float(v) for v in geom.position[k])
         hyp.pose.pose.position.x, hyp.pose.pose.position.y = px, py
         hyp.pose.pose.position.z = pz

@@ -12,22 +12,24 @@ import unittest
 from pathlib import Path
 
 import launch_testing
-import launch_testing.actions
-import launch_testing.asserts
 import numpy as np
 import pytest
-from ament_index_python.packages import get_package_share_directory
-from launch.actions import IncludeLaunchDescription
-from launch.launch_description_sources import PythonLaunchDescriptionSource
 from rcl_interfaces.srv import GetParameters
 from sensor_msgs.msg import CameraInfo, Image
 from vision_msgs.msg import Detection2DArray, Detection3DArray
 
-from launch import LaunchDescription
 from seg_ros.core.rgbd_scene import render
-from seg_ros.ros.remote import Client
 
-from helpers import camera_info_msg, depth_msg, fresh_domain_id, image_msg, make_instance_weights
+from helpers import (
+    LaunchClientCase,
+    assert_clean_exit,
+    camera_info_msg,
+    depth_msg,
+    fresh_domain_id,
+    image_msg,
+    included_launch,
+    make_instance_weights,
+)
 
 DOMAIN = fresh_domain_id()
 NS, NODE_NAME = '/cell', 'segmentation'
@@ -62,25 +64,12 @@ def generate_test_description():
       enabled: false
       min_points: 5
 """)
-    launch_file = os.path.join(get_package_share_directory('seg_ros'), 'launch',
-                               'pick_and_place.launch.py')
     args = {**TOPICS, 'params_file': str(params), 'namespace': NS}
-    return LaunchDescription([
-        IncludeLaunchDescription(PythonLaunchDescriptionSource(launch_file),
-                                 launch_arguments=args.items()),
-        launch_testing.actions.ReadyToTest(),
-    ])
+    return included_launch('pick_and_place.launch.py', args)
 
 
-class TestPickAndPlace(unittest.TestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        cls.client = Client(DOMAIN, 'pnp_launch_test_client')
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
+class TestPickAndPlace(LaunchClientCase, unittest.TestCase):
+    DOMAIN = DOMAIN
 
     def test_answers_in_3d_with_the_2d_ids(self, proc_output):
         proc_output.assertWaitFor('3D on: depth from /rig/aligned_depth/image_raw',
@@ -138,6 +127,4 @@ class TestPickAndPlace(unittest.TestCase):
 class TestShutdown(unittest.TestCase):
 
     def test_exit_code(self, proc_info, proc_output):
-        launch_testing.asserts.assertExitCodes(proc_info)
-        for io in proc_output:
-            assert b'Traceback' not in io.text, io.text.decode(errors='replace')
+        assert_clean_exit(proc_info, proc_output)

@@ -9,19 +9,20 @@ import os
 import unittest
 
 import launch_testing
-import launch_testing.actions
-import launch_testing.asserts
 import pytest
-from ament_index_python.packages import get_package_share_directory
-from launch.actions import IncludeLaunchDescription
-from launch.launch_description_sources import PythonLaunchDescriptionSource
 from rcl_interfaces.srv import GetParameters
 from sensor_msgs.msg import Image
 
-from launch import LaunchDescription
-from seg_ros.ros.remote import Client, frame_msg
+from seg_ros.ros.remote import frame_msg
 
-from helpers import fresh_domain_id, image_to_array, synthetic_image
+from helpers import (
+    LaunchClientCase,
+    assert_clean_exit,
+    fresh_domain_id,
+    image_to_array,
+    included_launch,
+    synthetic_image,
+)
 
 DOMAIN = fresh_domain_id()
 NAMESPACE, NODE_NAME = '/rig1', 'seg'
@@ -47,24 +48,11 @@ def generate_test_description(device_arg, expected_device):
             'node_name': NODE_NAME}
     if device_arg is not None:
         args['device'] = device_arg
-    launch_file = os.path.join(get_package_share_directory('seg_ros'), 'launch',
-                               'segment.launch.py')
-    return LaunchDescription([
-        IncludeLaunchDescription(PythonLaunchDescriptionSource(launch_file),
-                                 launch_arguments=args.items()),
-        launch_testing.actions.ReadyToTest(),
-    ])
+    return included_launch('segment.launch.py', args)
 
 
-class TestServes(unittest.TestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        cls.client = Client(DOMAIN, 'launch_test_client')
-
-    @classmethod
-    def tearDownClass(cls):
-        cls.client.close()
+class TestServes(LaunchClientCase, unittest.TestCase):
+    DOMAIN = DOMAIN
 
     def test_answers_on_namespaced_outputs(self, proc_output, expected_device):
         proc_output.assertWaitFor('listening on /cam/image', timeout=120, stream='stderr')
@@ -102,6 +90,4 @@ class TestServes(unittest.TestCase):
 class TestShutdown(unittest.TestCase):
 
     def test_exit_code(self, proc_info, proc_output):
-        launch_testing.asserts.assertExitCodes(proc_info)
-        for io in proc_output:
-            assert b'Traceback' not in io.text, io.text.decode(errors='replace')
+        assert_clean_exit(proc_info, proc_output)
