@@ -170,6 +170,7 @@ class Engine:
         self._pubs: list = []
         self._large_data_hinted = False
         self._depth_subs: list = []
+        self._by_topic: dict[str, Any] = {}  # 'semantic/labels' -> its publisher
         self._depth_cache = self._info_cache = None
         self.depth_on = False
         node.add_on_set_parameters_callback(self._on_set_parameters)
@@ -302,6 +303,7 @@ class Engine:
         def pub(msg_type, topic, qos=out_qos):
             made = node.create_publisher(msg_type, topic, qos, event_callbacks=events)
             self._pubs.append(made)
+            self._by_topic[topic[2:] if topic.startswith('~/') else topic] = made
             return made
         sem, inst = self.pipeline.semantic, self.pipeline.instance
         self.pub_labels = self.pub_color = self.pub_dets = None
@@ -370,6 +372,7 @@ class Engine:
         for pub in self._pubs:
             self.node.destroy_publisher(pub)
         self._timers, self._pubs, self._sub, self._sub_reliability = [], [], None, None
+        self._by_topic = {}
 
     def _wanted_reliability(self) -> ReliabilityPolicy:
         if self._mode in _RELIABILITY:
@@ -505,28 +508,20 @@ class Engine:
         if res.instances is not None and res.instances.tracks_reset:
             self.log.info(f'stamp went backwards to {_stamp(header)}: tracks reset (ids '
                           'continue; a bag loop or simulation reset?)')
-        images = []  # (publisher, Image)
-        if res.semantic is not None:
-            images.append((self.pub_labels, messages.array_to_image(
-                res.semantic.labels, pipeline.semantic.label_encoding, header)))
-            if res.semantic.color is not None:
-                images.append((self.pub_color, messages.array_to_image(
-                    res.semantic.color, 'rgb8', header)))
-        if res.instances is not None:
-            self.pub_dets.publish(messages.detections(header, res.instances,
-                                                      pipeline.instance.loaded.class_names))
-            images.append((self.pub_masks, messages.array_to_image(
-                res.instances.id_map, 'mono16', header)))
-            if res.instances.overlay is not None:
-                images.append((self.pub_overlay, messages.array_to_image(
-                    res.instances.overlay, 'rgb8', header)))
-        for publisher, image in images:
-            publisher.publish(image)
+        out = self.outputs_2d(header, res)
+        for topic, out_msg in out:
+            self._by_topic[topic].publish(out_msg)
         if not self._large_data_hinted:
-            self._hint_large_data(max((len(im.data) for _, im in images), default=0))
+            self._hint_large_data(max((len(m.data) for _, m in out if isinstance(m, Image)),
+                                      default=0))
         if self.depth_on:
             t3 = time.perf_counter()
-            self._publish_3d(header, res, depth or self._find_depth(header))
+            want_markers = self.pub_markers is not None and \
+                self.pub_markers.get_subscription_count() > 0
+            info = self._info_cache.last() if self._info_cache is not None else None
+            for topic, out_msg in self.outputs_3d(header, res, depth or self._find_depth(header),
+                                                  info, want_markers):
+                self._by_topic[topic].publish(out_msg)
             res.timings['depth3d'] = time.perf_counter() - t3
         t_end = time.perf_counter()
         processing = t_end - t0
@@ -538,6 +533,28 @@ class Engine:
         lat.layout.dim = [MultiArrayDimension(label=LATENCY_LABELS, size=2, stride=2)]
         lat.data = [processing, age]
         self.pub_latency.publish(lat)
+
+    def outputs_2d(self, header: Header, res) -> list[tuple[str, Any]]:
+        """The 2D messages of one frame's result, as (topic relative to the node, message),
+        in publishing order; colour and overlay only when the result has them.
+        """
+        pipeline = self.pipeline
+        out: list[tuple[str, Any]] = []
+        if res.semantic is not None:
+            out.append(('semantic/labels', messages.array_to_image(
+                res.semantic.labels, pipeline.semantic.label_encoding, header)))
+            if res.semantic.color is not None:
+                out.append(('semantic/color', messages.array_to_image(
+                    res.semantic.color, 'rgb8', header)))
+        if res.instances is not None:
+            out.append(('instances/detections', messages.detections(
+                header, res.instances, pipeline.instance.loaded.class_names)))
+            out.append(('instances/masks', messages.array_to_image(
+                res.instances.id_map, 'mono16', header)))
+            if res.instances.overlay is not None:
+                out.append(('instances/overlay', messages.array_to_image(
+                    res.instances.overlay, 'rgb8', header)))
+        return out
 
     def _hint_large_data(self, nbytes: int) -> None:
         """Once: outputs over Fast DDS's shared-memory segment travel as UDP fragments that
@@ -608,41 +625,47 @@ class Engine:
             return None
         return min(found, key=lambda m: abs(messages.stamp_ns(m.header) - t))
 
-    def _publish_3d(self, header: Header, res, depth_msg) -> None:
-        """Compute and publish the 3D outputs of one frame, or count why not."""
-        info = self._info_cache.last() if self._info_cache is not None else None
+    def outputs_3d(self, header: Header, res, depth_msg, info,
+                   want_markers: bool = False) -> list[tuple[str, Any]]:
+        """The 3D messages of one frame from its paired depth and camera_info, as (topic
+        relative to the node, message); none, counted and warned about, when they cannot be
+        made (no_camera_info, no_depth, depth_not_registered, bad_camera_info).
+        """
         where = f'frame at {_stamp(header)}'
+        topics = getattr(self, 'depth_topics', ('depth', 'camera_info'))
         if info is None:
             self.drop('no_camera_info', f'{where}: no 3D outputs, no camera_info received yet '
-                      f'on {self.depth_topics[1]} (2D outputs continue)')
-            return
+                      f'on {topics[1]} (2D outputs continue)')
+            return []
         if depth_msg is None:
-            self.drop('no_depth', f'{where}: no 3D outputs, no depth image on '
-                      f'{self.depth_topics[0]} within depth.slop={self.param("depth.slop")}s '
-                      'of its stamp (2D outputs continue)')
-            return
+            self.drop('no_depth', f'{where}: no 3D outputs, no depth image on {topics[0]} '
+                      f'within depth.slop={self.param("depth.slop")}s of its stamp (2D '
+                      'outputs continue)')
+            return []
         p = self.param
         try:
             hw = tuple(int(v) for v in res.image.shape[-2:])
             intr = geometry.intrinsics_from(info.k, info.p, info.width, info.height, hw)
             depth, scale = geometry.depth_array(
                 depth_msg.encoding, depth_msg.height, depth_msg.width, depth_msg.step,
-                depth_msg.is_bigendian, depth_msg.data, self.max_pixels)
-            out = geometry.frame_3d(res, depth, scale, intr, p('depth.min'), p('depth.max'),
+                depth_msg.is_bigendian, depth_msg.data, p('max_image_pixels'))
+            geo = geometry.frame_3d(res, depth, scale, intr, p('depth.min'), p('depth.max'),
                                     p('depth.stride'))
         except GeometryError as exc:
             self.drop(exc.reason, f'{where}: no 3D outputs: {exc}')
-            return
-        if out.instances is not None:
-            dets = messages.detections_3d(header, res.instances, out.instances,
+            return []
+        out: list[tuple[str, Any]] = []
+        if geo.instances is not None:
+            dets = messages.detections_3d(header, res.instances, geo.instances,
                                           self.pipeline.instance.loaded.class_names,
                                           p('depth.min_points'))
-            self.pub_det3d.publish(dets)
-            self.pub_inst_points.publish(messages.instance_cloud(header, out.instances))
-            if self.pub_markers.get_subscription_count() > 0:
-                self.pub_markers.publish(messages.markers(header, dets))
-        if out.semantic is not None:
-            self.pub_sem_points.publish(messages.semantic_cloud(header, out.semantic))
+            out.append(('instances/detections_3d', dets))
+            out.append(('instances/points', messages.instance_cloud(header, geo.instances)))
+            if want_markers:
+                out.append(('instances/markers', messages.markers(header, dets)))
+        if geo.semantic is not None:
+            out.append(('semantic/points', messages.semantic_cloud(header, geo.semantic)))
+        return out
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
