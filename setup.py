@@ -28,6 +28,7 @@ setup(
         'console_scripts': [
             'segment_node = seg_ros.ros.segment_node:main',
             'segment_lifecycle_node = seg_ros.ros.segment_lifecycle_node:main',
+            'segment_bag = seg_ros.offline.segment_bag:main',
         ],
     },
 )

@@ -1,0 +1,1 @@
+"""Offline processing of recorded data (rosbag2) with the node's own pipeline."""
