@@ -50,7 +50,7 @@ def setup(tmp_path_factory):
     # what the live node publishes for the same good frames
     live = {}
     node_args = [a for p in params for a in ('-p', p)] + ['-r', f'image:={TOPIC}']
-    for node, client in serve_node(tmp, node_args):
+    for _node, client in serve_node(tmp, node_args):
         labels = client.collect(Image, '/segmentation/semantic/labels')
         dets = client.collect(Detection2DArray, '/segmentation/instances/detections')
         masks = client.collect(Image, '/segmentation/instances/masks')
