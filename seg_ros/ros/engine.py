@@ -598,7 +598,7 @@ class Engine:
         try:
             _check_stamp(msg.header, 'depth')
             geometry.depth_array(msg.encoding, msg.height, msg.width, msg.step,
-                                 msg.is_bigendian, msg.data, self.max_pixels)
+                                 msg.is_bigendian, msg.data, self.param('max_image_pixels'))
         except GeometryError as exc:
             self.drop(exc.reason, f'dropped depth image at {_stamp(msg.header)}: {exc}')
             return False

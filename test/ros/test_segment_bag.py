@@ -156,3 +156,43 @@ def test_ros2_run_finds_it():
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert '--image-topic' in res.stdout and '--ray' in res.stdout
+
+
+def test_depth_3d_offline(tmp_path):
+    from vision_msgs.msg import Detection3DArray
+
+    from seg_ros.core.rgbd_scene import render
+
+    from helpers import camera_info_msg, depth_msg
+    sc = render(W, H)
+    frames, depth, info = [], [], []
+    for i in range(3):
+        stamp, t = STAMP0 + i * 10**8, T0 + i * 10**8
+        frames.append((t + 1000, i, image_msg(sc.rgb, 'rgb8', stamp)))
+        if i != 1:  # frame 1 has no depth: 2D only, counted as no_depth
+            depth.append((t, depth_msg(sc.depth_16uc1(), '16UC1', stamp + 3_000_000)))
+        info.append((t, camera_info_msg(sc.k, sc.p, W, H, stamp)))
+    bag = write_bag(tmp_path / 'rgbd', 'sqlite3', TOPIC, frames,
+                    {'/cam/depth': depth, '/cam/info': info})
+    inst = make_instance_weights(tmp_path / 'inst.pt')
+    res = segment_bag(bag, tmp_path / 'out', '--image-topic', TOPIC, '--depth-topic',
+                      '/cam/depth', '--camera-info-topic', '/cam/info', '--copy-input',
+                      '-p', 'device:=cpu', '-p', 'semantic.enabled:=false',
+                      '-p', 'instance.enabled:=true',
+                      '-p', 'instance.model:=maskrcnn_resnet50_fpn',
+                      '-p', f'instance.weights:={inst}', '-p', 'instance.num_classes:=4',
+                      '-p', 'instance.score_threshold:=0.6', '-p', f'instance.min_size:={H}',
+                      '-p', f'instance.max_size:={W}', '-p', 'depth.enabled:=true')
+    assert res.returncode == 0, res.stderr
+    summary = json.loads(res.stdout[res.stdout.index('{'):])
+    assert summary['drops'] == {'no_depth': 1} and summary['frames_processed'] == 3
+    out = read_bag(tmp_path / 'out')
+    d3 = [deserialize_message(raw, Detection3DArray)
+          for _, _, raw in out['/segmentation/instances/detections_3d']]
+    assert [d.header.stamp.nanosec for d in d3] == [0, 200_000_000]
+    assert any(d.detections for d in d3)
+    for d in d3:
+        for det in d.detections:  # the table is 0.8 m away
+            assert 0.5 < det.results[0].pose.pose.position.z <= 0.81
+    assert len(out['/segmentation/instances/points']) == 2
+    assert len(out['/cam/depth']) == 2 and len(out['/cam/info']) == 3  # --copy-input
