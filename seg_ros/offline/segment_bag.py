@@ -406,6 +406,7 @@ def _main(args: argparse.Namespace) -> int:
                 writer.write(conns[topic], t, raw)
             progress = Progress(n)
             drops: dict[str, int] = {}
+            dropped: list[dict] = []  # the frames not processed, and why
             processed = 0
             try:
                 if items:
@@ -437,6 +438,9 @@ def _main(args: argparse.Namespace) -> int:
                     if any(t == 'semantic/labels' or t == 'instances/detections'
                            for t, _, _ in res.outputs):
                         processed += 1
+                    elif res.drops:
+                        dropped.append({'index': item.index, 'receive_time_ns': item.recv_ns,
+                                        'reasons': sorted(res.drops)})
                     for k, v in res.drops.items():
                         drops[k] = drops.get(k, 0) + v
                 if args.copy_input:  # the paired inputs too, so the output plays alone
@@ -456,6 +460,7 @@ def _main(args: argparse.Namespace) -> int:
                    'storage': storage.name.lower(), 'image_topic': args.image_topic,
                    'frames_in': n, 'frames_processed': processed,
                    'frames_dropped': n - processed, 'drops': dict(sorted(drops.items())),
+                   'dropped_frames': dropped,
                    'output_topics': sorted(conns), 'seconds': round(seconds, 3),
                    'frames_per_s': round(n / seconds, 3) if seconds > 0 else None,
                    'ray': args.ray is not None, 'workers': args.workers if args.ray is not None

@@ -87,6 +87,8 @@ def test_output_equals_the_live_node(setup, storage):
     out, summary = run_ok(setup, storage, f'out_{storage}', '--copy-input')
     assert (summary['frames_in'], summary['frames_processed']) == (N, N - 1)
     assert summary['drops'] == {'data_size': 1} and summary['storage'] == storage
+    assert summary['dropped_frames'] == [{'index': 3, 'receive_time_ns': frames[3][0],
+                                          'reasons': ['data_size']}]
     assert any(out.glob('*.mcap')) == (storage == 'mcap')
     bag = read_bag(out)
     recv = {msg.header.frame_id: t for t, _, msg in frames}
@@ -196,3 +198,26 @@ def test_depth_3d_offline(tmp_path):
             assert 0.5 < det.results[0].pose.pose.position.z <= 0.81
     assert len(out['/segmentation/instances/points']) == 2
     assert len(out['/cam/depth']) == 2 and len(out['/cam/info']) == 3  # --copy-input
+
+
+def test_compressed_input(tmp_path):
+    import io
+
+    from PIL import Image as PILImage
+    from sensor_msgs.msg import CompressedImage
+    frames = []
+    for i in range(3):
+        buf = io.BytesIO()
+        PILImage.fromarray(synthetic_image(H, W, seed=i)).save(buf, format='PNG')
+        msg = CompressedImage(format='png', data=buf.getvalue())
+        msg.header.stamp.sec = 100 + i
+        frames.append((T0 + i, i, msg))
+    bag = write_bag(tmp_path / 'png', 'mcap', '/cam/image/compressed', frames)
+    res = segment_bag(bag, tmp_path / 'out', '--image-topic', '/cam/image/compressed',
+                      '-p', 'device:=cpu', '-p', 'semantic.input_size:=0')
+    assert res.returncode == 0, res.stderr
+    out = read_bag(tmp_path / 'out')
+    labels = [deserialize_message(raw, Image) for _, _, raw in
+              out['/segmentation/semantic/labels']]
+    assert [m.header.stamp.sec for m in labels] == [100, 101, 102]
+    assert all((m.width, m.height, m.encoding) == (W, H, 'mono8') for m in labels)
