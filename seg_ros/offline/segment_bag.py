@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 CHUNK = 8  # frames per Ray task
+MAX_RESTARTS = 3  # per actor, and retries per chunk: a worker that keeps dying ends the run
 EXIT_USAGE = 2
 
 
@@ -257,25 +258,32 @@ def run_ray(ros_args: list[str], items: list[Item], address: str | None, workers
     else:
         ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
 
-    @ray.remote(max_restarts=-1, max_task_retries=-1)
+    @ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
     class Worker:
         def __init__(self, args: list[str]) -> None:
             self.proc = FrameProcessor(args)
 
         def process_chunk(self, chunk_index: int, chunk: list[Item]) -> list[Result]:
-            fail = os.environ.get('SEG_ROS_BAG_FAIL_ONCE')  # test hook: kill this worker once
+            # test hooks: the worker handling chunk 1 dies once / every time
+            fail = os.environ.get('SEG_ROS_BAG_FAIL_ONCE')
             if fail and chunk_index == 1 and not os.path.exists(fail):
                 Path(fail).write_text(str(os.getpid()))
+                os._exit(1)
+            if os.environ.get('SEG_ROS_BAG_FAIL_ALWAYS') and chunk_index == 1:
                 os._exit(1)
             return [self.proc.process(item) for item in chunk]
 
     try:
         pool = ActorPool([Worker.remote(ros_args) for _ in range(workers)])
         chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
-        for results in pool.map(lambda a, ic: a.process_chunk.remote(*ic),
-                                list(enumerate(chunks))):
-            yield from results
-            progress(len(results))
+        try:
+            for results in pool.map(lambda a, ic: a.process_chunk.remote(*ic),
+                                    list(enumerate(chunks))):
+                yield from results
+                progress(len(results))
+        except ray.exceptions.RayError as exc:  # e.g. a worker that died MAX_RESTARTS times
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise BagError(f'segment_bag: Ray failed, output removed: {first}') from None
     finally:
         ray.shutdown()
 
@@ -450,8 +458,14 @@ def _main(args: argparse.Namespace) -> int:
                                     connections=[c for c in reader.connections
                                                  if c.topic == topic]):
                                 write(topic, topics[topic], t, bytes(raw))
-            finally:
+            except BagError:
                 writer.close()
+                writer = None
+                shutil.rmtree(args.output, ignore_errors=True)  # no half-written output
+                raise
+            finally:
+                if writer is not None:
+                    writer.close()
         finally:
             if proc is not None:
                 proc.close()

@@ -221,3 +221,15 @@ def test_compressed_input(tmp_path):
               out['/segmentation/semantic/labels']]
     assert [m.header.stamp.sec for m in labels] == [100, 101, 102]
     assert all((m.width, m.height, m.encoding) == (W, H, 'mono8') for m in labels)
+
+
+def test_ray_worker_that_keeps_dying_ends_the_run_cleanly(setup):
+    tmp, params, bags, _, _ = setup
+    out = tmp / 'ray_dead'
+    res = segment_bag(bags['mcap'], out, '--image-topic', TOPIC, '--ray', '--workers', '1',
+                      '--chunk', '2', *[a for p in params for a in ('-p', p)],
+                      env={'SEG_ROS_BAG_FAIL_ALWAYS': '1'}, timeout=300)
+    assert res.returncode == 2, res.stdout + res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.startswith('segment_bag:')]
+    assert len(lines) == 1 and 'Ray failed' in lines[0], res.stderr
+    assert 'Traceback' not in res.stderr and not out.exists()
