@@ -12,6 +12,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from sensor_msgs_py import point_cloud2
 from vision_msgs.msg import Detection2DArray, Detection3DArray
+from visualization_msgs.msg import Marker, MarkerArray
 
 from helpers import (
     camera_info_msg,
@@ -58,18 +59,20 @@ def rig(tmp_path_factory):
                  'det3d': c(Detection3DArray, f'{NODE}/instances/detections_3d'),
                  'ipts': c(PointCloud2, f'{NODE}/instances/points'),
                  'spts': c(PointCloud2, f'{NODE}/semantic/points')}
-        diags = []
+        diags, markers = [], []
         client.node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 10)
+        client.node.create_subscription(MarkerArray, f'{NODE}/instances/markers',
+                                        markers.append, 10)
         pubs = {'image': client.node.create_publisher(Image, '/cam/color/image_raw', 10),
                 'depth': client.node.create_publisher(Image, '/cam/depth/image', 10),
                 'info': client.node.create_publisher(CameraInfo, '/cam/color/camera_info', 10)}
-        yield node, client, pubs, boxes, diags
+        yield node, client, pubs, boxes, diags, markers
 
 
 def exchange(rig, stamp, rgb, depth=None, info=None, want=('dets', 'masks', 'labels'),
              timeout=60.0):
     """Publish (camera_info, depth, colour) every 1.5 s until every wanted box answers."""
-    node, client, pubs, boxes, _ = rig
+    node, client, pubs, boxes, *_ = rig
     last = [0.0]
 
     def step():
@@ -87,7 +90,7 @@ def exchange(rig, stamp, rgb, depth=None, info=None, want=('dets', 'masks', 'lab
 
 
 def drops(rig, reason, at_least=1, timeout=5.0):
-    node, client, _, _, diags = rig
+    node, client, _, _, diags, _ = rig
 
     def count():
         for d in reversed(diags):
@@ -190,6 +193,17 @@ def test_16uc1_millimetres(rig):
     z_m = mm.astype(np.float32) * np.float32(0.001)
     z_m[mm == 0] = np.nan
     check_3d(got, z_m, rgb)
+    # markers (someone subscribes): DELETEALL, then a box and a text per Detection3D
+    client, markers = rig[1], rig[5]
+    client.spin_until(lambda: any(m.markers[0].header.stamp == got['det3d'].header.stamp
+                                  for m in markers), 10)
+    arr = next(m for m in markers if m.markers[0].header.stamp == got['det3d'].header.stamp)
+    assert arr.markers[0].action == Marker.DELETEALL
+    boxes = [m for m in arr.markers if m.type == Marker.CUBE]
+    assert [m.id for m in boxes] == [int(d.id) for d in got['det3d'].detections]
+    assert len(arr.markers) == 1 + 2 * len(got['det3d'].detections)
+    d0 = got['det3d'].detections[0]
+    assert boxes[0].scale.x == pytest.approx(max(d0.bbox.size.x, 1e-3))
 
 
 def test_32fc1_metres_with_nan_and_half_size_resampled(rig):
@@ -222,7 +236,7 @@ def test_unregistered_depth_refused_and_no_depth_counted(rig):
 
 
 def test_hostile_depth_and_camera_info_survive(rig):
-    node, client, pubs, boxes, _ = rig
+    node, client, pubs, boxes, *_ = rig
     stamp = BASE + 6 * 10**8
     good = depth_msg(np.full((H, W), 1000, np.uint16), '16UC1', stamp)
     bad = []
