@@ -359,7 +359,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+    try:
+        from rosbags.rosbag2 import Reader, StoragePlugin, Writer
+    except ImportError:
+        raise BagError('segment_bag: needs the rosbags library: pip install rosbags') from None
+    if args.ray is not None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise BagError('segment_bag: --ray needs Ray: pip install ray') from None
 
     if args.workers < 1 or args.chunk < 1:
         raise BagError('segment_bag: --workers and --chunk must be at least 1')
