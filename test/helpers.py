@@ -183,35 +183,14 @@ def set_parameters(client: RosClient, node_name: str, values: dict, timeout: flo
 
 
 def depth_msg(depth: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = 'cam'):
-    """A 16UC1 / 32FC1 sensor_msgs/Image of an (H, W) array (little-endian, no padding)."""
-    import array as pyarray
-
-    from sensor_msgs.msg import Image
-    dtype = {'16UC1': '<u2', '32FC1': '<f4'}[encoding]
-    arr = np.ascontiguousarray(depth, dtype=dtype)
-    msg = Image()
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 10**9)
-    msg.header.frame_id = frame_id
-    msg.height, msg.width = arr.shape
-    msg.step, msg.encoding, msg.is_bigendian = arr.shape[1] * arr.itemsize, encoding, 0
-    buf = pyarray.array('B')
-    buf.frombytes(arr.tobytes())
-    msg.data = buf
-    return msg
+    """A 16UC1 / 32FC1 sensor_msgs/Image of an (H, W) array (no row padding)."""
+    dtype = {'16UC1': np.uint16, '32FC1': np.float32}[encoding]
+    return remote.frame_msg(np.asarray(depth).astype(dtype), stamp_ns, frame_id, encoding)
 
 
 def camera_info_msg(k, p, width: int, height: int, stamp_ns: int, frame_id: str = 'cam'):
     """A sensor_msgs/CameraInfo with the given k (9) and p (12)."""
-    from sensor_msgs.msg import CameraInfo
-    msg = CameraInfo()
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 10**9)
-    msg.header.frame_id = frame_id
-    msg.width, msg.height = width, height
-    msg.k = [float(v) for v in k]
-    msg.p = [float(v) for v in p]
-    msg.distortion_model = 'plumb_bob'
-    msg.d = [0.0] * 5
-    return msg
+    return remote.camera_info_msg(k, p, width, height, stamp_ns, frame_id)
 
 
 def included_launch(launch_name: str, arguments: dict):

@@ -34,11 +34,11 @@ sys.path.insert(0, str(ROOT))
 from seg_ros.core.colors import voc_palette  # noqa: E402
 from seg_ros.core.models import SHIPPED_SEMANTIC, WEIGHTS_DIR  # noqa: E402
 from seg_ros.core.rgbd_scene import Box, Cylinder, default_objects, render  # noqa: E402
-from seg_ros.ros.messages import array_to_image  # noqa: E402
 from seg_ros.ros.remote import (  # noqa: E402
     LATCHED,
     Client,
     NodeProcess,
+    camera_info_msg,
     decode,
     frame_msg,
     large_data_transport,
@@ -168,20 +168,6 @@ def instance_colors(ids: np.ndarray) -> np.ndarray:
     out = palette[1 + (ids.astype(np.int64) - 1) % 255]
     out[ids == 0] = 0
     return out
-
-
-def camera_info(k, p, width: int, height: int, stamp: int) -> CameraInfo:
-    msg = CameraInfo()
-    msg.header = frame_msg(np.zeros((1, 1, 3), np.uint8), stamp).header
-    msg.width, msg.height = width, height
-    msg.k, msg.p = [float(v) for v in k], [float(v) for v in p]
-    return msg
-
-
-def depth_image(depth_mm: np.ndarray, stamp: int) -> Image:
-    """A 16UC1 (millimetre) depth image with the colour frame's stamp and frame_id."""
-    return array_to_image(depth_mm, '16UC1', frame_msg(np.zeros((1, 1, 3), np.uint8),
-                                                       stamp).header)
 
 
 def check_source(args) -> tuple[list[Path] | None, str]:
@@ -344,8 +330,8 @@ def run(args, client: Client, frames, source, weights, random_models, transports
             depth_mm, k, p = rgbd
             client.spin_until(lambda: pub_depth.get_subscription_count() > 0
                               and pub_info.get_subscription_count() > 0, 30)
-            pub_info.publish(camera_info(k, p, rgb.shape[1], rgb.shape[0], stamp))
-            pub_depth.publish(depth_image(depth_mm, stamp))
+            pub_info.publish(camera_info_msg(k, p, rgb.shape[1], rgb.shape[0], stamp))
+            pub_depth.publish(frame_msg(depth_mm, stamp, encoding='16UC1'))
             client.spin_until(lambda: False, 0.1)
         lat = client.exchange(pub, frame_msg(rgb, stamp), waits, timeout=args.timeout,
                               resend=20.0)

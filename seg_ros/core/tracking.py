@@ -150,7 +150,7 @@ class Tracker:
 
     def _take_ids(self, n: int) -> np.ndarray:
         """``n`` fresh ids: the next ones after the last given, skipping live ones."""
-        live = set(self._ids.tolist())
+        live = self.live_ids
         if len(live) + n > MAX_ID:
             raise ValueError(f'more than {MAX_ID} live tracks')
         out = []

@@ -19,9 +19,11 @@ when no address): each actor loads the model once; a chunk whose worker dies is 
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import os
 import shutil
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -183,33 +185,25 @@ def read_items(reader, image_topic: str, depth_topic: str | None, info_topic: st
     """Every colour frame in receive order, paired as the node pairs: the depth whose
     header stamp is nearest within the slop, the last camera_info received before it.
     """
-    from rclpy.serialization import deserialize_message
-    from sensor_msgs.msg import Image
-
-    from seg_ros.ros import messages
-
     conns = {c.topic: c for c in reader.connections}
     img_conn = conns[image_topic]
     compressed = img_conn.msgtype.endswith('CompressedImage')
     depth_by_stamp: dict[int, bytes] = {}
     if depth_topic:
         for _, _, raw in reader.messages(connections=[conns[depth_topic]]):
-            try:
-                stamp = messages.stamp_ns(deserialize_message(raw, Image).header)
-            except Exception:  # noqa: BLE001 - a corrupt depth record pairs with nothing
-                continue
-            depth_by_stamp[stamp] = raw
+            stamp = _header_stamp(raw)
+            if stamp is not None:  # a corrupt record pairs with nothing
+                depth_by_stamp[stamp] = bytes(raw)
     stamps = sorted(depth_by_stamp)
     wanted = [img_conn] + ([conns[info_topic]] if info_topic else [])
     items, info, n = [], None, 0
-    import bisect
     for conn, t, raw in reader.messages(connections=wanted):
         if conn.topic == info_topic and conn is not img_conn:
             info = raw
             continue
         depth = None
         if stamps:
-            stamp = _header_stamp(raw, compressed)
+            stamp = _header_stamp(raw)
             if stamp is not None:
                 i = bisect.bisect_left(stamps, stamp)
                 near = [s for s in stamps[max(0, i - 1):i + 1] if abs(s - stamp) <= slop_ns]
@@ -231,14 +225,15 @@ def _storage_of(bag: Path) -> str:
         return 'mcap' if any(bag.glob('*.mcap')) else 'sqlite3'
 
 
-def _header_stamp(raw: bytes, compressed: bool) -> int | None:
-    from rclpy.serialization import deserialize_message
-    from sensor_msgs.msg import CompressedImage, Image
-    try:
-        msg = deserialize_message(raw, CompressedImage if compressed else Image)
-    except Exception:  # noqa: BLE001
+def _header_stamp(raw: bytes) -> int | None:
+    """The header stamp (ns) of a CDR-serialised message whose first field is a
+    std_msgs/Header (Image, CompressedImage): read from the encapsulation header and the
+    two 4-byte stamp fields after it, without deserialising the image data.
+    """
+    if len(raw) < 12 or raw[0] != 0 or raw[1] not in (0, 1):
         return None
-    return msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec
+    sec, nanosec = struct.unpack_from('<iI' if raw[1] == 1 else '>iI', raw, 4)
+    return sec * 10**9 + nanosec
 
 
 # -- runners ----------------------------------------------------------------------------------

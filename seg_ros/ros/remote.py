@@ -170,6 +170,20 @@ def frame_msg(rgb: np.ndarray, stamp: int, frame_id: str = 'camera',
     return msg
 
 
+def camera_info_msg(k, p, width: int, height: int, stamp: int, frame_id: str = 'camera'):
+    """A sensor_msgs/CameraInfo with the given ``k`` (9) and ``p`` (12) and stamp (ns)."""
+    from sensor_msgs.msg import CameraInfo
+    msg = CameraInfo()
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp), 10**9)
+    msg.header.frame_id = frame_id
+    msg.width, msg.height = int(width), int(height)
+    msg.k = [float(v) for v in k]
+    msg.p = [float(v) for v in p]
+    msg.distortion_model = 'plumb_bob'
+    msg.d = [0.0] * 5
+    return msg
+
+
 def decode(msg: Image) -> np.ndarray:
     """A received Image as a contiguous (H, W, C) array."""
     return np.ascontiguousarray(buffer_to_frame(msg.encoding, msg.height, msg.width, msg.step,
