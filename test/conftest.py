@@ -1,6 +1,7 @@
 """Shared pytest configuration: CUDA marker and device parametrisation (as torchvision)."""
 import os
 import sys
+import tempfile
 
 import pytest
 import torch
@@ -9,6 +10,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 
 def pytest_configure(config):
+    # Backend exports (ONNX, compiled models) of this run's nodes go to one fresh cache:
+    # tests never write into the user's ~/.cache, and a cache hit is one of this run's own.
+    if 'SEG_ROS_TEST_CACHE' not in os.environ:
+        os.environ['SEG_ROS_TEST_CACHE'] = tempfile.mkdtemp(prefix='seg_ros_cache_')
+        os.environ['XDG_CACHE_HOME'] = os.environ['SEG_ROS_TEST_CACHE']
     config.addinivalue_line('markers', 'needs_cuda: test needs a CUDA device (skipped here)')
     config.addinivalue_line('markers', 'ros: test starts ROS 2 nodes over real DDS')
 

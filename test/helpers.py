@@ -139,9 +139,10 @@ def torchvision_maskrcnn(weights: Path, rgb: np.ndarray, score_threshold: float,
     return {k: v[keep].numpy() for k, v in out.items()}
 
 
-def run_node_to_exit(args: list[str], timeout: float = 90.0) -> subprocess.CompletedProcess:
+def run_node_to_exit(args: list[str], timeout: float = 90.0,
+                     env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run segment_node expecting it to exit by itself (e.g. bad parameters)."""
-    env = dict(os.environ, ROS_DOMAIN_ID=str(fresh_domain_id()))
+    env = dict(os.environ, ROS_DOMAIN_ID=str(fresh_domain_id()), **(env or {}))
     return subprocess.run(['segment_node', '--ros-args', *args], env=env, timeout=timeout,
                           capture_output=True, text=True)
 
@@ -264,3 +265,18 @@ def read_bag(path: Path) -> dict[str, list[tuple[int, str, bytes]]]:
         for conn, t, raw in reader.messages():
             out.setdefault(conn.topic, []).append((t, conn.msgtype, bytes(raw)))
     return out
+
+
+def get_parameters(client: RosClient, node_name: str, names: list[str],
+                   timeout: float = 20.0) -> list:
+    """The values of ``names`` on ``node_name`` over its GetParameters service, as Python."""
+    from rcl_interfaces.srv import GetParameters
+    from rclpy.parameter import parameter_value_to_python
+    cli = client.node.create_client(GetParameters, f'{node_name}/get_parameters')
+    try:
+        assert cli.wait_for_service(timeout_sec=timeout), node_name
+        fut = cli.call_async(GetParameters.Request(names=names))
+        assert client.spin_until(fut.done, timeout)
+        return [parameter_value_to_python(v) for v in fut.result().values]
+    finally:
+        client.node.destroy_client(cli)

@@ -1,32 +1,34 @@
 #!/usr/bin/env python3
-"""Benchmark: the node end to end against the bare model, in one run.
+"""Benchmark: where each frame's time goes in the node, against the bare model, in one run.
 
-    scripts/with_env python tools/benchmark.py                  # full run (~40 min on CPU)
-    scripts/with_env python tools/benchmark.py --quick          # lraspp 640x480 only
-    scripts/with_env python tools/benchmark.py --configs lraspp --sizes 640x480 \
-        --stream-seconds 120 --json out/bench.json
+    scripts/with_env python tools/benchmark.py --quick           # lraspp 640x480, every backend
+    scripts/with_env python tools/benchmark.py --configs lraspp --sizes 640x480 1920x1080 \\
+        --backends torch onnxruntime openvino openvino:bf16 --json out/bench.json
 
-For each configuration (model set) and image size, on whatever device is present:
+``segment_node`` runs as a separate process (LARGE_DATA transports on both ends); this
+process publishes ``sensor_msgs/Image`` frames one at a time and measures publish -> receipt
+of every output. For each configuration, image size and backend:
 
-1. model only: median forward time of the bare torchvision model on a tensor already on
-   the device (semantic: normalised batch at the input size; Mask R-CNN: the model's own
-   list-of-images forward, which includes its internal transform) -- the floor;
-2. pipeline: our pure code (seg_ros.core) from a raw uint8 rgb8 buffer to ready-to-publish
-   host arrays;
-3. node end to end: segment_node runs as a separate process; this process publishes
-   sensor_msgs/Image frames and measures publish -> receipt of every output over DDS, one
-   frame at a time (no queueing): p50 / p95 / p99; then, for the stream configurations, a
-   30 Hz stream for ``--stream-seconds``: output rate, dropped frames, latency over time
-   (10 s buckets), node RSS over time;
-4. a per-stage breakdown of the overhead: pipeline stages measured here, the node's own
-   processing time (its ~/latency topic), and what remains (DDS transport, serialisation,
-   queueing).
+* **decomposition, per frame (the headline)**: the node times its model call alone (the
+  torch forward, or the backend's compiled graph) and publishes it per frame on
+  ``~/timing``; everything else -- conversion, normalisation, class maximum, host copy,
+  message building, publishing, DDS both ways -- is the rest of that frame's end-to-end
+  time. The ratio end-to-end / forward is taken per frame (both numbers come from the same
+  moment, so the VM's drift cancels) and its median is the headline;
+* **check across processes**: before or after every node frame (the order flips every
+  pair), the bare eager PyTorch forward (fp32, channels-last, on a prepared normalised
+  tensor, the same architecture and size) runs in this otherwise idle process; per pair
+  the ratio node end-to-end / bare forward; its median is reported beside the headline.
+  For a non-torch backend this is the "node vs eager PyTorch" figure;
+* a **quiet gap** (``--gap``, 0.3 s) precedes every sample: an idle thread pool keeps
+  spinning on the two cores for a while after its work;
+* the node's stage medians (``/diagnostics`` ``stage.*``) say where the rest goes.
 
-It prints a table with the ratios node p50 / model only and pipeline / model only and
-writes everything to ``--json``. Model weights are random (no hub here): timing does not
-depend on the weights' values, except for Mask R-CNN, whose detection count drives the
-mask head; ``--instance-threshold`` fixes it (default 0.0: up to max_detections = 100
-instances, the worst case).
+Model weights are random (no hub here): timing does not depend on the weights' values,
+except for Mask R-CNN, whose detection count drives the mask head; ``--instance-threshold``
+fixes it (default 0.0: up to max_detections = 100 instances, the worst case).
+``--stream-seconds`` adds a 30 Hz stream (output rate, latency trend, RSS) for the
+``--stream-configs``.
 """
 from __future__ import annotations
 
@@ -43,10 +45,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from seg_ros.core.imaging import buffer_to_frame  # noqa: E402
-from seg_ros.core.instances import InstanceSegmenter  # noqa: E402
+from seg_ros.core import backends  # noqa: E402
 from seg_ros.core.models import load_instance_model, load_semantic_model  # noqa: E402
-from seg_ros.core.pipeline import Pipeline, resolve_device  # noqa: E402
+from seg_ros.core.pipeline import resolve_device  # noqa: E402
 from seg_ros.core.semantic import SemanticSegmenter  # noqa: E402
 from seg_ros.ros.remote import large_data_transport  # noqa: E402
 
@@ -71,81 +72,60 @@ def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
     return img.astype(np.uint8)
 
 
-def timeit(fn, n: int, warmup: int = 2) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    for _ in range(n):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
 def pct(xs, q) -> float:
     return float(np.percentile(np.asarray(xs), q)) if len(xs) else float('nan')
 
 
-def build(cfg: dict, device, threshold: float):
-    sem = inst = None
+def bare_forward(cfg: dict, device, rgb: np.ndarray, threshold: float):
+    """The floor: the eager torchvision model's call alone, fp32, channels-last, on a
+    prepared (normalised) tensor on the device; returns a function timing one call.
+    """
+    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255).to(device)
+    calls = []
     if 'semantic' in cfg:
-        loaded = load_semantic_model(cfg['semantic'], 'none', 21, device=device)
-        sem = SemanticSegmenter(loaded, device, input_size=0)
+        sem = SemanticSegmenter(load_semantic_model(cfg['semantic'], 'none', 21,
+                                                    device=device), device, input_size=0)
+        xs = sem.normalise(x)
+        calls.append(lambda: sem.model(xs))
     if 'instance' in cfg:
-        loaded = load_instance_model(cfg['instance'], 'none', 91, device=device,
-                                     score_threshold=threshold, max_detections=100)
-        inst = InstanceSegmenter(loaded, device, threshold, 0.5, 100)
-    return Pipeline(device, sem, inst)
-
-
-def model_only(pipe: Pipeline, rgb: np.ndarray, n: int, warmup: int = 0) -> list[float]:
-    x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255).to(pipe.device)
-    fns = []
-    if pipe.semantic is not None:
-        s = pipe.semantic
-        xs = s.normalise(x)
-        fns.append(lambda: s.model(xs))
-    if pipe.instance is not None:
-        m = pipe.instance.model
-        fns.append(lambda: m([x[0]]))
+        m = load_instance_model(cfg['instance'], 'none', 91, device=device,
+                                score_threshold=threshold, max_detections=100).model
+        calls.append(lambda: m([x[0]]))
 
     @torch.inference_mode()
-    def run():
-        for f in fns:
-            f()
-    return timeit(run, n, warmup)
+    def once() -> float:
+        t0 = time.perf_counter()
+        for c in calls:
+            c()
+        if device.type == 'cuda':
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - t0
+    return once
 
 
-def pipeline_times(pipe: Pipeline, rgb: np.ndarray, n: int,
-                   warmup: int = 0) -> tuple[list[float], dict]:
-    h, w = rgb.shape[:2]
-    data = rgb.tobytes()
-    stages: dict[str, list[float]] = {}
-
-    def run():
-        frame = buffer_to_frame('rgb8', h, w, w * 3, False, data)
-        res = pipe(frame)
-        for k, v in res.timings.items():
-            stages.setdefault(k, []).append(v)
-    times = timeit(run, n, warmup)
-    return times, {k: float(np.median(v)) for k, v in stages.items()}
+def parse_backend(spec: str) -> tuple[str, str]:
+    """``openvino:bf16`` -> ('openvino', 'bf16'); ``torch`` -> ('torch', 'fp32')."""
+    name, _, precision = spec.partition(':')
+    return name, precision or 'fp32'
 
 
-def node_args(cfg: dict, threshold: float) -> list[str]:
+def node_args(cfg: dict, threshold: float, backend: str = 'torch',
+              precision: str = 'fp32', cache_dir: str = '') -> list[str]:
     args = ['-p', 'device:=' + ('cuda' if torch.cuda.is_available() else 'cpu'),
-            '-r', 'image:=/bench/image', '-p', 'diagnostics_period:=1.0']
+            '-r', 'image:=/bench/image', '-p', 'diagnostics_period:=1.0',
+            '-p', f'precision:={precision}']
+    if cache_dir:
+        args += ['-p', f'backend.cache_dir:={cache_dir}']
     if 'semantic' in cfg:
         args += ['-p', f'semantic.model:={cfg["semantic"]}', '-p', 'semantic.weights:=none',
-                 '-p', 'semantic.num_classes:=21', '-p', 'semantic.input_size:=0']
+                 '-p', 'semantic.num_classes:=21', '-p', 'semantic.input_size:=0',
+                 '-p', f'semantic.backend:={backend}']
     else:
         args += ['-p', 'semantic.enabled:=false']
     if 'instance' in cfg:
         args += ['-p', 'instance.enabled:=true', '-p', f'instance.model:={cfg["instance"]}',
-                 '-p', 'instance.weights:=none', '-p', f'instance.score_threshold:={threshold}']
+                 '-p', 'instance.weights:=none', '-p', f'instance.score_threshold:={threshold}',
+                 '-p', 'instance.backend:=torch']
     return args
 
 
@@ -158,9 +138,12 @@ def rss_mb(pid: int) -> float:
 
 
 def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: float,
-               log_dir: Path, between=None) -> dict:
-    """Node end to end; ``between()`` runs before every measured frame (while the node is
-    idle), so that in-process samples interleave with node samples in one machine state."""
+               log_dir: Path, bare, backend: str = 'torch', precision: str = 'fp32',
+               gap: float = 0.3) -> dict:
+    """One node: per frame its end-to-end time and its own forward (``~/timing``); the
+    bare forward ``bare()`` alternates with the node frames (order flipped every pair),
+    a quiet gap before each sample.
+    """
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
     from std_msgs.msg import Float64MultiArray
@@ -168,7 +151,9 @@ def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: f
 
     from seg_ros.ros.remote import Client, NodeProcess, frame_msg
     domain = 60 + os.getpid() % 40
-    node = NodeProcess(node_args(cfg, threshold), domain, log_dir / 'bench_node.log')
+    node = NodeProcess(node_args(cfg, threshold, backend, precision,
+                                 str(log_dir / 'backend_cache')),
+                       domain, log_dir / 'bench_node.log')
     client = None
     out: dict = {}
     try:
@@ -182,36 +167,62 @@ def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: f
             boxes.append(client.collect(Image, '/segmentation/instances/masks'))
         diags: list = []
         client.node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 10)
-        proc_times: list[float] = []
-        client.node.create_subscription(Float64MultiArray, '/segmentation/latency',
-                                        lambda m: proc_times.append(m.data[0]), 100)
+        timing: dict[int, tuple[float, float]] = {}  # stamp ns -> (forward, processing)
+
+        def on_timing(m) -> None:
+            timing[int(round(m.data[0] * 1e9))] = (m.data[1], m.data[2])
+        client.node.create_subscription(Float64MultiArray, '/segmentation/timing', on_timing,
+                                        100)
         pub = client.node.create_publisher(Image, '/bench/image', 10)
         client.spin_until(lambda: pub.get_subscription_count() > 0, 30)
         # Let reliability auto settle on our (reliable) publisher before measuring.
         client.spin_until(lambda: 'reliability reliable' in node.log(), 10)
-        msgs = [frame_msg(rgb, 10**9 * (i + 1)) for i in range(n + 2)]
-        lat = []
-        for i, msg in enumerate(msgs):
-            done = lambda k=10**9 * (i + 1): all(k in b for b in boxes)  # noqa: E731
-            if between is not None and i >= 2:
-                between()
+        warm = 3  # the first frames compile the backend for this size, fill caches
+        msgs = [frame_msg(rgb, 10**9 * (i + 1)) for i in range(n + warm)]
+        e2e, fwd, proc, bare_s = [], [], [], []
+
+        def node_frame(i: int) -> None:
+            key = 10**9 * (i + 1)
+            done = lambda: all(key in b for b in boxes) and key in timing  # noqa: E731
             t0 = time.perf_counter()
-            pub.publish(msg)
+            pub.publish(msgs[i])
             if not client.spin_until(done, 600):
                 raise RuntimeError(f'node did not answer frame {i}:\n{node.log()}')
-            t_last = max(b[10**9 * (i + 1)][1] for b in boxes)
-            if i >= 2:  # the first two are warm-up
-                lat.append(t_last - t0)
-            client.spin_until(lambda: False, 0.05)
-        proc = proc_times[2:]
+            if i >= warm:
+                e2e.append(max(b[key][1] for b in boxes) - t0)
+                fwd.append(timing[key][0])
+                proc.append(timing[key][1])
+        for i in range(n + warm):
+            order = ('node', 'bare') if i % 2 == 0 else ('bare', 'node')
+            for what in order:
+                time.sleep(gap)
+                if what == 'node':
+                    node_frame(i)
+                elif i >= warm:
+                    bare_s.append(bare())
+                else:
+                    bare()
         client.spin_until(lambda: False, 1.5)  # one more diagnostics message
         if diags:
             values = {kv.key: kv.value for kv in diags[-1].status[0].values}
             out['node_stages_p50_s'] = {k[6:-6]: float(v) for k, v in values.items()
-                                        if k.startswith('stage.')}
-        out['e2e_s'] = {'p50': pct(lat, 50), 'p95': pct(lat, 95), 'p99': pct(lat, 99),
-                        'n': len(lat)}
-        out['node_processing_p50_s'] = pct(proc, 50)
+                                        if k.startswith('stage.') and k.endswith('_p50_s')}
+        e2e_a, fwd_a, proc_a, bare_a = map(np.asarray, (e2e, fwd, proc, bare_s))
+        out.update({
+            'e2e_s': {'p50': pct(e2e, 50), 'p95': pct(e2e, 95), 'p99': pct(e2e, 99),
+                      'n': len(e2e)},
+            'forward_in_node_s': {'p50': pct(fwd, 50), 'p95': pct(fwd, 95)},
+            'node_processing_s': {'p50': pct(proc, 50)},
+            'bare_forward_s': {'p50': pct(bare_s, 50), 'p95': pct(bare_s, 95)},
+            'rest_s': {'p50': pct(e2e_a - fwd_a, 50),
+                       'in_node_p50': pct(proc_a - fwd_a, 50),
+                       'transport_p50': pct(e2e_a - proc_a, 50)},
+            'ratio_e2e_over_forward': {'median': pct(e2e_a / fwd_a, 50),
+                                       'p90': pct(e2e_a / fwd_a, 90)},
+            'ratio_e2e_over_bare': {'median': pct(e2e_a / bare_a, 50),
+                                    'p90': pct(e2e_a / bare_a, 90)},
+            'per_frame': {'e2e': e2e, 'forward': fwd, 'processing': proc, 'bare': bare_s},
+        })
         if stream_s > 0:
             out['stream'] = stream(client, pub, boxes, rgb, stream_s, node.pid)
         out['node_alive_at_end'] = node.alive()
@@ -271,27 +282,16 @@ def stream(client, pub, boxes, rgb, seconds: float, pid: int, rate: float = 30.0
             else 0.0}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--configs', nargs='+', default=list(CONFIGS), choices=list(CONFIGS))
-    ap.add_argument('--sizes', nargs='+', default=['640x480', '1920x1080'], choices=list(SIZES))
-    ap.add_argument('--n', type=int, default=0, help='samples per measurement (0: by model)')
-    ap.add_argument('--stream-seconds', type=float, default=120.0)
-    ap.add_argument('--stream-configs', nargs='*', default=['lraspp@640x480'],
-                    help='config@size pairs that also get the 30 Hz stream')
-    ap.add_argument('--instance-threshold', type=float, default=0.0)
-    ap.add_argument('--quick', action='store_true', help='lraspp 640x480, 30 s stream')
-    ap.add_argument('--json', type=Path, default=ROOT / 'out' / 'benchmark.json')
-    args = ap.parse_args()
-    transports = large_data_transport()
-    if args.quick:
-        args.configs, args.sizes, args.stream_seconds = ['lraspp'], ['640x480'], 30.0
-    device = resolve_device('auto')
-    args.json.parent.mkdir(parents=True, exist_ok=True)
+def machine_facts(device) -> dict:
     machine = {'device': str(device), 'torch': torch.__version__, 'threads':
                torch.get_num_threads(), 'cpu': platform.processor() or platform.machine(),
                'cores': os.cpu_count(), 'python': platform.python_version(),
-               'dds_transports': transports}
+               'dds_transports': large_data_transport()}
+    for mod in ('openvino', 'onnxruntime'):
+        try:
+            machine[mod] = __import__(mod).__version__
+        except ImportError:
+            pass
     try:
         with open('/proc/cpuinfo') as f:
             machine['cpu'] = next(ln.split(':', 1)[1].strip() for ln in f
@@ -300,78 +300,98 @@ def main() -> int:
         pass
     if torch.cuda.is_available():
         machine['gpu'] = torch.cuda.get_device_name(device)
+    return machine
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--configs', nargs='+', default=['lraspp'], choices=list(CONFIGS))
+    ap.add_argument('--sizes', nargs='+', default=['640x480', '1920x1080'], choices=list(SIZES))
+    ap.add_argument('--backends', nargs='+', default=None,
+                    help='semantic backends, NAME[:PRECISION] (default: torch and every '
+                    'installed one, openvino also with bf16)')
+    ap.add_argument('--n', type=int, default=0, help='samples per measurement (0: by model)')
+    ap.add_argument('--gap', type=float, default=0.3, help='quiet seconds before each sample')
+    ap.add_argument('--stream-seconds', type=float, default=0.0)
+    ap.add_argument('--stream-configs', nargs='*', default=['lraspp@640x480@torch'],
+                    help='config@size@backend triples that also get the 30 Hz stream')
+    ap.add_argument('--instance-threshold', type=float, default=0.0)
+    ap.add_argument('--quick', action='store_true', help='lraspp 640x480, n=15')
+    ap.add_argument('--json', type=Path, default=ROOT / 'out' / 'benchmark.json')
+    args = ap.parse_args()
+    if args.quick:
+        args.configs, args.sizes, args.n = ['lraspp'], ['640x480'], args.n or 15
+    device = resolve_device('auto')
+    if args.backends is None:
+        args.backends = ['torch'] + [b for b in ('onnxruntime', 'openvino')
+                                     if backends.installed(b)]
+        if backends.installed('openvino'):
+            args.backends.append('openvino:bf16')
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    machine = machine_facts(device)
     print(f'machine: {machine}', flush=True)
     results = []
     for cname in args.configs:
         cfg = CONFIGS[cname]
+        sem_backends = args.backends if 'semantic' in cfg else ['torch']
         for sname in args.sizes:
             h, w = SIZES[sname]
             heavy = 'instance' in cfg or 'resnet' in cfg.get('semantic', '')
             n = args.n or ((5 if sname == '1920x1080' else 8) if heavy else
-                           (10 if sname == '1920x1080' else 30))
+                           (12 if sname == '1920x1080' else 30))
             rgb = scene(h, w)
-            pipe = build(cfg, device, args.instance_threshold)
-            m, p, stages = [], [], {}
-            model_only(pipe, rgb, 1, warmup=2)  # warm-up
-            pipeline_times(pipe, rgb, 1, warmup=2)
-
-            def between(pipe=pipe, rgb=rgb, m=m, p=p, stages=stages):
-                # One model-only and one pipeline sample before each node frame: this
-                # machine's speed drifts by tens of percent over minutes, so the three
-                # measurements interleave instead of running one after the other.
-                m.extend(model_only(pipe, rgb, 1))
-                t, st = pipeline_times(pipe, rgb, 1)
-                p.extend(t)
-                for k, v in st.items():
-                    stages.setdefault(k, []).append(v)
-            s = args.stream_seconds if f'{cname}@{sname}' in args.stream_configs else 0.0
-            node = node_bench(cfg, rgb, n, s, args.instance_threshold, args.json.parent,
-                              between)
-            stages = {k: float(np.median(v)) for k, v in stages.items()}
-            del pipe
-            r = {'config': cname, 'size': sname, 'n': n,
-                 'model_only_s': {'p50': pct(m, 50), 'p95': pct(m, 95)},
-                 'pipeline_s': {'p50': pct(p, 50), 'p95': pct(p, 95)},
-                 'pipeline_stages_p50_s': stages, **node}
-            r['ratio_node_p50_over_model'] = r['e2e_s']['p50'] / r['model_only_s']['p50']
-            r['ratio_pipeline_over_model'] = r['pipeline_s']['p50'] / r['model_only_s']['p50']
-            r['overhead_breakdown_p50_s'] = {
-                'pipeline_minus_model': r['pipeline_s']['p50'] - r['model_only_s']['p50'],
-                'node_processing_minus_pipeline': r['node_processing_p50_s']
-                - r['pipeline_s']['p50'],
-                'transport_and_queueing': r['e2e_s']['p50'] - r['node_processing_p50_s'],
-            }
-            results.append(r)
-            print(f'{cname:<20} {sname:>9}: model {1000 * r["model_only_s"]["p50"]:8.1f} ms  '
-                  f'pipeline {1000 * r["pipeline_s"]["p50"]:8.1f} ms  node p50 '
-                  f'{1000 * r["e2e_s"]["p50"]:8.1f} / p95 {1000 * r["e2e_s"]["p95"]:8.1f} / '
-                  f'p99 {1000 * r["e2e_s"]["p99"]:8.1f} ms  node/model '
-                  f'{r["ratio_node_p50_over_model"]:.3f}  pipeline/model '
-                  f'{r["ratio_pipeline_over_model"]:.3f}', flush=True)
-            if 'stream' in r:
-                st = r['stream']
-                print(f'{"":<20} stream {st["rate_hz"]:.0f} Hz x {st["seconds"]:.0f} s: '
-                      f'{st["output_rate_hz"]:.2f} Hz out, {st["dropped"]}/{st["sent"]} '
-                      f'dropped, p50 {1000 * st["latency_s"]["p50"]:.1f} ms p99 '
-                      f'{1000 * st["latency_s"]["p99"]:.1f} ms, slope '
-                      f'{1000 * st["latency_slope_s_per_s"]:.3f} ms/s, RSS growth '
-                      f'{st["rss_growth_mb"]:.1f} MB', flush=True)
-            args.json.write_text(json.dumps({'machine': machine, 'results': results},
-                                            indent=1))
+            bare = bare_forward(cfg, device, rgb, args.instance_threshold)
+            for spec in sem_backends:
+                backend, precision = parse_backend(spec)
+                s = args.stream_seconds if f'{cname}@{sname}@{spec}' in args.stream_configs \
+                    else 0.0
+                r = {'config': cname, 'size': sname, 'backend': spec, 'n': n,
+                     **node_bench(cfg, rgb, n, s, args.instance_threshold, args.json.parent,
+                                  bare, backend, precision, args.gap)}
+                results.append(r)
+                print(f'{cname:<12} {sname:>9} {spec:<14} node p50 '
+                      f'{1000 * r["e2e_s"]["p50"]:7.1f} ms (p99 {1000 * r["e2e_s"]["p99"]:7.1f})'
+                      f'  forward in node {1000 * r["forward_in_node_s"]["p50"]:7.1f} ms  '
+                      f'rest {1000 * r["rest_s"]["p50"]:5.1f} ms  e2e/forward '
+                      f'{r["ratio_e2e_over_forward"]["median"]:.3f}  bare eager forward '
+                      f'{1000 * r["bare_forward_s"]["p50"]:7.1f} ms  e2e/bare '
+                      f'{r["ratio_e2e_over_bare"]["median"]:.3f}', flush=True)
+                if 'stream' in r:
+                    st = r['stream']
+                    print(f'{"":<12} stream {st["rate_hz"]:.0f} Hz x {st["seconds"]:.0f} s: '
+                          f'{st["output_rate_hz"]:.2f} Hz out, {st["dropped"]}/{st["sent"]} '
+                          f'dropped, p50 {1000 * st["latency_s"]["p50"]:.1f} ms p99 '
+                          f'{1000 * st["latency_s"]["p99"]:.1f} ms, slope '
+                          f'{1000 * st["latency_slope_s_per_s"]:.3f} ms/s, RSS growth '
+                          f'{st["rss_growth_mb"]:.1f} MB', flush=True)
+                args.json.write_text(json.dumps({'machine': machine, 'results': results},
+                                                indent=1))
     print_table(results)
     print(f'wrote {args.json}')
     return 0
 
 
 def print_table(results: list[dict]) -> None:
-    print('\n| config | size | model only p50 | pipeline p50 | node p50 | node p95 | node p99 '
-          '| node/model | pipeline/model |')
-    print('|---|---|---|---|---|---|---|---|---|')
+    print('\n| config | size | backend | node p50 | node p99 | forward in node p50 | rest p50 '
+          '(in node / transport) | **e2e / forward** (median per frame) | bare eager forward '
+          'p50 | e2e / bare eager (median per pair) |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
     for r in results:
-        print(f'| {r["config"]} | {r["size"]} | {1000 * r["model_only_s"]["p50"]:.1f} ms | '
-              f'{1000 * r["pipeline_s"]["p50"]:.1f} ms | {1000 * r["e2e_s"]["p50"]:.1f} ms | '
-              f'{1000 * r["e2e_s"]["p95"]:.1f} ms | {1000 * r["e2e_s"]["p99"]:.1f} ms | '
-              f'{r["ratio_node_p50_over_model"]:.3f} | {r["ratio_pipeline_over_model"]:.3f} |')
+        ms = lambda v: f'{1000 * v:.1f} ms'  # noqa: E731
+        print(f'| {r["config"]} | {r["size"]} | {r["backend"]} | {ms(r["e2e_s"]["p50"])} | '
+              f'{ms(r["e2e_s"]["p99"])} | {ms(r["forward_in_node_s"]["p50"])} | '
+              f'{ms(r["rest_s"]["p50"])} ({ms(r["rest_s"]["in_node_p50"])} / '
+              f'{ms(r["rest_s"]["transport_p50"])}) | '
+              f'**{r["ratio_e2e_over_forward"]["median"]:.3f}** | '
+              f'{ms(r["bare_forward_s"]["p50"])} | {r["ratio_e2e_over_bare"]["median"]:.3f} |')
+    stages = sorted({k for r in results for k in r.get('node_stages_p50_s', {})})
+    if stages:
+        print('\n| config | size | backend | ' + ' | '.join(stages) + ' |')
+        print('|---|---|---|' + '---|' * len(stages))
+        for r in results:
+            st = r.get('node_stages_p50_s', {})
+            print(f'| {r["config"]} | {r["size"]} | {r["backend"]} | ' + ' | '.join(
+                f'{1000 * st[k]:.2f} ms' if k in st else '' for k in stages) + ' |')
 
 
 if __name__ == '__main__':

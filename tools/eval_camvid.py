@@ -10,6 +10,12 @@
 Both confusion matrices (11 classes, label 11 = void ignored) give per-class IoU and mIoU;
 the tool reports whether the two label sets are identical pixel for pixel and exits non-zero
 when they are not. ``--json FILE`` writes the figures.
+
+``--backend NAME[:PRECISION]`` (torch, onnxruntime, openvino, openvino:bf16, auto; default
+torch) runs both the direct and the node evaluation on that backend (``semantic.backend``,
+``precision``); for a backend other than torch the torch fp32 direct evaluation runs too,
+and the tool prints the mIoU difference and the share of pixels whose label agrees, and
+exits non-zero when the mIoU is more than 0.3 from torch's or agreement is below 99.5 %.
 """
 from __future__ import annotations
 
@@ -41,9 +47,12 @@ def pairs(images: Path, labels: Path, limit: int):
     return [(images / n, labels / n) for n in names[:limit or None]]
 
 
-def direct(weights: str, model: str, items, input_size: int) -> list[np.ndarray]:
+def direct(weights: str, model: str, items, input_size: int, backend: str = 'torch',
+           precision: str = 'fp32') -> list[np.ndarray]:
     loaded = load_semantic_model(model, weights, NUM_CLASSES)
-    seg = SemanticSegmenter(loaded, 'cpu', input_size=input_size)
+    seg = SemanticSegmenter(loaded, 'cpu', input_size=input_size, backend=backend,
+                            precision=precision if backend != 'torch' else 'fp32',
+                            report=lambda line: print(line, flush=True))
     pipe = Pipeline(torch.device('cpu'), semantic=seg)
     out = []
     for img_path, _ in items:
@@ -54,8 +63,8 @@ def direct(weights: str, model: str, items, input_size: int) -> list[np.ndarray]
     return out
 
 
-def through_node(weights: str, model: str, items, input_size: int, log: Path
-                 ) -> list[np.ndarray | None]:
+def through_node(weights: str, model: str, items, input_size: int, log: Path,
+                 backend: str = 'torch', precision: str = 'fp32') -> list[np.ndarray | None]:
     from sensor_msgs.msg import Image
 
     from seg_ros.ros.remote import Client, NodeProcess, decode, frame_msg
@@ -64,6 +73,7 @@ def through_node(weights: str, model: str, items, input_size: int, log: Path
                         '-p', f'semantic.weights:={weights}',
                         '-p', f'semantic.num_classes:={NUM_CLASSES}',
                         '-p', f'semantic.input_size:={input_size}',
+                        '-p', f'semantic.backend:={backend}', '-p', f'precision:={precision}',
                         '-r', 'image:=/camvid/image'], domain, log)
     client = None
     try:
@@ -107,6 +117,8 @@ def main() -> int:
                     help="shorter side fed to the model (-1: the weights' own)")
     ap.add_argument('--limit', type=int, default=0, help='first N images only')
     ap.add_argument('--skip-node', action='store_true', help='direct evaluation only')
+    ap.add_argument('--backend', default='torch',
+                    help='NAME[:PRECISION]: torch, onnxruntime, openvino, openvino:bf16, auto')
     ap.add_argument('--json', type=Path)
     args = ap.parse_args()
     transports = large_data_transport()
@@ -117,19 +129,34 @@ def main() -> int:
     from seg_ros.core.models import shipped_config_path
     names = (yaml.safe_load(shipped_config_path('camvid.yaml').read_text())['class_names'])
 
+    backend, _, precision = args.backend.partition(':')
+    precision = precision or 'fp32'
     t0 = time.time()
-    d_preds = direct(args.weights, args.model, items, args.input_size)
+    d_preds = direct(args.weights, args.model, items, args.input_size, backend, precision)
     d_miou, d_per = score(d_preds, items)
-    print(f'direct: {len(items)} images, mIoU {100 * d_miou:.2f} ({time.time() - t0:.0f}s)',
-          flush=True)
-    result = {'dds_transports': transports, 'weights': args.weights,
+    print(f'direct ({args.backend}): {len(items)} images, mIoU {100 * d_miou:.2f} '
+          f'({time.time() - t0:.0f}s)', flush=True)
+    result = {'dds_transports': transports, 'weights': args.weights, 'backend': args.backend,
               'images': str(args.images), 'count': len(items),
               'direct': {'miou': d_miou, 'per_class': dict(zip(names, d_per, strict=True))}}
     ok = True
+    if backend != 'torch':
+        t_preds = direct(args.weights, args.model, items, args.input_size)
+        t_miou, _ = score(t_preds, items)
+        agree = float(np.mean([(a == b).mean() for a, b in zip(d_preds, t_preds, strict=True)]))
+        worst = float(min((a == b).mean() for a, b in zip(d_preds, t_preds, strict=True)))
+        delta = 100 * (d_miou - t_miou)
+        ok = abs(delta) <= 0.3 and worst >= 0.995
+        result['torch_fp32'] = {'miou': t_miou, 'miou_difference_points': delta,
+                                'pixel_agreement_mean': agree, 'pixel_agreement_worst': worst}
+        print(f'torch fp32: mIoU {100 * t_miou:.2f}; {args.backend} - torch = {delta:+.2f} '
+              f'points; labels agree on {100 * agree:.3f} % of pixels (worst image '
+              f'{100 * worst:.3f} %)', flush=True)
     if not args.skip_node:
         t0 = time.time()
         log = Path(os.environ.get('TMPDIR', '/tmp')) / f'seg_ros_eval_{os.getpid()}.log'
-        n_preds = through_node(args.weights, args.model, items, args.input_size, log)
+        n_preds = through_node(args.weights, args.model, items, args.input_size, log,
+                               backend, precision)
         missing = sum(p is None for p in n_preds)
         same = sum(p is not None and np.array_equal(p, d)
                    for p, d in zip(n_preds, d_preds, strict=True))
@@ -138,7 +165,7 @@ def main() -> int:
             print(f'node: {missing} frames unanswered (log {log})')
         else:
             n_miou, n_per = score(n_preds, items)
-            ok = same == len(items) and n_miou == d_miou
+            ok = ok and same == len(items) and n_miou == d_miou
             result['node'] = {'miou': n_miou, 'per_class': dict(zip(names, n_per, strict=True))}
             print(f'node:   {len(items)} images, mIoU {100 * n_miou:.2f} '
                   f'({time.time() - t0:.0f}s)')

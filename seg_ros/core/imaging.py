@@ -201,6 +201,27 @@ def frame_to_device(frame: Frame, device: torch.device | str,
     return t.unsqueeze(0), scale
 
 
+def frame_to_rgb8(frame: Frame) -> torch.Tensor | None:
+    """A frame's pixels as a contiguous (1, H, W, 3) uint8 RGB host tensor, what a compiled
+    backend takes: a zero-copy view for an unpadded rgb8 frame, one copy for other 8-bit
+    encodings; None for 16-bit encodings (they take the float path).
+    """
+    _, dtype, order = ENCODINGS[frame.encoding]
+    if dtype != np.uint8:
+        return None
+    arr = frame.array
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', UserWarning)  # read-only message buffer: only read
+        t = torch.from_numpy(arr)
+    if order == 'mono':
+        t = t.expand(-1, -1, 3)
+    else:
+        t = t[..., :3]
+        if order == 'bgr':
+            t = t.flip(-1)
+    return t.contiguous().unsqueeze(0)
+
+
 def to_unit_float(pixels: torch.Tensor, full_scale: float) -> torch.Tensor:
     """Integer pixels -> float32 in [0, 1] in one pass (layout preserved)."""
     if pixels.dtype == torch.uint8:

@@ -1,6 +1,7 @@
 """Instance segmentation: frame tensor -> boxes, scores, classes, instance-id map. No rclpy."""
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -68,6 +69,8 @@ class InstanceSegmenter:
                  precision: str = 'fp32') -> None:
         self.loaded = loaded
         self.model = loaded.model
+        #: seconds of the last model call alone (transform, network, torchvision post-processing)
+        self.last_forward_s = 0.0
         self.device = torch.device(device)
         self.score_threshold = float(score_threshold)
         self.mask_threshold = float(mask_threshold)
@@ -107,7 +110,11 @@ class InstanceSegmenter:
         """
         h, w = image.shape[-2:]
         with autocast_context(self.device, self.precision):
+            t0 = time.perf_counter()
             out = self.model([image[0]])[0]
+            if self.device.type == 'cuda':
+                torch.cuda.synchronize(self.device)
+            self.last_forward_s = time.perf_counter() - t0
         scores = out['scores'].float()
         keep = scores >= self.score_threshold
         if self.keep_ids is not None:

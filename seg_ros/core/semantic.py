@@ -5,11 +5,14 @@ No rclpy.
 from __future__ import annotations
 
 import contextlib
+import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import backends
 from .colors import make_palette
 from .models import LoadedModel
 from .results import SemanticResult
@@ -52,13 +55,22 @@ class SemanticSegmenter:
             on CPUs and tensor cores; same results up to float rounding).
         compile: wrap the model in ``torch.compile`` (compiles on the first frame, so
             warm up before serving).
+        backend: ``torch`` (eager) | ``openvino`` | ``onnxruntime`` (a compiled graph of
+            normalise + model + upsample + class maximum, :mod:`seg_ros.core.backends`);
+            ``auto`` = the fastest installed for the device.
+        cache_dir: on-disk cache of the ONNX exports and compiled models.
+        report: called with one line per export / compile / precision fallback.
     """
 
     def __init__(self, loaded: LoadedModel, device: torch.device | str, input_size: int = -1,
                  precision: str = 'fp32', channels_last: bool = True,
-                 compile: bool = False) -> None:
+                 compile: bool = False, backend: str = 'torch',
+                 cache_dir: str = backends.DEFAULT_CACHE_DIR,
+                 report: Callable[[str], None] = backends.log.info) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
+        #: seconds of the last model call alone (the torch forward, or the compiled graph)
+        self.last_forward_s = 0.0
         self.loaded = loaded
         self.device = torch.device(device)
         self.input_size = loaded.input_size if input_size < 0 else int(input_size)
@@ -76,6 +88,13 @@ class SemanticSegmenter:
         self.label_dtype = torch.uint8 if self.num_classes <= 256 else torch.uint16
         self.palette = torch.from_numpy(
             make_palette(self.num_classes, loaded.palette)).to(self.device)
+        self.backend = backends.resolve(backend, self.device, precision)
+        self.compiled: backends.CompiledLabels | None = None
+        if self.backend != 'torch':
+            graph = backends.LabelGraph(loaded.model, self._norm_scale, self._norm_shift,
+                                        self.input_size, self.label_dtype)
+            self.compiled = backends.CompiledLabels(self.backend, graph, loaded.name,
+                                                    self.device, precision, cache_dir, report)
 
     @property
     def label_encoding(self) -> str:
@@ -105,11 +124,31 @@ class SemanticSegmenter:
         if self.input_size > 0 and self.input_size != min(h, w):
             x = resize_shorter(x, self.input_size).contiguous(memory_format=self.memory_format)
         with autocast_context(self.device, self.precision):
+            t0 = time.perf_counter()
             out = self.model(x)['out']
+            if self.device.type == 'cuda':
+                torch.cuda.synchronize(self.device)
+            self.last_forward_s = time.perf_counter() - t0
         out = out.float()
         if out.shape[-2:] != (h, w):
             out = F.interpolate(out, size=(h, w), mode='bilinear', align_corners=False)
         return out
+
+    @torch.inference_mode()
+    def from_pixels(self, pixels: torch.Tensor, want_color: bool = False) -> SemanticResult:
+        """Label one frame from its (1, H, W, 3) uint8 RGB host pixels: with a compiled
+        backend the conversion to float runs inside its graph, and no torch kernel runs
+        before it (an idle torch thread pool keeps spinning for a while after its work).
+        """
+        assert self.compiled is not None, 'a compiled backend only'
+        t0 = time.perf_counter()
+        labels = self.compiled(pixels)[0]
+        self.last_forward_s = time.perf_counter() - t0
+        return self._result(labels, want_color)
+
+    def _result(self, labels: torch.Tensor, want_color: bool) -> SemanticResult:
+        color = self.palette[labels.long()].cpu().numpy() if want_color else None
+        return SemanticResult(labels=np.ascontiguousarray(labels.cpu().numpy()), color=color)
 
     @torch.inference_mode()
     def __call__(self, image: torch.Tensor, want_color: bool = False) -> SemanticResult:
@@ -125,6 +164,10 @@ class SemanticSegmenter:
         """
         # max().indices: same first-maximum rule as argmax, ~40% faster on channels-last
         # logits on the CPU here (6.0 vs 10.6 ms for 21 x 480 x 640).
-        labels = self.logits(image).max(1).indices[0].to(self.label_dtype)
-        color = self.palette[labels.long()].cpu().numpy() if want_color else None
-        return SemanticResult(labels=np.ascontiguousarray(labels.cpu().numpy()), color=color)
+        if self.compiled is not None:
+            t0 = time.perf_counter()
+            labels = self.compiled(image)[0]
+            self.last_forward_s = time.perf_counter() - t0
+        else:
+            labels = self.logits(image).max(1).indices[0].to(self.label_dtype)
+        return self._result(labels, want_color)

@@ -136,7 +136,8 @@ class FrameProcessor:
             res_out.drops = _diff(before, engine.stats.drops)
             return res_out
         header = msg.header
-        res = engine.pipeline(frame, tracker=engine.tracker, stamp_ns=messages.stamp_ns(header))
+        res = engine.pipeline(frame, tracker=engine.tracker, stamp_ns=messages.stamp_ns(header),
+                              keep_image=self.depth_on)
         out = engine.outputs_2d(header, res)
         if self.depth_on:
             depth = info = None

@@ -36,7 +36,8 @@ from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 from visualization_msgs.msg import MarkerArray
 
-from seg_ros.core import geometry
+from seg_ros.core import backends, geometry
+from seg_ros.core.backends import BackendError
 from seg_ros.core.geometry import GeometryError
 from seg_ros.core.imaging import ImageConversionError, decode_compressed
 from seg_ros.core.instances import InstanceSegmenter
@@ -68,6 +69,7 @@ WARN_PERIOD_S = 5.0
 #: the inference thread takes the frame, and again after inference if none matched yet)
 DEPTH_CACHE = 30
 LATENCY_LABELS = 'processing_s,stamp_to_publish_s'
+TIMING_LABELS = 'stamp_s,forward_s,processing_s'
 FASTDDS_SHM_SEGMENT = 512 * 1024  # Fast DDS's default shared-memory segment (bytes)
 
 
@@ -232,19 +234,32 @@ class Engine:
         if p('depth.enabled'):
             _require_depth_tools()
         precision = p('precision')
-        if device.type != 'cuda' and precision != 'fp32':
-            self.log.warning(f'precision={precision} needs CUDA; running fp32 on {device}')
-            precision = 'fp32'
+        try:
+            sem_backend = backends.resolve(p('semantic.backend'), device, precision)
+        except BackendError as exc:
+            raise StartupError(f'semantic.backend: {exc}') from None
+
+        def torch_precision(what: str) -> str:
+            if device.type != 'cuda' and precision != 'fp32':
+                self.log.warning(f'precision={precision}: {what} on torch needs CUDA; running '
+                                 f'fp32 on {device}')
+                return 'fp32'
+            return precision
         semantic = instance = None
         try:
             if p('semantic.enabled'):
                 loaded = load_semantic_model(
                     p('semantic.model'), p('semantic.weights'), p('semantic.num_classes'),
                     names(p('semantic.class_names')), device)
-                semantic = SemanticSegmenter(loaded, device, p('semantic.input_size'),
-                                             precision, p('semantic.channels_last'),
-                                             p('semantic.compile'))
+                semantic = SemanticSegmenter(
+                    loaded, device, p('semantic.input_size'),
+                    torch_precision('semantic') if sem_backend == 'torch' else precision,
+                    p('semantic.channels_last'), p('semantic.compile'), backend=sem_backend,
+                    cache_dir=p('backend.cache_dir'), report=self.log.info)
                 self._report_model('semantic', loaded)
+                self.log.info(f'semantic backend: {semantic.backend}'
+                              + (f' ({p("semantic.backend")})'
+                                 if p('semantic.backend') == 'auto' else ''))
             if p('instance.enabled'):
                 loaded = load_instance_model(
                     p('instance.model'), p('instance.weights'), p('instance.num_classes'),
@@ -255,16 +270,21 @@ class Engine:
                 instance = InstanceSegmenter(
                     loaded, device, p('instance.score_threshold'),
                     p('instance.mask_threshold'), p('instance.max_detections'),
-                    names(p('instance.classes')), precision)
+                    names(p('instance.classes')), torch_precision('instance'))
                 self._report_model('instance', loaded)
             self.pipeline = Pipeline(device, semantic, instance)
             self.tracker = (Tracker(p('instance.track_iou'), p('instance.track_timeout'))
                             if instance is not None and p('instance.tracking') else None)
         except (ModelLoadError, ValueError) as exc:
             raise StartupError(str(exc)) from None
+        except BackendError as exc:
+            raise StartupError(f'semantic.backend: {exc}') from None
         if p('warmup'):
             t0 = time.perf_counter()
-            self.pipeline.warm_up()
+            try:
+                self.pipeline.warm_up()
+            except BackendError as exc:
+                raise StartupError(f'semantic.backend: {exc}') from None
             self.log.info(f'warm-up done in {time.perf_counter() - t0:.2f}s')
 
     def release(self) -> None:
@@ -329,6 +349,7 @@ class Engine:
             if sem is not None:
                 self.pub_sem_points = pub(PointCloud2, '~/semantic/points')
         self.pub_latency = pub(Float64MultiArray, '~/latency')
+        self.pub_timing = pub(Float64MultiArray, '~/timing')
         self.pub_diag = pub(DiagnosticArray, '/diagnostics', 10)
 
         self.compressed = p('input_transport') == 'compressed'
@@ -503,7 +524,8 @@ class Engine:
                         and self.pub_overlay.get_subscription_count() > 0)
         header = msg.header
         res = pipeline(frame, want_color=want_color, want_overlay=want_overlay,
-                       tracker=self.tracker, stamp_ns=messages.stamp_ns(header))
+                       tracker=self.tracker, stamp_ns=messages.stamp_ns(header),
+                       keep_image=self.depth_on)
         t_inferred = time.perf_counter()
         if res.instances is not None and res.instances.tracks_reset:
             self.log.info(f'stamp went backwards to {_stamp(header)}: tracks reset (ids '
@@ -533,6 +555,13 @@ class Engine:
         lat.layout.dim = [MultiArrayDimension(label=LATENCY_LABELS, size=2, stride=2)]
         lat.data = [processing, age]
         self.pub_latency.publish(lat)
+        if self.pub_timing.get_subscription_count() > 0:
+            timing = Float64MultiArray()
+            timing.layout.dim = [MultiArrayDimension(label=TIMING_LABELS, size=3, stride=3)]
+            timing.data = [messages.stamp_ns(header) / 1e9,
+                           res.timings.get('semantic_forward', 0.0)
+                           + res.timings.get('instance_forward', 0.0), processing]
+            self.pub_timing.publish(timing)
 
     def outputs_2d(self, header: Header, res) -> list[tuple[str, Any]]:
         """The 2D messages of one frame's result, as (topic relative to the node, message),

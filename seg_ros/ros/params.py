@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from seg_ros.core.backends import BACKENDS, DEFAULT_CACHE_DIR
 from seg_ros.core.models import INSTANCE_MODELS, SEMANTIC_MODELS, SHIPPED_SEMANTIC
 
 _DEVICE = re.compile(r'^(auto|cpu|cuda|cuda:\d+)$')
@@ -51,6 +52,16 @@ def _classes(v: Any) -> str | None:
     return None
 
 
+def _instance_backend(v: Any) -> str | None:
+    if v in ('torch', 'auto'):
+        return None
+    if v in BACKENDS:
+        return (f'{v} is not available for Mask R-CNN: its ONNX export does not keep the '
+                'boxes, scores and masks of the torch model (README: Backends); use torch '
+                'or auto')
+    return f'must be one of {list(BACKENDS)}, got {v!r}'
+
+
 def names(value: Any) -> list[str]:
     """A string-array parameter as a list, empty strings dropped ([''] = none given)."""
     return [str(c) for c in (value or []) if str(c)]
@@ -60,8 +71,10 @@ PARAMS: list[Param] = [
     Param('device', 'auto', 'string', 'auto | cpu | cuda | cuda:N (auto picks CUDA when present)',
           check=lambda v: None if _DEVICE.match(str(v)) else
           f'must be auto, cpu, cuda or cuda:N, got {v!r}'),
-    Param('precision', 'fp32', 'string', 'fp32 | fp16 | bf16 (autocast on CUDA; the CPU '
-          'runs fp32 and warns once)', check=_one_of('fp32', 'fp16', 'bf16')),
+    Param('precision', 'fp32', 'string', 'fp32 | fp16 | bf16, by each backend\'s own '
+          'mechanism: torch autocast on CUDA (torch on the CPU runs fp32 and warns once), '
+          'OpenVINO\'s inference precision hint (bf16 on CPUs with BF16), ONNX Runtime fp32 '
+          'on the CPU (warns)', check=_one_of('fp32', 'fp16', 'bf16')),
     Param('reliability', 'auto', 'string',
           'input QoS reliability: auto (match the publishers, best effort until one is seen) '
           '| reliable | best_effort', check=_one_of('auto', 'reliable', 'best_effort')),
@@ -105,10 +118,24 @@ PARAMS: list[Param] = [
     Param('semantic.compile', False, 'bool',
           'wrap the semantic model in torch.compile (compiled during warm-up; needs a C++ '
           'compiler on the CPU, Triton on CUDA)'),
+    Param('semantic.backend', 'auto', 'string',
+          'torch (eager PyTorch) | openvino | onnxruntime (the model exported to ONNX once, '
+          'cached in backend.cache_dir, compiled per input size) | auto (the fastest installed '
+          'for the device: on the CPU onnxruntime for fp32, openvino for bf16/fp16, else '
+          'torch; torch on CUDA)', check=_one_of(*BACKENDS)),
+    Param('backend.cache_dir', DEFAULT_CACHE_DIR, 'string',
+          'where ONNX exports and compiled models are cached (keyed by weights content, '
+          'model, input shape and backend version; at most 32 exports kept)',
+          check=lambda v: None if isinstance(v, str) and v.strip() else
+          f'must be a directory path, got {v!r}'),
     Param('instance.enabled', False, 'bool', 'run instance segmentation (Mask R-CNN)'),
     Param('instance.model', 'maskrcnn_resnet50_fpn_v2', 'string',
           f'instance architecture: {", ".join(INSTANCE_MODELS)}',
           check=_one_of(*INSTANCE_MODELS)),
+    Param('instance.backend', 'auto', 'string',
+          'torch | auto (= torch): Mask R-CNN stays on eager PyTorch (README: Backends); '
+          'openvino and onnxruntime are refused with the reason',
+          check=_instance_backend),
     Param('instance.weights', 'DEFAULT', 'string',
           'DEFAULT (torchvision COCO weights) | path to a state-dict file | none',
           check=_weights),

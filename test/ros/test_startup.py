@@ -1,4 +1,6 @@
 """segment_node refuses bad parameters and unloadable models with one clear line."""
+import os
+
 import pytest
 
 from helpers import run_node_to_exit
@@ -12,6 +14,9 @@ pytestmark = pytest.mark.ros
     (['-p', 'semantic.input_size:=-5'], 'semantic.input_size'),
     (['-p', 'reliability:=sometimes'], 'reliability'),
     (['-p', 'semantic.weights:=/nonexistent/w.pt'], 'weights file not found'),
+    (['-p', 'semantic.backend:=tensorrt'], 'semantic.backend'),
+    (['-p', 'instance.enabled:=true', '-p', 'instance.backend:=openvino'],
+     'not available for Mask R-CNN'),
     (['-p', 'semantic.weights:=none', '-p', 'semantic.class_names:=[a, b]',
       '-p', 'semantic.num_classes:=3'], 'class_names has 2'),
 ])
@@ -48,4 +53,20 @@ def test_wrong_class_count_and_non_state_dict(tmp_path):
     torch.save([1, 2, 3], pickled)
     res = run_node_to_exit(['-p', 'warmup:=false', '-p', f'semantic.weights:={pickled}'])
     assert res.returncode == 1 and 'not a plain state dict' in res.stderr
+    assert 'Traceback' not in res.stderr
+
+
+def test_backend_not_installed_is_refused_in_one_line(tmp_path):
+    """semantic.backend:=openvino where OpenVINO cannot be imported (hidden here by a
+    package that fails to import, as on a machine without it)."""
+    fake = tmp_path / 'hide' / 'openvino'
+    fake.mkdir(parents=True)
+    (fake / '__init__.py').write_text('raise ImportError("hidden by the test")\n')
+    env = {'PYTHONPATH': f'{tmp_path / "hide"}:{os.environ.get("PYTHONPATH", "")}'}
+    res = run_node_to_exit(['-p', 'semantic.weights:=none', '-p', 'semantic.backend:=openvino'],
+                           env=env)
+    assert res.returncode != 0
+    lines = [ln for ln in res.stderr.splitlines() if 'cannot start' in ln]
+    assert len(lines) == 1, res.stderr
+    assert 'not installed' in lines[0] and 'pip install openvino' in lines[0], lines[0]
     assert 'Traceback' not in res.stderr

@@ -1,0 +1,360 @@
+"""Inference backends for the semantic model: eager PyTorch, OpenVINO, ONNX Runtime. No rclpy.
+
+The torch backend runs the model as it is. The others run one compiled graph per input
+shape: the loaded torch model, wrapped with our normalisation, its input resize, the
+upsampling back to the image size and the class maximum (:class:`LabelGraph`), is exported
+to ONNX once, cached on disk under a key of the weights' content, the model, the input shape
+and the exporter's version, and compiled by the backend. The frame goes in as the float
+[0, 1] RGB tensor the pipeline makes anyway; the labels come out as uint8/uint16, so only
+one small image crosses back from the backend.
+
+Caches: ``<cache_dir>/onnx/*.onnx`` (at most :data:`DISK_ENTRIES` files, oldest removed),
+OpenVINO's own compiled-blob cache in ``<cache_dir>/openvino-<version>/``, TensorRT engines
+in ``<cache_dir>/tensorrt-<version>/``; in memory at most :data:`SHAPES_IN_MEMORY` compiled
+shapes (least recently used dropped).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib
+import io
+import logging
+import os
+import time
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ('torch', 'openvino', 'onnxruntime', 'auto')
+#: the Python module each backend needs, and the pip package that brings it
+_MODULES = {'openvino': ('openvino', 'openvino'), 'onnxruntime': ('onnxruntime', 'onnxruntime')}
+OPSET = 18
+DISK_ENTRIES = 32
+SHAPES_IN_MEMORY = 4
+DEFAULT_CACHE_DIR = '~/.cache/seg_ros'
+
+log = logging.getLogger(__name__)
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be used (not installed, export failed): the message says why."""
+
+
+@functools.cache
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except Exception:  # not installed, or broken (a missing shared library)
+        return False
+    return True
+
+
+def installed(name: str) -> bool:
+    """Whether the backend's Python packages import here (torch always)."""
+    if name == 'torch':
+        return True
+    return _importable(_MODULES[name][0]) and _importable('onnx')
+
+
+def resolve(spec: str, device: torch.device, precision: str = 'fp32') -> str:
+    """The backend to run: ``auto`` -> the fastest one installed for ``device``.
+
+    On the CPU (BENCHMARKS.md, "Backends"): for fp32 ONNX Runtime, then OpenVINO; for
+    bf16/fp16 OpenVINO (its precision hint), then ONNX Runtime; torch when neither is
+    installed. On CUDA it is torch: no GPU was available to measure the others against it.
+
+    Raises:
+        BackendError: unknown name, or the named backend is not installed (with the pip
+            command that installs it).
+    """
+    if spec not in BACKENDS:
+        raise BackendError(f'backend must be one of {list(BACKENDS)}, got {spec!r}')
+    if spec == 'auto':
+        if device.type != 'cpu':
+            return 'torch'
+        order = ('onnxruntime', 'openvino') if precision == 'fp32' else \
+            ('openvino', 'onnxruntime')
+        return next(b for b in (*order, 'torch') if installed(b))
+    if not installed(spec):
+        missing = [p for m, p in (_MODULES[spec], ('onnx', 'onnx')) if not _importable(m)]
+        raise BackendError(f'backend {spec!r} is not installed here (no Python module '
+                           f'{" and ".join(missing)}): pip install {" ".join(missing)}, or '
+                           'choose backend torch or auto')
+    return spec
+
+
+def cache_path(cache_dir: str) -> Path:
+    """``backend.cache_dir`` as a path: ``~`` expanded; the default follows
+    ``$XDG_CACHE_HOME`` when that is set (``$XDG_CACHE_HOME/seg_ros``).
+    """
+    if (cache_dir or DEFAULT_CACHE_DIR) == DEFAULT_CACHE_DIR and os.environ.get('XDG_CACHE_HOME'):
+        return Path(os.environ['XDG_CACHE_HOME']) / 'seg_ros'
+    return Path(os.path.expanduser(cache_dir or DEFAULT_CACHE_DIR))
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of the model's state (names, dtypes, shapes and bytes of every tensor)."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        t = t.detach().to('cpu').contiguous()
+        h.update(f'{name}:{t.dtype}:{tuple(t.shape)};'.encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+class LabelGraph(torch.nn.Module):
+    """What a compiled backend runs for one frame batch: normalise, resize to the model's
+    input size, the model, upsample to the image size, first class maximum, cast.
+
+    Input: (N, 3, H, W) float RGB in [0, 1], or (N, H, W, 3) uint8 RGB as the message
+    carries it (the conversion then runs inside the graph too). Output: (N, H, W)
+    ``label_dtype``.
+    """
+
+    def __init__(self, model: torch.nn.Module, scale: torch.Tensor, shift: torch.Tensor,
+                 input_size: int, label_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer('scale', scale.detach().cpu().clone())
+        self.register_buffer('shift', shift.detach().cpu().clone())
+        self.input_size = input_size
+        self.label_dtype = label_dtype
+        self.image_hw = (0, 0)  # set (python ints) before tracing: sizes stay static
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.image_hw
+        if x.dtype == torch.uint8:  # (N, H, W, 3) pixels: x / 255 folded into the scale
+            x = x.permute(0, 3, 1, 2).to(torch.float32) * (self.scale / 255.0) + self.shift
+        else:
+            x = x * self.scale + self.shift
+        if self.input_size > 0 and self.input_size != min(h, w):
+            s = self.input_size / min(h, w)
+            x = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))),
+                              mode='bilinear', align_corners=False, antialias=s < 1)
+        out = self.model(x)['out']
+        if tuple(out.shape[-2:]) != (h, w):
+            out = F.interpolate(out, size=(h, w), mode='bilinear', align_corners=False)
+        # int32 before the narrowing cast: ONNX casts int64 -> uint8 fine, but some
+        # backends only fuse ArgMax with an int32 output
+        return out.argmax(1).to(torch.int32).to(self.label_dtype)
+
+
+class CompiledLabels:
+    """The labels of a frame batch from a compiled backend, one compiled graph per shape.
+
+    Args:
+        backend: ``openvino`` or ``onnxruntime``.
+        graph: the :class:`LabelGraph` to export (on the CPU: export traces it there).
+        name: the model's registry name (part of the cache key).
+        device: where input tensors live and labels are returned.
+        precision: ``fp32`` | ``fp16`` | ``bf16``; applied by the backend's own mechanism
+            (OpenVINO's inference precision hint; ONNX Runtime runs fp32 on the CPU).
+        cache_dir: root of the on-disk cache.
+        report: called with one line per export/compile (the node logs it).
+    """
+
+    def __init__(self, backend: str, graph: LabelGraph, name: str, device: torch.device,
+                 precision: str = 'fp32', cache_dir: str = DEFAULT_CACHE_DIR,
+                 report: Callable[[str], None] = log.info) -> None:
+        self.backend = backend
+        self.graph = graph.eval()
+        self.name = name
+        self.device = torch.device(device)
+        self.cache_dir = cache_path(cache_dir)
+        self.report = report
+        self.digest = weights_digest(graph)
+        self._compiled: OrderedDict[tuple[int, ...], Callable] = OrderedDict()
+        self.precision, why = self._effective_precision(precision)
+        if why:
+            report(why)
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            (self.cache_dir / 'onnx').mkdir(exist_ok=True)
+        except OSError as exc:
+            raise BackendError(f'backend.cache_dir {str(self.cache_dir)!r} cannot be '
+                               f'created: {exc.strerror or exc}') from None
+
+    # -- precision ------------------------------------------------------------------------
+    def _effective_precision(self, precision: str) -> tuple[str, str]:
+        if precision == 'fp32':
+            return 'fp32', ''
+        if self.backend == 'openvino' and self.device.type == 'cpu':
+            import openvino as ov
+            caps = ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
+            need = {'bf16': 'BF16', 'fp16': 'FP16'}[precision]
+            if need in caps:
+                return precision, ''
+            return 'fp32', (f'precision={precision}: this CPU has no {need} support in '
+                            'OpenVINO; running fp32')
+        if self.backend == 'onnxruntime' and self.device.type == 'cpu':
+            return 'fp32', (f'precision={precision}: ONNX Runtime has no reduced-precision '
+                            'mode on the CPU; running fp32 (use backend openvino)')
+        return precision, ''
+
+    # -- export and cache -----------------------------------------------------------------
+    def onnx_path(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Path:
+        """Where the export for an input ``shape`` of ``dtype`` lives: keyed by weights
+        content, model, input shape and type, torch version and opset.
+        """
+        key = hashlib.sha256(f'{self.digest}|{self.name}|{shape}|{dtype}|{torch.__version__}|'
+                             f'{OPSET}|{self.graph.label_dtype}'.encode()).hexdigest()[:20]
+        n, h, w = _nhw(shape, dtype)
+        kind = 'u8' if dtype == torch.uint8 else 'f32'
+        return self.cache_dir / 'onnx' / f'{self.name}-n{n}-{h}x{w}-{kind}-{key}.onnx'
+
+    def export(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Path:
+        """The ONNX file for an input ``shape`` of ``dtype``, exported now unless cached."""
+        path = self.onnx_path(shape, dtype)
+        if path.is_file():
+            os.utime(path)  # most recently used: pruned last
+            self.report(f'{self.backend}: ONNX export for input {shape} reused from cache '
+                        f'{path}')
+            return path
+        t0 = time.perf_counter()
+        tmp = path.with_suffix(f'.{os.getpid()}.tmp')
+        x = torch.zeros(shape, dtype=dtype)
+        self.graph.image_hw = _nhw(shape, dtype)[1:]
+        try:
+            # the dynamo exporter: the legacy one has no antialiased resize
+            with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), \
+                    contextlib.redirect_stdout(io.StringIO()), _quiet('onnx_ir', 'onnxscript'):
+                warnings.simplefilter('ignore')
+                torch.onnx.export(self.graph.to('cpu'), (x,), str(tmp), dynamo=True,
+                                  opset_version=OPSET, input_names=['image'],
+                                  output_names=['labels'], verbose=False,
+                                  external_data=False)
+            os.replace(tmp, path)  # atomic: a concurrent node never reads half a file
+        except Exception as exc:
+            tmp.unlink(missing_ok=True)
+            raise BackendError(f'{self.name}: ONNX export failed ({type(exc).__name__}: '
+                               f'{str(exc)[:300]})') from None
+        self.report(f'{self.backend}: exported {self.name} for input {shape} to ONNX in '
+                    f'{time.perf_counter() - t0:.1f}s ({path})')
+        self._prune()
+        return path
+
+    def _prune(self) -> None:
+        files = sorted((self.cache_dir / 'onnx').glob('*.onnx'), key=_mtime, reverse=True)
+        for old in files[DISK_ENTRIES:]:
+            old.unlink(missing_ok=True)
+
+    # -- compile and run --------------------------------------------------------------------
+    def compiled(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32
+                 ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The runner for an input ``shape`` of ``dtype``, compiled once (bounded in-memory
+        cache).
+        """
+        key = (*shape, str(dtype))
+        run = self._compiled.get(key)
+        if run is not None:
+            self._compiled.move_to_end(key)
+            return run
+        path = self.export(shape, dtype)
+        t0 = time.perf_counter()
+        make = self._openvino if self.backend == 'openvino' else self._onnxruntime
+        run = make(path, _nhw(shape, dtype), dtype)
+        self.report(f'{self.backend}: compiled for input {shape} ({self.precision}) in '
+                    f'{time.perf_counter() - t0:.1f}s')
+        self._compiled[key] = run
+        while len(self._compiled) > SHAPES_IN_MEMORY:
+            self._compiled.popitem(last=False)
+        return run
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """Labels (N, H, W) for a (N, 3, H, W) float [0, 1] batch, or a (N, H, W, 3) uint8
+        RGB batch, on ``device``.
+        """
+        return self.compiled(tuple(int(s) for s in image.shape), image.dtype)(image)
+
+    def _openvino(self, path: Path, nhw: tuple[int, int, int], dtype: torch.dtype):
+        import openvino as ov
+        core = ov.Core()
+        core.set_property({'CACHE_DIR': str(self.cache_dir / f'openvino-{ov.__version__}')})
+        hint = {'fp32': 'f32', 'bf16': 'bf16', 'fp16': 'f16'}[self.precision]
+        if self.device.type != 'cpu':
+            raise BackendError('backend openvino runs on the CPU here; use device cpu, or '
+                               'backend onnxruntime/torch on CUDA')
+        compiled = core.compile_model(str(path), 'CPU', {
+            'INFERENCE_PRECISION_HINT': hint, 'PERFORMANCE_HINT': 'LATENCY'})
+        request = compiled.create_infer_request()
+
+        def run(image: torch.Tensor) -> torch.Tensor:
+            x = image.contiguous().numpy()
+            out = request.infer({0: x}, share_inputs=True, share_outputs=True)[0]
+            return torch.from_numpy(out.copy())  # the request's buffer is reused next call
+        return run
+
+    def _onnxruntime(self, path: Path, nhw: tuple[int, int, int], dtype: torch.dtype):
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers: list = ['CPUExecutionProvider']
+        cuda = self.device.type == 'cuda'
+        if cuda:
+            avail = ort.get_available_providers()
+            if 'CUDAExecutionProvider' not in avail:
+                raise BackendError('backend onnxruntime on CUDA needs onnxruntime-gpu (pip '
+                                   'install onnxruntime-gpu); this one has ' + ', '.join(avail))
+            dev_id = self.device.index or 0
+            providers = [('CUDAExecutionProvider', {'device_id': dev_id})]
+            if 'TensorrtExecutionProvider' in avail:
+                engines = self.cache_dir / f'tensorrt-{ort.__version__}'
+                engines.mkdir(exist_ok=True)
+                providers.insert(0, ('TensorrtExecutionProvider', {
+                    'device_id': dev_id, 'trt_engine_cache_enable': True,
+                    'trt_engine_cache_path': str(engines),
+                    'trt_fp16_enable': self.precision == 'fp16'}))
+        session = ort.InferenceSession(str(path), so, providers=providers)
+        n, h, w = nhw
+        in_np = np.uint8 if dtype == torch.uint8 else np.float32
+        dtype = self.graph.label_dtype
+        binding = session.io_binding()
+        dev_type = 'cuda' if cuda else 'cpu'
+        dev_id = self.device.index or 0 if cuda else 0
+        np_out = {torch.uint8: 'uint8', torch.uint16: 'uint16'}[dtype]
+
+        def run(image: torch.Tensor) -> torch.Tensor:
+            x = image.contiguous()
+            out = torch.empty((n, h, w), dtype=dtype, device=self.device)
+            binding.bind_input('image', dev_type, dev_id, in_np, list(x.shape),
+                               x.data_ptr())
+            binding.bind_output('labels', dev_type, dev_id, np.dtype(np_out), list(out.shape),
+                                out.data_ptr())
+            session.run_with_iobinding(binding)
+            return out
+        return run
+
+
+@contextlib.contextmanager
+def _quiet(*loggers: str):
+    """Silence the exporter's INFO chatter (it logs every graph pass)."""
+    saved = [(lg, lg.level) for lg in map(logging.getLogger, loggers)]
+    for lg, _ in saved:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in saved:
+            lg.setLevel(level)
+
+
+def _nhw(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[int, int, int]:
+    """(N, H, W) of an input: (N, H, W, 3) uint8 pixels or (N, 3, H, W) float."""
+    if dtype == torch.uint8:
+        return int(shape[0]), int(shape[1]), int(shape[2])
+    return int(shape[0]), int(shape[2]), int(shape[3])
+
+
+def _mtime(p: Path) -> float:
+    try:
+        return p.stat().st_mtime
+    except OSError:
+        return 0.0
