@@ -108,13 +108,29 @@ class InstanceSegmenter:
             :class:`InstanceResult`; masks are thresholded and composed on the device and
             only the uint16 id map and small arrays reach the host.
         """
-        h, w = image.shape[-2:]
+        return self.batch([image], [want_overlay], [tracker], [stamp_ns])[0]
+
+    @torch.inference_mode()
+    def batch(self, images: Sequence[torch.Tensor], want_overlay: Sequence[bool],
+              trackers: Sequence[Tracker | None], stamps_ns: Sequence[int]
+              ) -> list[InstanceResult]:
+        """Several frames (each (1, 3, H, W), sizes may differ) in one model call, as
+        torchvision's Mask R-CNN batches a list of images; each frame then has its own
+        thresholds, id map, tracker and overlay. Same arguments as :meth:`__call__`, one
+        per frame.
+        """
         with autocast_context(self.device, self.precision):
             t0 = time.perf_counter()
-            out = self.model([image[0]])[0]
+            outs = self.model([im[0] for im in images])
             if self.device.type == 'cuda':
                 torch.cuda.synchronize(self.device)
             self.last_forward_s = time.perf_counter() - t0
+        return [self._post(im, out, ov, tr, st) for im, out, ov, tr, st
+                in zip(images, outs, want_overlay, trackers, stamps_ns, strict=True)]
+
+    def _post(self, image: torch.Tensor, out: dict, want_overlay: bool,
+              tracker: Tracker | None, stamp_ns: int) -> InstanceResult:
+        h, w = image.shape[-2:]
         scores = out['scores'].float()
         keep = scores >= self.score_threshold
         if self.keep_ids is not None:

@@ -61,3 +61,5 @@ class FrameResult:
     timings: dict[str, float] = field(default_factory=dict)
     #: the (1, 3, H, W) float RGB [0, 1] model input on the device (colours of 3D points)
     image: Any = None
+    #: how many frames shared this frame's forward pass (its timings are the batch's)
+    batch_size: int = 1

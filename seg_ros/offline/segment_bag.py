@@ -90,7 +90,7 @@ class FrameProcessor:
             raise BagError(f'segment_bag: cannot start: {exc}') from None
         self.max_pixels = self.engine.param('max_image_pixels')
         self.depth_on = bool(self.engine.param('depth.enabled'))
-        self.engine.depth_topics = ('--depth-topic', '--camera-info-topic')
+        self.engine.cameras[0].depth_topics = ('--depth-topic', '--camera-info-topic')
 
     def param(self, name: str) -> Any:
         return self.engine.param(name)

@@ -151,31 +151,69 @@ def warn_unknown(node: Node, overrides: dict[str, Parameter] | None = None) -> l
     return unknown
 
 
+class Camera:
+    """One camera of the node: its input, outputs, mailbox, tracker and counters.
+
+    The single-camera node has one camera named ``''`` (topics ``image``,
+    ``~/semantic/labels``, ...); with ``cameras: [front, ...]`` each has its own
+    (``front/image``, ``~/front/semantic/labels``, ...).
+    """
+
+    def __init__(self, name: str = '') -> None:
+        self.name = name
+        self.prefix = f'{name}/' if name else ''
+        self.stats = FrameStats()
+        self.tracker: Tracker | None = None
+        #: the newest valid frame waiting for the model: (msg, frame, t_queued, convert_s)
+        self.slot: tuple | None = None
+        self.sub = None
+        self.sub_reliability: ReliabilityPolicy | None = None
+        self.input_topic = ''
+        self.pubs: dict[str, Any] = {}  # 'semantic/labels' -> its publisher
+        self.depth_subs: list = []
+        self.depth_cache = self.info_cache = None
+        self.depth_topics = ('depth', 'camera_info')
+        self.last_warn: dict[str, float] = {}
+        self.oneshot = None
+        self.batched = 0  # frames that shared their forward pass with other cameras' frames
+
+    def wants(self, topic: str) -> bool:
+        """Whether output ``topic`` (relative, e.g. 'semantic/color') has a subscriber."""
+        pub = self.pubs.get(topic)
+        return pub is not None and pub.get_subscription_count() > 0
+
+
 class Engine:
     """Models, pub/sub, worker thread and diagnostics of one segmentation node."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
         self.log = node.get_logger()
-        self.stats = FrameStats()
         self.pipeline: Pipeline | None = None
-        self.tracker: Tracker | None = None
-        self._last_warn: dict[str, float] = {}
-        self._slot: tuple[Any, Any] | None = None
+        self.cameras: list[Camera] = [Camera()]
+        self.max_batch = 1
         self._cv = threading.Condition()
         self._running = False
         self._worker: threading.Thread | None = None
-        self._sub = None
-        self._sub_reliability: ReliabilityPolicy | None = None
         self._timers: list = []
-        self._oneshot = None
         self._pubs: list = []
+        self._shared: dict[str, Any] = {}  # label_info, diagnostics
         self._large_data_hinted = False
-        self._depth_subs: list = []
-        self._by_topic: dict[str, Any] = {}  # 'semantic/labels' -> its publisher
-        self._depth_cache = self._info_cache = None
         self.depth_on = False
         node.add_on_set_parameters_callback(self._on_set_parameters)
+
+    # The first (in a single-camera node the only) camera: what segment_bag drives.
+    @property
+    def stats(self) -> FrameStats:
+        return self.cameras[0].stats
+
+    @property
+    def tracker(self) -> Tracker | None:
+        return self.cameras[0].tracker
+
+    @property
+    def depth_topics(self) -> tuple[str, str]:
+        return self.cameras[0].depth_topics
 
     # -- parameters -----------------------------------------------------------------------
     def param(self, name: str) -> Any:
@@ -210,10 +248,11 @@ class Engine:
                 inst.model.roi_heads.score_thresh = float(prm.value)
             elif inst is not None and prm.name == 'instance.mask_threshold':
                 inst.mask_threshold = float(prm.value)
-            elif self.tracker is not None and prm.name == 'instance.track_iou':
-                self.tracker.iou_threshold = float(prm.value)
-            elif self.tracker is not None and prm.name == 'instance.track_timeout':
-                self.tracker.timeout_s = float(prm.value)
+            for tracker in (c.tracker for c in self.cameras if c.tracker is not None):
+                if prm.name == 'instance.track_iou':
+                    tracker.iou_threshold = float(prm.value)
+                elif prm.name == 'instance.track_timeout':
+                    tracker.timeout_s = float(prm.value)
         return SetParametersResult(successful=True)
 
     # -- models ---------------------------------------------------------------------------
@@ -273,8 +312,11 @@ class Engine:
                     names(p('instance.classes')), torch_precision('instance'))
                 self._report_model('instance', loaded)
             self.pipeline = Pipeline(device, semantic, instance)
-            self.tracker = (Tracker(p('instance.track_iou'), p('instance.track_timeout'))
-                            if instance is not None and p('instance.tracking') else None)
+            self.cameras = [Camera(n) for n in names(p('cameras'))] or [Camera()]
+            self.max_batch = p('max_batch') or len(self.cameras)
+            for cam in self.cameras:
+                cam.tracker = (Tracker(p('instance.track_iou'), p('instance.track_timeout'))
+                               if instance is not None and p('instance.tracking') else None)
         except (ModelLoadError, ValueError) as exc:
             raise StartupError(str(exc)) from None
         except BackendError as exc:
@@ -290,7 +332,8 @@ class Engine:
     def release(self) -> None:
         """Drop the models (and tracks) and free cached GPU memory."""
         self.pipeline = None
-        self.tracker = None
+        for cam in self.cameras:
+            cam.tracker = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
@@ -320,48 +363,46 @@ class Engine:
         header = Header()
         header.stamp = node.get_clock().now().to_msg()
 
-        def pub(msg_type, topic, qos=out_qos):
+        def make(msg_type, topic, qos=out_qos):
             made = node.create_publisher(msg_type, topic, qos, event_callbacks=events)
             self._pubs.append(made)
-            self._by_topic[topic[2:] if topic.startswith('~/') else topic] = made
             return made
         sem, inst = self.pipeline.semantic, self.pipeline.instance
-        self.pub_labels = self.pub_color = self.pub_dets = None
-        self.pub_masks = self.pub_overlay = None
+        # Shared by every camera: the latched class maps and /diagnostics.
         if sem is not None:
-            self.pub_labels = pub(Image, '~/semantic/labels')
-            self.pub_color = pub(Image, '~/semantic/color')
-            pub(LabelInfo, '~/semantic/label_info', LATCHED).publish(
+            make(LabelInfo, '~/semantic/label_info', LATCHED).publish(
                 messages.label_info(header, sem.loaded.class_names, 0.0))
         if inst is not None:
-            self.pub_dets = pub(Detection2DArray, '~/instances/detections')
-            self.pub_masks = pub(Image, '~/instances/masks')
-            self.pub_overlay = pub(Image, '~/instances/overlay')
-            pub(LabelInfo, '~/instances/label_info', LATCHED).publish(
+            make(LabelInfo, '~/instances/label_info', LATCHED).publish(
                 messages.label_info(header, inst.loaded.class_names, inst.score_threshold))
+        self.pub_diag = make(DiagnosticArray, '/diagnostics', 10)
         self.depth_on = bool(p('depth.enabled'))
-        self.pub_det3d = self.pub_inst_points = self.pub_markers = self.pub_sem_points = None
-        if self.depth_on:
-            if inst is not None:
-                self.pub_det3d = pub(Detection3DArray, '~/instances/detections_3d')
-                self.pub_inst_points = pub(PointCloud2, '~/instances/points')
-                self.pub_markers = pub(MarkerArray, '~/instances/markers')
-            if sem is not None:
-                self.pub_sem_points = pub(PointCloud2, '~/semantic/points')
-        self.pub_latency = pub(Float64MultiArray, '~/latency')
-        self.pub_timing = pub(Float64MultiArray, '~/timing')
-        self.pub_diag = pub(DiagnosticArray, '/diagnostics', 10)
+        outputs: list[tuple[type, str]] = []
+        if sem is not None:
+            outputs += [(Image, 'semantic/labels'), (Image, 'semantic/color')]
+        if inst is not None:
+            outputs += [(Detection2DArray, 'instances/detections'),
+                        (Image, 'instances/masks'), (Image, 'instances/overlay')]
+        if self.depth_on and inst is not None:
+            outputs += [(Detection3DArray, 'instances/detections_3d'),
+                        (PointCloud2, 'instances/points'), (MarkerArray, 'instances/markers')]
+        if self.depth_on and sem is not None:
+            outputs += [(PointCloud2, 'semantic/points')]
+        outputs += [(Float64MultiArray, 'latency'), (Float64MultiArray, 'timing')]
 
         self.compressed = p('input_transport') == 'compressed'
-        base = node.resolve_topic_name('image')
-        self.input_topic = base + '/compressed' if self.compressed else base
         self.max_pixels = p('max_image_pixels')
         self._mode = p('reliability')
-        self._update_subscription()
-        if self.depth_on:
-            self._start_depth()
+        for cam in self.cameras:
+            cam.pubs = {topic: make(msg_type, f'~/{cam.prefix}{topic}')
+                        for msg_type, topic in outputs}
+            base = node.resolve_topic_name(cam.prefix + 'image')
+            cam.input_topic = base + '/compressed' if self.compressed else base
+            self._update_subscription(cam)
+            if self.depth_on:
+                self._start_depth(cam)
         if self._mode == 'auto':
-            self._timers.append(node.create_timer(1.0, self._update_subscription))
+            self._timers.append(node.create_timer(1.0, self._update_subscriptions))
         if p('diagnostics_period') > 0:
             self._timers.append(node.create_timer(p('diagnostics_period'),
                                                   self._publish_diagnostics))
@@ -370,83 +411,94 @@ class Engine:
             self._worker = threading.Thread(target=self.work, name='seg_ros_inference',
                                             daemon=True)
             self._worker.start()
-        self.log.info(f'listening on {self.input_topic} (device {self.pipeline.device}, '
-                      f'reliability {self._mode})')
+        batching = (f', {len(self.cameras)} cameras, batches of up to {self.max_batch}'
+                    if self.cameras[0].name else '')
+        self.log.info(f'listening on {", ".join(c.input_topic for c in self.cameras)} (device '
+                      f'{self.pipeline.device}, reliability {self._mode}{batching})')
 
     def stop(self) -> None:
-        """Stop the worker; destroy the subscription, publishers and timers."""
+        """Stop the worker; destroy the subscriptions, publishers and timers."""
         with self._cv:
             self._running = False
-            self._slot = None
+            for cam in self.cameras:
+                cam.slot = None
             self._cv.notify_all()
         if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout=10.0)
         self._worker = None
-        for t in self._timers + ([self._oneshot] if self._oneshot is not None else []):
+        oneshots = [c.oneshot for c in self.cameras if c.oneshot is not None]
+        for t in self._timers + oneshots:
             self.node.destroy_timer(t)
-        self._oneshot = None
-        if self._sub is not None:
-            self.node.destroy_subscription(self._sub)
-        for sub in self._depth_subs:
-            self.node.destroy_subscription(sub.sub)
-        self._depth_subs, self._depth_cache, self._info_cache = [], None, None
+        for cam in self.cameras:
+            cam.oneshot = None
+            if cam.sub is not None:
+                self.node.destroy_subscription(cam.sub)
+            for sub in cam.depth_subs:
+                self.node.destroy_subscription(sub.sub)
+            cam.depth_subs, cam.depth_cache, cam.info_cache = [], None, None
+            cam.sub, cam.sub_reliability, cam.pubs = None, None, {}
         for pub in self._pubs:
             self.node.destroy_publisher(pub)
-        self._timers, self._pubs, self._sub, self._sub_reliability = [], [], None, None
-        self._by_topic = {}
+        self._timers, self._pubs = [], []
 
-    def _wanted_reliability(self) -> ReliabilityPolicy:
+    def _wanted_reliability(self, cam: Camera) -> ReliabilityPolicy:
         if self._mode in _RELIABILITY:
             return _RELIABILITY[self._mode]
-        infos = self.node.get_publishers_info_by_topic(self.input_topic)
+        infos = self.node.get_publishers_info_by_topic(cam.input_topic)
         if infos and all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE
                          for i in infos):
             return ReliabilityPolicy.RELIABLE
         return ReliabilityPolicy.BEST_EFFORT  # none seen yet, or a best-effort publisher
 
-    def _update_subscription(self) -> None:
-        want = self._wanted_reliability()
-        if self._sub is not None and want == self._sub_reliability:
+    def _update_subscriptions(self) -> None:
+        for cam in self.cameras:
+            self._update_subscription(cam)
+
+    def _update_subscription(self, cam: Camera) -> None:
+        want = self._wanted_reliability(cam)
+        if cam.sub is not None and want == cam.sub_reliability:
             return
-        if self._sub is not None:
-            self.node.destroy_subscription(self._sub)
+        if cam.sub is not None:
+            self.node.destroy_subscription(cam.sub)
         qos = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=want)
-        kwargs = {'incompatible_qos': self._on_input_incompatible}
+        kwargs = {'incompatible_qos': functools.partial(self._on_input_incompatible, cam)}
         if self._mode == 'auto' and _HAS_MATCHED_EVENT:
-            kwargs['matched'] = lambda _info: self._reevaluate_soon()
+            kwargs['matched'] = lambda _info: self._reevaluate_soon(cam)
         events = SubscriptionEventCallbacks(**kwargs)
         msg_type = CompressedImage if self.compressed else Image
-        self._sub = self.node.create_subscription(msg_type, self.input_topic, self._on_image,
-                                                  qos, event_callbacks=events)
-        self._sub_reliability = want
-        self.log.info(f'subscribed to {self.input_topic} with reliability '
+        cam.sub = self.node.create_subscription(
+            msg_type, cam.input_topic, functools.partial(self._on_image, cam), qos,
+            event_callbacks=events)
+        cam.sub_reliability = want
+        self.log.info(f'subscribed to {cam.input_topic} with reliability '
                       f'{want.name.lower()}')
 
-    def _on_input_incompatible(self, event) -> None:
-        self._warn_incompatible_qos('input', event)
+    def _on_input_incompatible(self, cam: Camera, event) -> None:
+        self._warn_incompatible_qos('input', event, cam)
         if self._mode == 'auto':
-            self._reevaluate_soon()
+            self._reevaluate_soon(cam)
 
-    def _reevaluate_soon(self) -> None:
+    def _reevaluate_soon(self, cam: Camera) -> None:
         """Re-check the publishers' QoS right away (a publisher matched or was refused),
         from a one-shot timer: the subscription is not replaced inside its own callback.
         """
-        if self._oneshot is not None:
+        if cam.oneshot is not None:
             return
 
         def fire() -> None:
-            timer, self._oneshot = self._oneshot, None
+            timer, cam.oneshot = cam.oneshot, None
             if timer is not None:
                 self.node.destroy_timer(timer)
             if self._running:
-                self._update_subscription()
-        self._oneshot = self.node.create_timer(0.0, fire)
+                self._update_subscription(cam)
+        cam.oneshot = self.node.create_timer(0.0, fire)
 
-    def _warn_incompatible_qos(self, side: str, event) -> None:
+    def _warn_incompatible_qos(self, side: str, event, cam: Camera | None = None) -> None:
         """Log an incompatible-QoS event with a hint naming the mismatched policy."""
         policy = _policy_name(event.last_policy_kind)
+        topic = cam.input_topic if cam is not None else ''
         what, reliability_hint = {
-            'input': (f'a publisher on {self.input_topic} offers a QoS incompatible with this '
+            'input': (f'a publisher on {topic} offers a QoS incompatible with this '
                       'subscription', 'set reliability:=auto or best_effort, or make the '
                       'publisher reliable'),
             'output': ('a subscriber of an output requests an incompatible QoS',
@@ -457,111 +509,155 @@ class Engine:
         self.log.warning(f'{what} ({policy}; {event.total_count} so far): {hint}')
 
     # -- input ------------------------------------------------------------------------------
-    def _on_image(self, msg) -> None:
+    def _on_image(self, cam: Camera, msg) -> None:
         t_arrival = time.perf_counter()
-        self.stats.on_received()
+        cam.stats.on_received()
         try:
             if self.compressed:
                 frame = decode_compressed(msg.format, msg.data, self.max_pixels)
             else:
                 frame = messages.image_to_frame(msg, self.max_pixels)
         except ImageConversionError as exc:
-            self.drop(exc.reason, f'dropped frame at {_stamp(msg.header)}: {exc}')
+            self.drop(exc.reason, f'dropped frame at {_stamp(msg.header)}: {exc}', cam)
             return
         max_age = self.param('max_age')
         if max_age > 0:
             age = _age_s(self.node, msg.header)
             if age > max_age:
                 self.drop('too_old', f'dropped frame at {_stamp(msg.header)}: {age:.3f}s old '
-                          f'> max_age {max_age}s')
+                          f'> max_age {max_age}s', cam)
                 return
         t_queued = time.perf_counter()
         with self._cv:
-            if self._slot is not None:
-                self.stats.on_dropped('superseded')
-            self._slot = (msg, frame, t_queued, t_queued - t_arrival)
+            if cam.slot is not None:
+                cam.stats.on_dropped('superseded')
+            cam.slot = (msg, frame, t_queued, t_queued - t_arrival)
             self._cv.notify()
 
-    def drop(self, reason: str, text: str) -> None:
-        """Count a dropped frame and warn, at most once per reason every 5 s."""
-        count = self.stats.on_dropped(reason)
+    def drop(self, reason: str, text: str, cam: Camera | None = None) -> None:
+        """Count a dropped frame (on ``cam``, default the first camera) and warn, at most
+        once per camera and reason every 5 s.
+        """
+        cam = cam or self.cameras[0]
+        count = cam.stats.on_dropped(reason)
         now = time.monotonic()
-        if now - self._last_warn.get(reason, -1e9) >= WARN_PERIOD_S:
-            self._last_warn[reason] = now
-            self.log.warning(f'{text} ({reason}: {count} so far)')
+        if now - cam.last_warn.get(reason, -1e9) >= WARN_PERIOD_S:
+            cam.last_warn[reason] = now
+            where = f'camera {cam.name}: ' if cam.name else ''
+            self.log.warning(f'{where}{text} ({reason}: {count} so far)')
 
     # -- inference thread -------------------------------------------------------------------
+    def _take(self) -> list[tuple[Camera, tuple]]:
+        """The frames to run next (caller holds the lock): every camera's waiting frame,
+        longest-waiting first, at most ``max_batch`` (the rest wait one more round, so
+        with fewer slots than cameras every camera still comes in turn).
+        """
+        waiting = sorted((c for c in self.cameras if c.slot is not None),
+                         key=lambda c: c.slot[2])
+        jobs = []
+        for cam in waiting[:self.max_batch]:
+            jobs.append((cam, cam.slot))
+            cam.slot = None
+        return jobs
+
     def work(self, keep_going=lambda: True) -> None:
-        """The inference loop: take the newest frame, process, publish; returns after
-        :meth:`stop` or when ``keep_going()`` turns false (checked every 0.5 s).
+        """The inference loop: take the newest frame of every camera that has one, run
+        them (batched by size), publish; returns after :meth:`stop` or when
+        ``keep_going()`` turns false (checked every 0.5 s).
         """
         while True:
             with self._cv:
-                while self._slot is None and self._running and keep_going():
+                while (not any(c.slot is not None for c in self.cameras) and self._running
+                       and keep_going()):
                     self._cv.wait(timeout=0.5)
                 if not self._running or not keep_going():
                     return
-                msg, frame, t_queued, convert_s = self._slot
-                self._slot = None
+                jobs = self._take()
+            t_taken = time.perf_counter()
             try:
-                stages = {'convert_in': convert_s, 'wait': time.perf_counter() - t_queued}
-                # Pair depth now, while the frame is fresh (again after inference if none).
-                depth = self._find_depth(msg.header) if self.depth_on else None
-                self._process(msg, frame, stages, depth)
+                self._process(jobs, t_taken)
             except torch.cuda.OutOfMemoryError as exc:
                 torch.cuda.empty_cache()
-                self.drop('out_of_memory', f'frame at {_stamp(msg.header)}: CUDA out of '
-                          f'memory, cache released: {str(exc)[:200]}')
-            except Exception as exc:  # one bad frame never kills the worker
+                for cam, (msg, *_rest) in jobs:
+                    self.drop('out_of_memory', f'frame at {_stamp(msg.header)}: CUDA out of '
+                              f'memory, cache released: {str(exc)[:200]}', cam)
+            except Exception as exc:  # one bad batch never kills the worker
+                if len(jobs) > 1:  # find the culprit: the others still get their answers
+                    for job in jobs:
+                        self._process_alone(job, t_taken)
+                    continue
+                cam, (msg, *_rest) = jobs[0]
                 self.drop('processing_error', f'frame at {_stamp(msg.header)} failed: '
-                          f'{type(exc).__name__}: {str(exc)[:300]}')
+                          f'{type(exc).__name__}: {str(exc)[:300]}', cam)
 
-    def _process(self, msg, frame, stages: dict[str, float], depth=None) -> None:
+    def _process_alone(self, job, t_taken: float) -> None:
+        cam, (msg, *_rest) = job
+        try:
+            self._process([job], t_taken)
+        except Exception as exc:
+            self.drop('processing_error', f'frame at {_stamp(msg.header)} failed: '
+                      f'{type(exc).__name__}: {str(exc)[:300]}', cam)
+
+    def _process(self, jobs: list[tuple[Camera, tuple]], t_taken: float) -> None:
+        """Run the frames of ``jobs`` (one per camera) through the models, batched by
+        size, and publish every camera's outputs.
+        """
         t0 = time.perf_counter()
-        pipeline = self.pipeline
-        want_color = self.pub_color is not None and self.pub_color.get_subscription_count() > 0
-        want_overlay = (self.pub_overlay is not None
-                        and self.pub_overlay.get_subscription_count() > 0)
-        header = msg.header
-        res = pipeline(frame, want_color=want_color, want_overlay=want_overlay,
-                       tracker=self.tracker, stamp_ns=messages.stamp_ns(header),
-                       keep_image=self.depth_on)
+        cams = [cam for cam, _ in jobs]
+        msgs = [job[0] for _, job in jobs]
+        # Pair depth now, while the frames are fresh (again after inference if none).
+        depths = [self._find_depth(m.header, c) if self.depth_on else None
+                  for c, m in zip(cams, msgs, strict=True)]
+        results = self.pipeline.run_many(
+            [job[1] for _, job in jobs], [c.wants('semantic/color') for c in cams],
+            [c.wants('instances/overlay') for c in cams], [c.tracker for c in cams],
+            [messages.stamp_ns(m.header) for m in msgs], keep_image=self.depth_on,
+            max_batch=self.max_batch)
         t_inferred = time.perf_counter()
-        if res.instances is not None and res.instances.tracks_reset:
-            self.log.info(f'stamp went backwards to {_stamp(header)}: tracks reset (ids '
-                          'continue; a bag loop or simulation reset?)')
-        out = self.outputs_2d(header, res)
-        for topic, out_msg in out:
-            self._by_topic[topic].publish(out_msg)
-        if not self._large_data_hinted:
-            self._hint_large_data(max((len(m.data) for _, m in out if isinstance(m, Image)),
-                                      default=0))
-        if self.depth_on:
-            t3 = time.perf_counter()
-            want_markers = self.pub_markers is not None and \
-                self.pub_markers.get_subscription_count() > 0
-            info = self._info_cache.last() if self._info_cache is not None else None
-            for topic, out_msg in self.outputs_3d(header, res, depth or self._find_depth(header),
-                                                  info, want_markers):
-                self._by_topic[topic].publish(out_msg)
-            res.timings['depth3d'] = time.perf_counter() - t3
-        t_end = time.perf_counter()
-        processing = t_end - t0
-        age = _age_s(self.node, header)
-        self.stats.on_processed(processing, age)
-        self.stats.on_stage({**stages, **res.timings,
-                             'publish': t_end - t_inferred - res.timings.get('depth3d', 0.0)})
-        lat = Float64MultiArray()
-        lat.layout.dim = [MultiArrayDimension(label=LATENCY_LABELS, size=2, stride=2)]
-        lat.data = [processing, age]
-        self.pub_latency.publish(lat)
-        if self.pub_timing.get_subscription_count() > 0:
-            timing = Float64MultiArray()
-            timing.layout.dim = [MultiArrayDimension(label=TIMING_LABELS, size=3, stride=3)]
-            timing.data = [messages.stamp_ns(header) / 1e9,
-                           res.timings.get('semantic_forward', 0.0)
-                           + res.timings.get('instance_forward', 0.0), processing]
-            self.pub_timing.publish(timing)
+        for (cam, (msg, _frame, t_queued, convert_s)), res, depth in zip(
+                jobs, results, depths, strict=True):
+            t1 = time.perf_counter()
+            header = msg.header
+            if res.instances is not None and res.instances.tracks_reset:
+                where = f'camera {cam.name}: ' if cam.name else ''
+                self.log.info(f'{where}stamp went backwards to {_stamp(header)}: tracks reset '
+                              '(ids continue; a bag loop or simulation reset?)')
+            out = self.outputs_2d(header, res)
+            for topic, out_msg in out:
+                cam.pubs[topic].publish(out_msg)
+            if not self._large_data_hinted:
+                self._hint_large_data(max((len(m.data) for _, m in out
+                                           if isinstance(m, Image)), default=0))
+            if self.depth_on:
+                t3 = time.perf_counter()
+                info = cam.info_cache.last() if cam.info_cache is not None else None
+                for topic, out_msg in self.outputs_3d(
+                        header, res, depth or self._find_depth(header, cam), info,
+                        cam.wants('instances/markers'), cam):
+                    cam.pubs[topic].publish(out_msg)
+                res.timings['depth3d'] = time.perf_counter() - t3
+            t_end = time.perf_counter()
+            # this frame's processing: the shared batch, then its own publishing
+            processing = (t_inferred - t0) + (t_end - t1)
+            age = _age_s(self.node, header)
+            cam.stats.on_processed(processing, age)
+            if res.batch_size > 1:
+                cam.batched += 1
+            cam.stats.on_stage({'convert_in': convert_s, 'wait': t_taken - t_queued,
+                                **res.timings, 'publish': t_end - t1
+                                - res.timings.get('depth3d', 0.0)})
+            lat = Float64MultiArray()
+            lat.layout.dim = [MultiArrayDimension(label=LATENCY_LABELS, size=2, stride=2)]
+            lat.data = [processing, age]
+            cam.pubs['latency'].publish(lat)
+            if cam.wants('timing'):
+                timing = Float64MultiArray()
+                timing.layout.dim = [MultiArrayDimension(label=TIMING_LABELS, size=3,
+                                                         stride=3)]
+                timing.data = [messages.stamp_ns(header) / 1e9,
+                               res.timings.get('semantic_forward', 0.0)
+                               + res.timings.get('instance_forward', 0.0), processing]
+                cam.pubs['timing'].publish(timing)
 
     def outputs_2d(self, header: Header, res) -> list[tuple[str, Any]]:
         """The 2D messages of one frame's result, as (topic relative to the node, message),
@@ -601,10 +697,10 @@ class Engine:
             'and DDS)')
 
     # -- depth and 3D -------------------------------------------------------------------------
-    def _start_depth(self) -> None:
-        """Subscribe to ``depth`` and ``camera_info`` through message_filters: each message is
-        validated first (bad ones dropped with a reason), then kept in a Cache that colour
-        frames are paired from by stamp (nearest within ``depth.slop``).
+    def _start_depth(self, cam: Camera) -> None:
+        """Subscribe to the camera's ``depth`` and ``camera_info`` through message_filters:
+        each message is validated first (bad ones dropped with a reason), then kept in a
+        Cache that colour frames are paired from by stamp (nearest within ``depth.slop``).
         """
         import message_filters
 
@@ -612,39 +708,45 @@ class Engine:
             ReliabilityPolicy.BEST_EFFORT  # best effort matches every publisher
         qos = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST, reliability=rel)
         node = self.node
-        depth_sub = message_filters.Subscriber(node, Image, 'depth', qos_profile=qos)
-        info_sub = message_filters.Subscriber(node, CameraInfo, 'camera_info', qos_profile=qos)
-        self._depth_subs = [depth_sub, info_sub]
-        self._depth_cache = _LockedCache(_Checked(depth_sub, self._check_depth),
-                                         cache_size=DEPTH_CACHE)
-        self._info_cache = _LockedCache(_Checked(info_sub, self._check_info), cache_size=1)
-        self.depth_topics = (node.resolve_topic_name('depth'),
-                             node.resolve_topic_name('camera_info'))
-        self.log.info(f'3D on: depth from {self.depth_topics[0]}, intrinsics from '
-                      f'{self.depth_topics[1]}')
+        depth_sub = message_filters.Subscriber(node, Image, cam.prefix + 'depth',
+                                               qos_profile=qos)
+        info_sub = message_filters.Subscriber(node, CameraInfo, cam.prefix + 'camera_info',
+                                              qos_profile=qos)
+        cam.depth_subs = [depth_sub, info_sub]
+        cam.depth_cache = _LockedCache(
+            _Checked(depth_sub, functools.partial(self._check_depth, cam=cam)),
+            cache_size=DEPTH_CACHE)
+        cam.info_cache = _LockedCache(
+            _Checked(info_sub, functools.partial(self._check_info, cam=cam)), cache_size=1)
+        cam.depth_topics = (node.resolve_topic_name(cam.prefix + 'depth'),
+                            node.resolve_topic_name(cam.prefix + 'camera_info'))
+        self.log.info(f'3D on: depth from {cam.depth_topics[0]}, intrinsics from '
+                      f'{cam.depth_topics[1]}')
 
-    def _check_depth(self, msg) -> bool:
+    def _check_depth(self, msg, cam: Camera | None = None) -> bool:
         try:
             _check_stamp(msg.header, 'depth')
             geometry.depth_array(msg.encoding, msg.height, msg.width, msg.step,
                                  msg.is_bigendian, msg.data, self.param('max_image_pixels'))
         except GeometryError as exc:
-            self.drop(exc.reason, f'dropped depth image at {_stamp(msg.header)}: {exc}')
+            self.drop(exc.reason, f'dropped depth image at {_stamp(msg.header)}: {exc}', cam)
             return False
         return True
 
-    def _check_info(self, msg) -> bool:
+    def _check_info(self, msg, cam: Camera | None = None) -> bool:
         try:
             _check_stamp(msg.header, 'camera_info')
             geometry.intrinsics_from(msg.k, msg.p)
         except GeometryError as exc:
-            self.drop(exc.reason, f'dropped camera_info at {_stamp(msg.header)}: {exc}')
+            self.drop(exc.reason, f'dropped camera_info at {_stamp(msg.header)}: {exc}', cam)
             return False
         return True
 
-    def _find_depth(self, header: Header):
-        """The cached depth image nearest in stamp to ``header`` within ``depth.slop``."""
-        cache = self._depth_cache
+    def _find_depth(self, header: Header, cam: Camera | None = None):
+        """The camera's cached depth image nearest in stamp to ``header`` within
+        ``depth.slop``.
+        """
+        cache = (cam or self.cameras[0]).depth_cache
         if cache is None:
             return None
         t = messages.stamp_ns(header)
@@ -654,22 +756,23 @@ class Engine:
             return None
         return min(found, key=lambda m: abs(messages.stamp_ns(m.header) - t))
 
-    def outputs_3d(self, header: Header, res, depth_msg, info,
-                   want_markers: bool = False) -> list[tuple[str, Any]]:
+    def outputs_3d(self, header: Header, res, depth_msg, info, want_markers: bool = False,
+                   cam: Camera | None = None) -> list[tuple[str, Any]]:
         """The 3D messages of one frame from its paired depth and camera_info, as (topic
         relative to the node, message); none, counted and warned about, when they cannot be
         made (no_camera_info, no_depth, depth_not_registered, bad_camera_info).
         """
         where = f'frame at {_stamp(header)}'
-        topics = getattr(self, 'depth_topics', ('depth', 'camera_info'))
+        cam = cam or self.cameras[0]
+        topics = cam.depth_topics
         if info is None:
             self.drop('no_camera_info', f'{where}: no 3D outputs, no camera_info received yet '
-                      f'on {topics[1]} (2D outputs continue)')
+                      f'on {topics[1]} (2D outputs continue)', cam)
             return []
         if depth_msg is None:
             self.drop('no_depth', f'{where}: no 3D outputs, no depth image on {topics[0]} '
                       f'within depth.slop={self.param("depth.slop")}s of its stamp (2D '
-                      'outputs continue)')
+                      'outputs continue)', cam)
             return []
         p = self.param
         try:
@@ -681,7 +784,7 @@ class Engine:
             geo = geometry.frame_3d(res, depth, scale, intr, p('depth.min'), p('depth.max'),
                                     p('depth.stride'))
         except GeometryError as exc:
-            self.drop(exc.reason, f'{where}: no 3D outputs: {exc}')
+            self.drop(exc.reason, f'{where}: no 3D outputs: {exc}', cam)
             return []
         out: list[tuple[str, Any]] = []
         if geo.instances is not None:
@@ -698,30 +801,36 @@ class Engine:
 
     # -- diagnostics --------------------------------------------------------------------------
     def _publish_diagnostics(self) -> None:
-        snap = self.stats.snapshot()
+        """One status per camera (rates, latency, stage medians, drops by reason)."""
         pipeline = self.pipeline
         models = []
         if pipeline is not None and pipeline.semantic is not None:
             models.append(f'semantic={pipeline.semantic.loaded.name}')
         if pipeline is not None and pipeline.instance is not None:
             models.append(f'instance={pipeline.instance.loaded.name}')
-        drops = snap.pop('drops')
-        status = DiagnosticStatus()
-        status.name = f'{self.node.get_fully_qualified_name()}: segmentation'
-        status.hardware_id = str(pipeline.device) if pipeline is not None else 'none'
-        errors = sum(v for k, v in drops.items() if k != 'superseded')
-        status.level = DiagnosticStatus.OK if not errors else DiagnosticStatus.WARN
-        status.message = (f'{snap["processed_rate_hz"]:.1f} Hz processed, '
-                          f'{snap["input_rate_hz"]:.1f} Hz in')
-        values = {'device': status.hardware_id, 'model': ' '.join(models),
-                  'input_topic': getattr(self, 'input_topic', '')}
-        values.update({k: f'{v:.6g}' if isinstance(v, float) else str(v)
-                       for k, v in snap.items()})
-        values.update({f'drops.{k}': str(v) for k, v in sorted(drops.items())})
-        status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
         arr = DiagnosticArray()
         arr.header.stamp = self.node.get_clock().now().to_msg()
-        arr.status = [status]
+        for cam in self.cameras:
+            snap = cam.stats.snapshot()
+            drops = snap.pop('drops')
+            status = DiagnosticStatus()
+            status.name = f'{self.node.get_fully_qualified_name()}: segmentation' + (
+                f' {cam.name}' if cam.name else '')
+            status.hardware_id = str(pipeline.device) if pipeline is not None else 'none'
+            errors = sum(v for k, v in drops.items() if k != 'superseded')
+            status.level = DiagnosticStatus.OK if not errors else DiagnosticStatus.WARN
+            status.message = (f'{snap["processed_rate_hz"]:.1f} Hz processed, '
+                              f'{snap["input_rate_hz"]:.1f} Hz in')
+            values = {'device': status.hardware_id, 'model': ' '.join(models),
+                      'input_topic': cam.input_topic}
+            if cam.name:
+                values['camera'] = cam.name
+                values['frames_batched'] = str(cam.batched)
+            values.update({k: f'{v:.6g}' if isinstance(v, float) else str(v)
+                           for k, v in snap.items()})
+            values.update({f'drops.{k}': str(v) for k, v in sorted(drops.items())})
+            status.values = [KeyValue(key=k, value=v) for k, v in values.items()]
+            arr.status.append(status)
         self.pub_diag.publish(arr)
 
 

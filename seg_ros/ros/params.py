@@ -62,6 +62,23 @@ def _instance_backend(v: Any) -> str | None:
     return f'must be one of {list(BACKENDS)}, got {v!r}'
 
 
+_TOKEN = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
+
+
+def _cameras(v: Any) -> str | None:
+    if any(not isinstance(c, str) for c in (v or [])):
+        return 'must be a list of camera names'
+    given = [c for c in v or [] if c]
+    bad = [c for c in given if not _TOKEN.match(c) or '__' in c or c.endswith('_')]
+    if bad:
+        return (f'camera names must be ROS name tokens (a letter, then letters, digits and '
+                f'single underscores, not ending in one): {bad}')
+    dup = sorted({c for c in given if given.count(c) > 1})
+    if dup:
+        return f'camera names must be distinct: {dup} given more than once'
+    return None
+
+
 def names(value: Any) -> list[str]:
     """A string-array parameter as a list, empty strings dropped ([''] = none given)."""
     return [str(c) for c in (value or []) if str(c)]
@@ -85,6 +102,14 @@ PARAMS: list[Param] = [
           'raw: sensor_msgs/Image on `image`; compressed: sensor_msgs/CompressedImage (jpeg or '
           'png) on `image`/compressed, as image_transport names it',
           check=_one_of('raw', 'compressed')),
+    Param('cameras', (), 'string_array',
+          'camera names (unset/empty: one camera on `image`); with [front, left] the node '
+          'subscribes to front/image, left/image (and front/depth, front/camera_info, ... with '
+          'depth) and publishes under ~/front/, ~/left/; one model runs them batched',
+          check=_cameras),
+    Param('max_batch', 0, 'int',
+          'at most this many frames (of different cameras) in one forward pass; 0 = the '
+          'number of cameras', int_range=(0, 64)),
     Param('max_age', 0.0, 'double',
           'drop frames whose stamp is older than this many seconds on arrival (node clock, '
           'sim time aware); 0 = off', read_only=False, float_range=(0.0, 1e6)),

@@ -226,13 +226,13 @@ def test_exception_in_processing_is_logged_and_the_node_continues(weights, tmp_p
         def __getattr__(self, name):
             return getattr(real, name)
 
-        def __call__(self, *a, **kw):
+        def run_many(self, *a, **kw):
             if faults:
                 raise faults.pop(0)
-            return real(*a, **kw)
+            return real.run_many(*a, **kw)
     node.engine.pipeline = Faulty()
-    node.engine.drop = lambda reason, text, _d=node.engine.drop: (logs.append(text),
-                                                                   _d(reason, text))
+    node.engine.drop = lambda reason, text, cam=None, _d=node.engine.drop: (
+        logs.append(text), _d(reason, text, cam))
     executor = MultiThreadedExecutor(context=ctx)
     executor.add_node(node)
     spin = threading.Thread(target=executor.spin, daemon=True)
