@@ -2,7 +2,6 @@
 are its own image's, batched frames, different sizes, fairness, isolation of bad input."""
 import time
 
-import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image

@@ -3,7 +3,6 @@ No ROS."""
 import numpy as np
 import pytest
 import torch
-from helpers import make_instance_weights, make_semantic_weights, synthetic_image
 
 from seg_ros.core import backends
 from seg_ros.core.imaging import buffer_to_frame
@@ -12,6 +11,8 @@ from seg_ros.core.models import load_instance_model, load_semantic_model
 from seg_ros.core.pipeline import Pipeline
 from seg_ros.core.semantic import SemanticSegmenter
 from seg_ros.core.tracking import Tracker
+
+from helpers import make_instance_weights, make_semantic_weights, synthetic_image
 
 
 def frame(h, w, seed):
