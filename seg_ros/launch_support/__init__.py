@@ -33,14 +33,51 @@ def common_arguments(node_name: str = 'segmentation') -> list[DeclareLaunchArgum
     ]
 
 
+def _names(context, arg: str) -> list[str]:
+    """A comma-separated launch argument as a list (blanks dropped)."""
+    return [v.strip() for v in LaunchConfiguration(arg).perform(context).split(',')
+            if v.strip()]
+
+
+def multi_camera_node(context) -> list[Node]:
+    """segment_node with ``cameras`` from the comma-separated ``cameras`` argument, each
+    camera's ``<cam>/image`` remapped to the matching entry of ``images`` (and, when given,
+    ``<cam>/depth`` / ``<cam>/camera_info`` to ``depths`` / ``camera_infos``, which turns
+    depth on).
+
+    Raises:
+        ValueError: no camera, or a topic list whose length is not the cameras'.
+    """
+    cameras = _names(context, 'cameras')
+    if not cameras:
+        raise ValueError('launch argument cameras: give at least one camera name')
+    remaps: list[tuple[str, str]] = []
+    for arg, input_name in (('images', 'image'), ('depths', 'depth'),
+                            ('camera_infos', 'camera_info')):
+        topics = _names(context, arg)
+        if topics and len(topics) != len(cameras):
+            raise ValueError(f'launch argument {arg}: {len(topics)} topics for '
+                             f'{len(cameras)} cameras {cameras}')
+        remaps += [(f'{cam}/{input_name}', t) for cam, t in zip(cameras, topics, strict=False)]
+    fixed: dict = {'cameras': cameras}
+    batch = LaunchConfiguration('max_batch').perform(context).strip()
+    if batch:
+        fixed['max_batch'] = int(batch)
+    if _names(context, 'depths'):
+        fixed['depth.enabled'] = True
+    return segment_node(context, remaps=(), fixed=fixed, extra_remaps=remaps)
+
+
 def segment_node(context, remaps: tuple[str, ...] = ('image',), fixed: dict | None = None,
-                 bool_args: dict[str, str] | None = None) -> list[Node]:
+                 bool_args: dict[str, str] | None = None,
+                 extra_remaps: list[tuple[str, str]] | None = None) -> list[Node]:
     """The segment_node action.
 
     Args:
         remaps: launch arguments that are also topic names to remap (``image`` -> its value).
         fixed: parameters this launch file always sets (after the params file).
         bool_args: parameter name -> launch argument ('true'/'false'; empty = keep the file's).
+        extra_remaps: further (from, to) topic remappings.
 
     Raises:
         ValueError: a boolean argument that is neither true nor false.
@@ -64,7 +101,8 @@ def segment_node(context, remaps: tuple[str, ...] = ('image',), fixed: dict | No
         name=LaunchConfiguration('node_name'),
         namespace=LaunchConfiguration('namespace'),
         parameters=parameters,
-        remappings=[(topic, LaunchConfiguration(topic)) for topic in remaps],
+        remappings=[(topic, LaunchConfiguration(topic)) for topic in remaps]
+        + list(extra_remaps or []),
         output='screen',
         emulate_tty=True,
     )]
