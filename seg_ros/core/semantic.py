@@ -144,9 +144,19 @@ class SemanticSegmenter:
         """
         assert self.compiled is not None, 'a compiled backend only'
         t0 = time.perf_counter()
-        labels = self.compiled(pixels)
+        labels = self._compiled_batch(pixels)
         self.last_forward_s = time.perf_counter() - t0
         return self._results(labels, want_color)
+
+    def _compiled_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch through the compiled graph one frame at a time: one graph per image size
+        (no export and compile stall the first time each batch size occurs), and on the
+        CPU one call per frame measured no slower than one call for the batch (BENCHMARKS.md,
+        "Many cameras").
+        """
+        if x.shape[0] == 1:
+            return self.compiled(x)
+        return torch.cat([self.compiled(x[i:i + 1]) for i in range(x.shape[0])])
 
     def _results(self, labels: torch.Tensor, want_color: bool | list[bool]
                  ) -> SemanticResult | list[SemanticResult]:
@@ -176,7 +186,7 @@ class SemanticSegmenter:
         # logits on the CPU here (6.0 vs 10.6 ms for 21 x 480 x 640).
         if self.compiled is not None:
             t0 = time.perf_counter()
-            labels = self.compiled(image)
+            labels = self._compiled_batch(image)
             self.last_forward_s = time.perf_counter() - t0
         else:
             labels = self.logits(image).max(1).indices.to(self.label_dtype)
