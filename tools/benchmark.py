@@ -24,7 +24,8 @@ of every output. For each configuration, image size and backend:
   spinning on the two cores for a while after its work;
 * the node's stage medians (``/diagnostics`` ``stage.*``) say where the rest goes.
 
-Model weights are random (no hub here): timing does not depend on the weights' values,
+Model weights are random (no hub here), one seeded file per model shared by the node and
+this process (``out/bench_<model>.pt``): timing should not depend on the weights' values,
 except for Mask R-CNN, whose detection count drives the mask head; ``--instance-threshold``
 fixes it (default 0.0: up to max_detections = 100 instances, the worst case).
 ``--stream-seconds`` adds a 30 Hz stream (output rate, latency trend, RSS) for the
@@ -81,19 +82,22 @@ def pct(xs, q) -> float:
     return float(np.percentile(np.asarray(xs), q)) if len(xs) else float('nan')
 
 
-def bare_forward(cfg: dict, device, rgb: np.ndarray, threshold: float):
+def bare_forward(cfg: dict, device, rgb: np.ndarray, threshold: float,
+                 weights: dict[str, str] | None = None):
     """The floor: the eager torchvision model's call alone, fp32, channels-last, on a
     prepared (normalised) tensor on the device; returns a function timing one call.
     """
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255).to(device)
     calls = []
+    weights = weights or {}
     if 'semantic' in cfg:
-        sem = SemanticSegmenter(load_semantic_model(cfg['semantic'], 'none', 21,
-                                                    device=device), device, input_size=0)
+        sem = SemanticSegmenter(load_semantic_model(cfg['semantic'], weights.get(
+            'semantic', 'none'), 21, device=device), device, input_size=0)
         xs = sem.normalise(x)
         calls.append(lambda: sem.model(xs))
     if 'instance' in cfg:
-        m = load_instance_model(cfg['instance'], 'none', 91, device=device,
+        m = load_instance_model(cfg['instance'], weights.get('instance', 'none'), 91,
+                                device=device,
                                 score_threshold=threshold, max_detections=100).model
         calls.append(lambda: m([x[0]]))
 
@@ -115,21 +119,25 @@ def parse_backend(spec: str) -> tuple[str, str]:
 
 
 def node_args(cfg: dict, threshold: float, backend: str = 'torch',
-              precision: str = 'fp32', cache_dir: str = '') -> list[str]:
+              precision: str = 'fp32', cache_dir: str = '',
+              weights: dict[str, str] | None = None) -> list[str]:
+    weights = weights or {}
     args = ['-p', 'device:=' + ('cuda' if torch.cuda.is_available() else 'cpu'),
             '-r', 'image:=/bench/image', '-p', 'diagnostics_period:=1.0',
             '-p', f'precision:={precision}']
     if cache_dir:
         args += ['-p', f'backend.cache_dir:={cache_dir}']
     if 'semantic' in cfg:
-        args += ['-p', f'semantic.model:={cfg["semantic"]}', '-p', 'semantic.weights:=none',
+        args += ['-p', f'semantic.model:={cfg["semantic"]}',
+                 '-p', f'semantic.weights:={weights.get("semantic", "none")}',
                  '-p', 'semantic.num_classes:=21', '-p', 'semantic.input_size:=0',
                  '-p', f'semantic.backend:={backend}']
     else:
         args += ['-p', 'semantic.enabled:=false']
     if 'instance' in cfg:
         args += ['-p', 'instance.enabled:=true', '-p', f'instance.model:={cfg["instance"]}',
-                 '-p', 'instance.weights:=none', '-p', f'instance.score_threshold:={threshold}',
+                 '-p', f'instance.weights:={weights.get("instance", "none")}',
+                 '-p', f'instance.score_threshold:={threshold}',
                  '-p', 'instance.backend:=torch']
     return args
 
@@ -144,7 +152,7 @@ def rss_mb(pid: int) -> float:
 
 def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: float,
                log_dir: Path, bare, backend: str = 'torch', precision: str = 'fp32',
-               gap: float = 0.3) -> dict:
+               gap: float = 0.3, weights: dict[str, str] | None = None) -> dict:
     """One node: per frame its end-to-end time and its own forward (``~/timing``); the
     bare forward ``bare()`` alternates with the node frames (order flipped every pair),
     a quiet gap before each sample.
@@ -157,7 +165,7 @@ def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: f
     from seg_ros.ros.remote import Client, NodeProcess, frame_msg
     domain = 60 + os.getpid() % 40
     node = NodeProcess(node_args(cfg, threshold, backend, precision,
-                                 str(log_dir / 'backend_cache')),
+                                 str(log_dir / 'backend_cache'), weights),
                        domain, log_dir / 'bench_node.log')
     client = None
     out: dict = {}
@@ -289,11 +297,15 @@ def stream(client, pub, boxes, rgb, seconds: float, pid: int, rate: float = 30.0
 
 
 # -- many cameras (issue 12): one node with N cameras against N single-camera nodes --------
-def camera_weights(path: Path) -> Path:
-    """A random lraspp weights file, the same for every node (one export cache entry)."""
+def random_weights(path: Path, kind: str = 'semantic',
+                   name: str = 'lraspp_mobilenet_v3_large') -> Path:
+    """A seeded random-weights file, the same model in the node and in this process (a
+    random model's speed can depend on its values) and one export cache entry.
+    """
     if not path.is_file():
         torch.manual_seed(0)
-        model = load_semantic_model('lraspp_mobilenet_v3_large', 'none', 21).model
+        model = (load_semantic_model(name, 'none', 21) if kind == 'semantic' else
+                 load_instance_model(name, 'none', 91)).model
         torch.save(model.state_dict(), path)
     return path
 
@@ -381,7 +393,7 @@ def cameras_main(args) -> int:
     machine = machine_facts(device)
     print(f'machine: {machine}', flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    weights = camera_weights(args.json.parent / 'bench_lraspp_random.pt')
+    weights = random_weights(args.json.parent / 'bench_lraspp_mobilenet_v3_large.pt')
     h, w = SIZES[args.sizes[0]]
     rgb = scene(h, w)
     results = []
@@ -481,14 +493,17 @@ def main() -> int:
             n = args.n or ((5 if sname == '1920x1080' else 8) if heavy else
                            (12 if sname == '1920x1080' else 30))
             rgb = scene(h, w)
-            bare = bare_forward(cfg, device, rgb, args.instance_threshold)
+            weights = {kind: str(random_weights(args.json.parent / f'bench_{cfg[kind]}.pt',
+                                                kind, cfg[kind]))
+                       for kind in ('semantic', 'instance') if kind in cfg}
+            bare = bare_forward(cfg, device, rgb, args.instance_threshold, weights)
             for spec in sem_backends:
                 backend, precision = parse_backend(spec)
                 s = args.stream_seconds if f'{cname}@{sname}@{spec}' in args.stream_configs \
                     else 0.0
                 r = {'config': cname, 'size': sname, 'backend': spec, 'n': n,
                      **node_bench(cfg, rgb, n, s, args.instance_threshold, args.json.parent,
-                                  bare, backend, precision, args.gap)}
+                                  bare, backend, precision, args.gap, weights)}
                 results.append(r)
                 print(f'{cname:<12} {sname:>9} {spec:<14} node p50 '
                       f'{1000 * r["e2e_s"]["p50"]:7.1f} ms (p99 {1000 * r["e2e_s"]["p99"]:7.1f})'

@@ -3,6 +3,12 @@
     segment_bag INPUT_BAG OUTPUT_BAG --image-topic TOPIC [--params-file FILE]
         [-p NAME:=VALUE ...] [--depth-topic T --camera-info-topic T] [--copy-input]
         [--overwrite] [--json FILE] [--ray [ADDRESS]] [--workers N]
+    segment_bag IN OUT --image-topic front=/car/front/image_raw --image-topic left=...
+
+With ``--image-topic CAM=TOPIC`` (repeated; ``--depth-topic`` / ``--camera-info-topic``
+then also ``CAM=TOPIC``) the node has ``cameras`` [CAM, ...], as the live node with that
+parameter: each camera's outputs go to ``/segmentation/CAM/...``, its own tracker and
+depth pairing, one shared label_info.
 
 Reading and writing is the ``rosbags`` library (sqlite3 and mcap; the output keeps the
 input's storage). Parameters are the node's: a node named ``segmentation`` is created (not
@@ -49,6 +55,7 @@ class Item:
     compressed: bool
     depth: bytes | None = None
     info: bytes | None = None
+    camera: str = ''  # '' = the single-camera node
 
 
 @dataclass
@@ -90,7 +97,9 @@ class FrameProcessor:
             raise BagError(f'segment_bag: cannot start: {exc}') from None
         self.max_pixels = self.engine.param('max_image_pixels')
         self.depth_on = bool(self.engine.param('depth.enabled'))
-        self.engine.cameras[0].depth_topics = ('--depth-topic', '--camera-info-topic')
+        self.cameras = {c.name: c for c in self.engine.cameras}
+        for cam in self.engine.cameras:
+            cam.depth_topics = ('--depth-topic', '--camera-info-topic')
 
     def param(self, name: str) -> Any:
         return self.engine.param(name)
@@ -119,37 +128,39 @@ class FrameProcessor:
         from seg_ros.ros import messages
 
         engine = self.engine
-        before = dict(engine.stats.drops)
+        cam = self.cameras[item.camera]
+        before = dict(cam.stats.drops)
         res_out = Result(item.index)
         try:
             msg = deserialize_message(item.image, CompressedImage if item.compressed else Image)
         except Exception as exc:  # noqa: BLE001 - a corrupt record is a dropped frame
-            engine.drop('bad_record', f'frame {item.index}: cannot deserialise: {exc}')
-            res_out.drops = _diff(before, engine.stats.drops)
+            engine.drop('bad_record', f'frame {item.index}: cannot deserialise: {exc}', cam)
+            res_out.drops = _diff(before, cam.stats.drops)
             return res_out
         try:
             frame = (decode_compressed(msg.format, msg.data, self.max_pixels) if item.compressed
                      else messages.image_to_frame(msg, self.max_pixels))
         except ImageConversionError as exc:
             engine.drop(exc.reason, f'dropped frame at {msg.header.stamp.sec}.'
-                                    f'{msg.header.stamp.nanosec:09d}: {exc}')
-            res_out.drops = _diff(before, engine.stats.drops)
+                                    f'{msg.header.stamp.nanosec:09d}: {exc}', cam)
+            res_out.drops = _diff(before, cam.stats.drops)
             return res_out
         header = msg.header
-        res = engine.pipeline(frame, tracker=engine.tracker, stamp_ns=messages.stamp_ns(header),
+        res = engine.pipeline(frame, tracker=cam.tracker, stamp_ns=messages.stamp_ns(header),
                               keep_image=self.depth_on)
         out = engine.outputs_2d(header, res)
         if self.depth_on:
             depth = info = None
             if item.depth is not None and engine._check_depth(
-                    d := deserialize_message(item.depth, Image)):
+                    d := deserialize_message(item.depth, Image), cam):
                 depth = d
             if item.info is not None and engine._check_info(
-                    c := deserialize_message(item.info, CameraInfo)):
+                    c := deserialize_message(item.info, CameraInfo), cam):
                 info = c
-            out += engine.outputs_3d(header, res, depth, info)
-        res_out.outputs = [(t, _type_name(m), bytes(serialize_message(m))) for t, m in out]
-        res_out.drops = _diff(before, engine.stats.drops)
+            out += engine.outputs_3d(header, res, depth, info, cam=cam)
+        res_out.outputs = [(cam.prefix + t, _type_name(m), bytes(serialize_message(m)))
+                           for t, m in out]
+        res_out.drops = _diff(before, cam.stats.drops)
         return res_out
 
     def close(self) -> None:
@@ -181,37 +192,50 @@ def _typestore():
     return store
 
 
-def read_items(reader, image_topic: str, depth_topic: str | None, info_topic: str | None,
+def read_items(reader, image_topic: str | dict[str, str],
+               depth_topic: str | dict[str, str] | None,
+               info_topic: str | dict[str, str] | None,
                slop_ns: int) -> tuple[list[Item], int]:
-    """Every colour frame in receive order, paired as the node pairs: the depth whose
-    header stamp is nearest within the slop, the last camera_info received before it.
+    """Every colour frame in receive order, paired as the node pairs: the depth of its
+    camera whose header stamp is nearest within the slop, the last camera_info of its camera
+    received before it. Topics are one string (single camera) or camera -> topic.
     """
+    images = image_topic if isinstance(image_topic, dict) else {'': image_topic}
+    depths = (depth_topic if isinstance(depth_topic, dict) else
+              {'': depth_topic} if depth_topic else {})
+    infos = (info_topic if isinstance(info_topic, dict) else
+             {'': info_topic} if info_topic else {})
     conns = {c.topic: c for c in reader.connections}
-    img_conn = conns[image_topic]
-    compressed = img_conn.msgtype.endswith('CompressedImage')
-    depth_by_stamp: dict[int, bytes] = {}
-    if depth_topic:
-        for _, _, raw in reader.messages(connections=[conns[depth_topic]]):
+    depth_by_stamp: dict[str, dict[int, bytes]] = {}
+    for cam, topic in depths.items():
+        found = depth_by_stamp.setdefault(cam, {})
+        for _, _, raw in reader.messages(connections=[conns[topic]]):
             stamp = _header_stamp(raw)
             if stamp is not None:  # a corrupt record pairs with nothing
-                depth_by_stamp[stamp] = bytes(raw)
-    stamps = sorted(depth_by_stamp)
-    wanted = [img_conn] + ([conns[info_topic]] if info_topic else [])
-    items, info, n = [], None, 0
+                found[stamp] = bytes(raw)
+    stamps = {cam: sorted(d) for cam, d in depth_by_stamp.items()}
+    camera_of_image = {images[cam]: cam for cam in images}
+    camera_of_info = {infos[cam]: cam for cam in infos}
+    wanted = [conns[t] for t in images.values()] + [conns[t] for t in infos.values()
+                                                    if t not in camera_of_image]
+    items: list[Item] = []
+    info: dict[str, bytes] = {}
     for conn, t, raw in reader.messages(connections=wanted):
-        if conn.topic == info_topic and conn is not img_conn:
-            info = raw
+        if conn.topic in camera_of_info and conn.topic not in camera_of_image:
+            info[camera_of_info[conn.topic]] = raw
             continue
+        cam = camera_of_image[conn.topic]
         depth = None
-        if stamps:
+        if stamps.get(cam):
             stamp = _header_stamp(raw)
             if stamp is not None:
-                i = bisect.bisect_left(stamps, stamp)
-                near = [s for s in stamps[max(0, i - 1):i + 1] if abs(s - stamp) <= slop_ns]
+                cam_stamps = stamps[cam]
+                i = bisect.bisect_left(cam_stamps, stamp)
+                near = [s for s in cam_stamps[max(0, i - 1):i + 1] if abs(s - stamp) <= slop_ns]
                 if near:
-                    depth = depth_by_stamp[min(near, key=lambda s: abs(s - stamp))]
-        items.append(Item(n, t, bytes(raw), compressed, depth, info))
-        n += 1
+                    depth = depth_by_stamp[cam][min(near, key=lambda s: abs(s - stamp))]
+        items.append(Item(len(items), t, bytes(raw), conn.msgtype.endswith('CompressedImage'),
+                          depth, info.get(cam), cam))
     return items, len(items)
 
 
@@ -314,10 +338,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument('input', type=Path, help='input rosbag2 directory (sqlite3 or mcap)')
     ap.add_argument('output', type=Path, help='output rosbag2 directory (same storage)')
-    ap.add_argument('--image-topic', required=True,
-                    help='sensor_msgs/Image or CompressedImage topic to process')
-    ap.add_argument('--depth-topic', help='registered depth topic (with depth.enabled)')
-    ap.add_argument('--camera-info-topic', help='camera_info of the colour image (depth)')
+    ap.add_argument('--image-topic', required=True, action='append',
+                    help='sensor_msgs/Image or CompressedImage topic to process; CAM=TOPIC '
+                    '(repeated) for several cameras: outputs under /segmentation/CAM/')
+    ap.add_argument('--depth-topic', action='append',
+                    help='registered depth topic (with depth.enabled); CAM=TOPIC per camera')
+    ap.add_argument('--camera-info-topic', action='append',
+                    help='camera_info of the colour image (depth); CAM=TOPIC per camera')
     ap.add_argument('--params-file', type=Path, help="the node's parameters YAML")
     ap.add_argument('-p', dest='params', action='append', default=[], metavar='NAME:=VALUE',
                     help='a parameter, as ros2 run ... -p takes it (repeatable)')
@@ -333,6 +360,48 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def camera_topics(args: argparse.Namespace) -> None:
+    """``--image-topic`` etc. as given (lists) -> ``args.cameras`` (names, [] for one
+    camera) and ``args.images`` / ``args.depths`` / ``args.infos`` (camera -> topic).
+
+    Raises:
+        BagError: mixed forms, a repeated camera or topic, a camera without its image.
+    """
+    from seg_ros.ros.params import validate
+
+    def parse(flag: str, values: list[str] | None) -> dict[str, str]:
+        values = values or []
+        named = [v for v in values if '=' in v]
+        if named and len(named) != len(values):
+            raise BagError(f'segment_bag: {flag}: give every value as CAM=TOPIC or a single '
+                           'TOPIC, not both')
+        if not named:
+            if len(values) > 1:
+                raise BagError(f'segment_bag: {flag} given {len(values)} times: name the '
+                               'cameras (CAM=TOPIC) to process several')
+            return {'': values[0]} if values else {}
+        out: dict[str, str] = {}
+        for v in values:
+            cam, topic = (x.strip() for x in v.split('=', 1))
+            if cam in out:
+                raise BagError(f'segment_bag: {flag}: camera {cam!r} given twice')
+            out[cam] = topic
+        return out
+    args.images = parse('--image-topic', args.image_topic)
+    args.depths = parse('--depth-topic', args.depth_topic)
+    args.infos = parse('--camera-info-topic', args.camera_info_topic)
+    args.cameras = [c for c in args.images if c]
+    err = validate('cameras', args.cameras)
+    if err:
+        raise BagError(f'segment_bag: --image-topic: {err}')
+    if len(set(args.images.values())) != len(args.images):
+        raise BagError('segment_bag: --image-topic: a topic is given for two cameras')
+    for flag, given in (('--depth-topic', args.depths), ('--camera-info-topic', args.infos)):
+        extra = sorted(set(given) - set(args.images))
+        if extra:
+            raise BagError(f'segment_bag: {flag}: {extra} is no camera of --image-topic')
+
+
 def ros_args_of(args: argparse.Namespace) -> list[str]:
     out = []
     if args.params_file is not None:
@@ -343,6 +412,8 @@ def ros_args_of(args: argparse.Namespace) -> list[str]:
         if ':=' not in p:
             raise BagError(f'segment_bag: -p {p}: expected NAME:=VALUE')
         out += ['-p', p]
+    if getattr(args, 'cameras', None):  # after the user's: the bag's topics name the cameras
+        out += ['-p', f'cameras:=[{", ".join(args.cameras)}]']
     return out
 
 
@@ -367,6 +438,7 @@ def _main(args: argparse.Namespace) -> int:
 
     if args.workers < 1 or args.chunk < 1:
         raise BagError('segment_bag: --workers and --chunk must be at least 1')
+    camera_topics(args)
     try:
         reader = Reader(args.input)
         reader.open()
@@ -376,16 +448,17 @@ def _main(args: argparse.Namespace) -> int:
                        ) from None
     try:
         topics = {c.topic: c.msgtype for c in reader.connections}
-        for flag, topic in (('--image-topic', args.image_topic),
-                            ('--depth-topic', args.depth_topic),
-                            ('--camera-info-topic', args.camera_info_topic)):
-            if topic and topic not in topics:
-                raise BagError(f'segment_bag: {flag} {topic} is not in {args.input}; it has: '
-                               + ', '.join(f'{t} ({m})' for t, m in sorted(topics.items())))
-        if topics[args.image_topic] not in ('sensor_msgs/msg/Image',
-                                            'sensor_msgs/msg/CompressedImage'):
-            raise BagError(f'segment_bag: {args.image_topic} is {topics[args.image_topic]}, '
-                           'not sensor_msgs/msg/Image or CompressedImage')
+        for flag, given in (('--image-topic', args.images), ('--depth-topic', args.depths),
+                            ('--camera-info-topic', args.infos)):
+            for topic in given.values():
+                if topic not in topics:
+                    raise BagError(f'segment_bag: {flag} {topic} is not in {args.input}; it '
+                                   'has: ' + ', '.join(f'{t} ({m})'
+                                                       for t, m in sorted(topics.items())))
+        for topic in args.images.values():
+            if topics[topic] not in ('sensor_msgs/msg/Image', 'sensor_msgs/msg/CompressedImage'):
+                raise BagError(f'segment_bag: {topic} is {topics[topic]}, not '
+                               'sensor_msgs/msg/Image or CompressedImage')
         if args.output.exists():
             if not args.overwrite:
                 raise BagError(f'segment_bag: {args.output} exists (use --overwrite)')
@@ -394,17 +467,17 @@ def _main(args: argparse.Namespace) -> int:
         t_start = time.monotonic()
         proc = FrameProcessor(ros_args)  # validates parameters, loads the models
         try:
-            if proc.depth_on and not (args.depth_topic and args.camera_info_topic):
+            if proc.depth_on and not (set(args.depths) == set(args.infos) == set(args.images)):
                 raise BagError('segment_bag: depth.enabled needs --depth-topic and '
-                               '--camera-info-topic')
+                               '--camera-info-topic' + (' for every camera' if args.cameras
+                                                        else ''))
             if args.ray is not None and proc.param('instance.enabled') and \
                     proc.param('instance.tracking'):
                 raise BagError('segment_bag: instance.tracking needs every frame in order in '
                                'one process: run without --ray')
             slop = int(round(proc.param('depth.slop') * 1e9))
-            items, n = read_items(reader, args.image_topic,
-                                  args.depth_topic if proc.depth_on else None,
-                                  args.camera_info_topic if proc.depth_on else None, slop)
+            items, n = read_items(reader, args.images, args.depths if proc.depth_on else None,
+                                  args.infos if proc.depth_on else None, slop)
             storage = StoragePlugin.MCAP if _storage_of(args.input) == 'mcap' \
                 else StoragePlugin.SQLITE3
             store = _typestore()
@@ -443,11 +516,11 @@ def _main(args: argparse.Namespace) -> int:
                 for item, res in zip(items, results, strict=True):
                     assert res.index == item.index
                     if args.copy_input:
-                        write(args.image_topic, topics[args.image_topic], item.recv_ns,
-                              item.image)
+                        topic = args.images[item.camera]
+                        write(topic, topics[topic], item.recv_ns, item.image)
                     for topic, mtype, raw in res.outputs:
                         write(f'/segmentation/{topic}', mtype, item.recv_ns, raw)
-                    if any(t == 'semantic/labels' or t == 'instances/detections'
+                    if any(t.endswith(('semantic/labels', 'instances/detections'))
                            for t, _, _ in res.outputs):
                         processed += 1
                     elif res.drops:
@@ -456,7 +529,7 @@ def _main(args: argparse.Namespace) -> int:
                     for k, v in res.drops.items():
                         drops[k] = drops.get(k, 0) + v
                 if args.copy_input:  # the paired inputs too, so the output plays alone
-                    for topic in (args.depth_topic, args.camera_info_topic):
+                    for topic in [*args.depths.values(), *args.infos.values()]:
                         if topic:
                             for _, t, raw in reader.messages(
                                     connections=[c for c in reader.connections
@@ -475,7 +548,8 @@ def _main(args: argparse.Namespace) -> int:
                 proc.close()
         seconds = time.monotonic() - t_start
         summary = {'input': str(args.input), 'output': str(args.output),
-                   'storage': storage.name.lower(), 'image_topic': args.image_topic,
+                   'storage': storage.name.lower(),
+                   'image_topic': args.images[''] if '' in args.images else args.images,
                    'frames_in': n, 'frames_processed': processed,
                    'frames_dropped': n - processed, 'drops': dict(sorted(drops.items())),
                    'dropped_frames': dropped,

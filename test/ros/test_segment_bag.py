@@ -233,3 +233,39 @@ def test_ray_worker_that_keeps_dying_ends_the_run_cleanly(setup):
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith('segment_bag:')]
     assert len(lines) == 1 and 'Ray failed' in lines[0], res.stderr
     assert 'Traceback' not in res.stderr and not out.exists()
+
+
+def test_several_cameras_in_one_bag(setup, tmp_path):
+    """--image-topic CAM=TOPIC twice: each camera's outputs under /segmentation/CAM/, the
+    front camera's equal to the live single-camera node's for the same frames."""
+    _, params, _, frames, live = setup
+    rear = [(t + 7_000_000, i, image_msg(synthetic_image(H, W, seed=50 + i), 'rgb8',
+                                         STAMP0 + i * 50_000_000 + 1, frame_id=f'rear{i}'))
+            for t, i, _ in frames]
+    bag = write_bag(tmp_path / 'two', 'mcap', TOPIC, frames,
+                    extra={'/rear/image': [(t, m) for t, _, m in rear]})
+    out = tmp_path / 'two_out'
+    res = segment_bag(bag, out, '--image-topic', f'front={TOPIC}', '--image-topic',
+                      'rear=/rear/image', '--json', tmp_path / 's.json',
+                      *[a for p in params for a in ('-p', p)])
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads((tmp_path / 's.json').read_text())
+    assert summary['frames_in'] == 2 * N and summary['frames_processed'] == 2 * N - 1
+    assert summary['image_topic'] == {'front': TOPIC, 'rear': '/rear/image'}
+    got = read_bag(out)
+    assert len(got['/segmentation/semantic/label_info']) == 1  # shared
+    assert '/segmentation/semantic/labels' not in got
+    front = {deserialize_message(raw, Image).header.stamp.sec * 10**9
+             + deserialize_message(raw, Image).header.stamp.nanosec: deserialize_message(
+                 raw, Image) for _, _, raw in got['/segmentation/front/semantic/labels']}
+    assert sorted(front) == sorted(live)
+    for stamp, (labels, _dets, _masks) in live.items():
+        assert bytes(front[stamp].data) == bytes(labels.data)
+    rear_out = [deserialize_message(raw, Image) for _, _, raw in
+                got['/segmentation/rear/semantic/labels']]
+    assert [m.header.frame_id for m in rear_out] == [f'rear{i}' for i in range(N)]
+    assert len(got['/segmentation/rear/instances/detections']) == N
+    # the two forms do not mix
+    res = segment_bag(bag, tmp_path / 'o', '--image-topic', f'front={TOPIC}',
+                      '--image-topic', '/rear/image', timeout=120)
+    assert res.returncode == 2 and 'not both' in res.stderr, res.stderr

@@ -79,3 +79,16 @@ def test_instances_batched_with_a_tracker_per_camera(tmp_path):
         assert (got.id_map > 0).sum() == pytest.approx((a.id_map > 0).sum(), rel=0.01)
     # each camera's tracker saw only its own frame
     assert all(len(t.live_ids) == len(a) for t, a in zip(trackers, alone, strict=True))
+
+
+@pytest.mark.needs_cuda
+def test_batched_equals_one_at_a_time_on_cuda(sem_weights):
+    loaded = load_semantic_model('lraspp_mobilenet_v3_large', str(sem_weights), 0, [], 'cuda')
+    pipe = Pipeline(torch.device('cuda'), semantic=SemanticSegmenter(loaded, 'cuda',
+                                                                     input_size=0))
+    frames = [frame(72, 96, s)[1] for s in range(4)]
+    alone = [pipe(f).semantic.labels for f in frames]
+    many = pipe.run_many(frames)
+    assert all(r.batch_size == 4 for r in many)
+    for a, r in zip(alone, many, strict=True):
+        assert (r.semantic.labels == a).mean() >= 0.999
