@@ -59,7 +59,7 @@ def direct(weights: str, model: str, items, input_size: int, backend: str = 'tor
         rgb = np.asarray(PILImage.open(img_path).convert('RGB'))
         h, w = rgb.shape[:2]
         frame = buffer_to_frame('rgb8', h, w, w * 3, False, rgb.tobytes())
-        out.append(pipe(frame).semantic.labels)
+        out.append(pipe(frame, keep_image=False).semantic.labels)  # the node's path
     return out
 
 

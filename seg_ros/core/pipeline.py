@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .imaging import Frame, PinnedStaging, frame_to_rgb8, frame_to_tensor
+from .imaging import Frame, PinnedStaging, buffer_to_frame, frame_to_rgb8, frame_to_tensor
 from .instances import InstanceSegmenter
 from .results import FrameResult
 from .semantic import SemanticSegmenter
@@ -52,13 +52,14 @@ class Pipeline:
         self.staging = PinnedStaging() if device.type == 'cuda' else None
 
     @torch.inference_mode()
-    def warm_up(self, height: int = 240, width: int = 320) -> None:
-        """Run the models once on a blank frame (allocations, lazy init, cuDNN choice)."""
-        x = torch.zeros((1, 3, height, width), device=self.device)
-        if self.semantic is not None:
-            self.semantic(x, want_color=True)
-        if self.instance is not None:
-            self.instance(x, want_overlay=False)
+    def warm_up(self, height: int = 240, width: int = 320, keep_image: bool = True) -> None:
+        """Run the models once on a blank rgb8 frame, through the path frames will take
+        (``keep_image`` as the frames will have it): allocations, lazy init, cuDNN choice, a
+        compiled backend's export and compile for this size.
+        """
+        blank = buffer_to_frame('rgb8', height, width, width * 3, False,
+                                bytes(height * width * 3))
+        self.run_many([blank], want_color=[self.semantic is not None], keep_image=keep_image)
 
     @torch.inference_mode()
     def __call__(self, frame: Frame, want_color: bool = False,

@@ -324,7 +324,7 @@ class Engine:
         if p('warmup'):
             t0 = time.perf_counter()
             try:
-                self.pipeline.warm_up()
+                self.pipeline.warm_up(keep_image=bool(p('depth.enabled')))
             except BackendError as exc:
                 raise StartupError(f'semantic.backend: {exc}') from None
             self.log.info(f'warm-up done in {time.perf_counter() - t0:.2f}s')
@@ -614,50 +614,58 @@ class Engine:
             [messages.stamp_ns(m.header) for m in msgs], keep_image=self.depth_on,
             max_batch=self.max_batch)
         t_inferred = time.perf_counter()
-        for (cam, (msg, _frame, t_queued, convert_s)), res, depth in zip(
-                jobs, results, depths, strict=True):
-            t1 = time.perf_counter()
-            header = msg.header
-            if res.instances is not None and res.instances.tracks_reset:
-                where = f'camera {cam.name}: ' if cam.name else ''
-                self.log.info(f'{where}stamp went backwards to {_stamp(header)}: tracks reset '
-                              '(ids continue; a bag loop or simulation reset?)')
-            out = self.outputs_2d(header, res)
-            for topic, out_msg in out:
+        for job, res, depth in zip(jobs, results, depths, strict=True):
+            try:
+                self._publish(job, res, depth, t_taken, t_inferred - t0)
+            except Exception as exc:  # this camera's frame only: the others still publish
+                self.drop('processing_error', f'frame at {_stamp(job[1][0].header)} failed: '
+                          f'{type(exc).__name__}: {str(exc)[:300]}', job[0])
+
+    def _publish(self, job, res, depth, t_taken: float, inference_s: float) -> None:
+        """One camera's outputs of one frame, its latency, counters and stages."""
+        cam, (msg, _frame, t_queued, convert_s) = job
+        t1 = time.perf_counter()
+        header = msg.header
+        if res.instances is not None and res.instances.tracks_reset:
+            where = f'camera {cam.name}: ' if cam.name else ''
+            self.log.info(f'{where}stamp went backwards to {_stamp(header)}: tracks reset '
+                          '(ids continue; a bag loop or simulation reset?)')
+        out = self.outputs_2d(header, res)
+        for topic, out_msg in out:
+            cam.pubs[topic].publish(out_msg)
+        if not self._large_data_hinted:
+            self._hint_large_data(max((len(m.data) for _, m in out
+                                       if isinstance(m, Image)), default=0))
+        if self.depth_on:
+            t3 = time.perf_counter()
+            info = cam.info_cache.last() if cam.info_cache is not None else None
+            for topic, out_msg in self.outputs_3d(
+                    header, res, depth or self._find_depth(header, cam), info,
+                    cam.wants('instances/markers'), cam):
                 cam.pubs[topic].publish(out_msg)
-            if not self._large_data_hinted:
-                self._hint_large_data(max((len(m.data) for _, m in out
-                                           if isinstance(m, Image)), default=0))
-            if self.depth_on:
-                t3 = time.perf_counter()
-                info = cam.info_cache.last() if cam.info_cache is not None else None
-                for topic, out_msg in self.outputs_3d(
-                        header, res, depth or self._find_depth(header, cam), info,
-                        cam.wants('instances/markers'), cam):
-                    cam.pubs[topic].publish(out_msg)
-                res.timings['depth3d'] = time.perf_counter() - t3
-            t_end = time.perf_counter()
-            # this frame's processing: the shared batch, then its own publishing
-            processing = (t_inferred - t0) + (t_end - t1)
-            age = _age_s(self.node, header)
-            cam.stats.on_processed(processing, age)
-            if res.batch_size > 1:
-                cam.batched += 1
-            cam.stats.on_stage({'convert_in': convert_s, 'wait': t_taken - t_queued,
-                                **res.timings, 'publish': t_end - t1
-                                - res.timings.get('depth3d', 0.0)})
-            lat = Float64MultiArray()
-            lat.layout.dim = [MultiArrayDimension(label=LATENCY_LABELS, size=2, stride=2)]
-            lat.data = [processing, age]
-            cam.pubs['latency'].publish(lat)
-            if cam.wants('timing'):
-                timing = Float64MultiArray()
-                timing.layout.dim = [MultiArrayDimension(label=TIMING_LABELS, size=3,
-                                                         stride=3)]
-                timing.data = [messages.stamp_ns(header) / 1e9,
-                               res.timings.get('semantic_forward', 0.0)
-                               + res.timings.get('instance_forward', 0.0), processing]
-                cam.pubs['timing'].publish(timing)
+            res.timings['depth3d'] = time.perf_counter() - t3
+        t_end = time.perf_counter()
+        # this frame's processing: the shared batch, then its own publishing
+        processing = inference_s + (t_end - t1)
+        age = _age_s(self.node, header)
+        cam.stats.on_processed(processing, age)
+        if res.batch_size > 1:
+            cam.batched += 1
+        cam.stats.on_stage({'convert_in': convert_s, 'wait': t_taken - t_queued,
+                            **res.timings, 'publish': t_end - t1
+                            - res.timings.get('depth3d', 0.0)})
+        lat = Float64MultiArray()
+        lat.layout.dim = [MultiArrayDimension(label=LATENCY_LABELS, size=2, stride=2)]
+        lat.data = [processing, age]
+        cam.pubs['latency'].publish(lat)
+        if cam.wants('timing'):
+            timing = Float64MultiArray()
+            timing.layout.dim = [MultiArrayDimension(label=TIMING_LABELS, size=3,
+                                                     stride=3)]
+            timing.data = [messages.stamp_ns(header) / 1e9,
+                           res.timings.get('semantic_forward', 0.0)
+                           + res.timings.get('instance_forward', 0.0), processing]
+            cam.pubs['timing'].publish(timing)
 
     def outputs_2d(self, header: Header, res) -> list[tuple[str, Any]]:
         """The 2D messages of one frame's result, as (topic relative to the node, message),
