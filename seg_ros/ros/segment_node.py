@@ -88,8 +88,11 @@ def run(node_factory, inference_in_main_thread: bool = False) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
+        # After a stop request the process is on its way out: later SIGINT / SIGTERM (launch
+        # forwards Ctrl-C again) are ignored, since interpreter finalisation resets Python-level
+        # handlers to the default action and a signal then would kill the exit with -2.
         for sig, handler in previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if stop.is_set() else handler)
     return 0
 
 
