@@ -326,15 +326,22 @@ def run(args, client: Client, frames, source, weights, random_models, transports
     for i, (name, rgb, *rgbd) in enumerate(frames):
         stamp = 10**9 * (i + 1)
         n_sent += 1
+        before = None
         if args.depth:  # depth and camera_info first, with the colour image's stamp
             depth_mm, k, p = rgbd
             client.spin_until(lambda: pub_depth.get_subscription_count() > 0
                               and pub_info.get_subscription_count() > 0, 30)
-            pub_info.publish(camera_info_msg(k, p, rgb.shape[1], rgb.shape[0], stamp))
-            pub_depth.publish(frame_msg(depth_mm, stamp, encoding='16UC1'))
-            client.spin_until(lambda: False, 0.1)
+            info_msg = camera_info_msg(k, p, rgb.shape[1], rgb.shape[0], stamp)
+            depth_msg = frame_msg(depth_mm, stamp, encoding='16UC1')
+
+            def before(info_msg=info_msg, depth_msg=depth_msg) -> None:
+                # again with every (re)send: the node's best-effort readers may not have
+                # matched our writers yet when the first ones went out
+                pub_info.publish(info_msg)
+                pub_depth.publish(depth_msg)
+                client.spin_until(lambda: False, 0.1)
         lat = client.exchange(pub, frame_msg(rgb, stamp), waits, timeout=args.timeout,
-                              resend=20.0)
+                              resend=5.0 if args.depth else 20.0, before=before)
         if lat is None:
             print(f'demo: frame {name}: no answer within {args.timeout}s', flush=True)
             continue

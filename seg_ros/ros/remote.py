@@ -137,10 +137,13 @@ class Client:
         return box
 
     def exchange(self, pub, msg: Image, boxes: list[dict], timeout: float = 60.0,
-                 resend: float = 2.0) -> float | None:
+                 resend: float = 2.0, before: Callable[[], None] | None = None
+                 ) -> float | None:
         """Publish ``msg`` until every box holds an answer with its stamp.
 
-        Re-sends every ``resend`` seconds (the node may still be matching QoS). Returns the
+        Re-sends every ``resend`` seconds (the node may still be matching QoS); ``before``
+        runs before every (re)send (e.g. to publish the frame's depth and camera_info again:
+        a best-effort reader that had not matched yet lost the first ones). Returns the
         latency from the last publish to the first box's answer, or None on timeout.
         """
         key = stamp_ns(msg.header)
@@ -148,6 +151,8 @@ class Client:
 
         def step() -> None:
             if time.perf_counter() - last[0] > resend:
+                if before is not None:
+                    before()
                 last[0] = time.perf_counter()
                 pub.publish(msg)
         if not self.spin_until(lambda: all(key in b for b in boxes), timeout, step):
