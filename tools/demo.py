@@ -272,7 +272,10 @@ def main() -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     domain = 50 + os.getpid() % 50
+    # the backend's export cache inside the repository (out/ is ignored by git): the demo
+    # writes nothing outside it; `-- -p backend.cache_dir:=...` overrides
     node_args = ['-p', f'device:={args.device}', '-p', f'semantic.weights:={weights}',
+                 '-p', f'backend.cache_dir:={ROOT / "out" / "backend_cache"}',
                  '-r', 'image:=/camera/image']
     if args.instance:
         node_args += ['-p', 'instance.enabled:=true',

@@ -31,6 +31,7 @@ import torch
 from PIL import Image as PILImage
 
 ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / 'out' / 'backend_cache'  # exports stay inside the repository (git-ignored)
 sys.path.insert(0, str(ROOT))
 from seg_ros.core.imaging import buffer_to_frame  # noqa: E402
 from seg_ros.core.metrics import confusion_matrix, iou_from_confusion  # noqa: E402
@@ -52,7 +53,7 @@ def direct(weights: str, model: str, items, input_size: int, backend: str = 'tor
     loaded = load_semantic_model(model, weights, NUM_CLASSES)
     seg = SemanticSegmenter(loaded, 'cpu', input_size=input_size, backend=backend,
                             precision=precision if backend != 'torch' else 'fp32',
-                            report=lambda line: print(line, flush=True))
+                            cache_dir=str(CACHE), report=lambda line: print(line, flush=True))
     pipe = Pipeline(torch.device('cpu'), semantic=seg)
     out = []
     for img_path, _ in items:
@@ -74,6 +75,7 @@ def through_node(weights: str, model: str, items, input_size: int, log: Path,
                         '-p', f'semantic.num_classes:={NUM_CLASSES}',
                         '-p', f'semantic.input_size:={input_size}',
                         '-p', f'semantic.backend:={backend}', '-p', f'precision:={precision}',
+                        '-p', f'backend.cache_dir:={CACHE}',
                         '-r', 'image:=/camvid/image'], domain, log)
     client = None
     try:
