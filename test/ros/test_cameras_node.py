@@ -20,12 +20,14 @@ from helpers import (
 pytestmark = pytest.mark.ros
 NUM_CLASSES = 6
 CAMS = ('front', 'left', 'right')
+BLOCKER = 'rear'  # a fourth camera whose large frame keeps the model busy
 
 
 def serve(tmp, weights, extra=()):
     args = ['-p', 'device:=cpu', '-p', f'semantic.weights:={weights}',
             '-p', 'semantic.input_size:=0', '-p', 'semantic.backend:=torch',
-            '-p', f'cameras:=[{", ".join(CAMS)}]', '-r', 'left/image:=/car/left/image_raw',
+            '-p', f'cameras:=[{", ".join((*CAMS, BLOCKER))}]',
+            '-r', 'left/image:=/car/left/image_raw',
             *extra]
     node, client = start_node(tmp, args)
     return node, client
@@ -37,8 +39,9 @@ def setup(tmp_path_factory):
     weights = make_semantic_weights(tmp / 'sem.pt', num_classes=NUM_CLASSES)
     node, client = serve(tmp, weights)
     boxes = {c: client.collect(Image, f'/segmentation/{c}/semantic/labels') for c in CAMS}
-    topics = {'front': '/front/image', 'left': '/car/left/image_raw', 'right': '/right/image'}
-    pubs = {c: client.node.create_publisher(Image, topics[c], 10) for c in CAMS}
+    topics = {'front': '/front/image', 'left': '/car/left/image_raw', 'right': '/right/image',
+              BLOCKER: f'/{BLOCKER}/image'}
+    pubs = {c: client.node.create_publisher(Image, topics[c], 10) for c in topics}
     diags = []
     client.node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 10)
     assert client.spin_until(lambda: all(p.get_subscription_count() for p in pubs.values()),
@@ -53,10 +56,11 @@ def wait_answers(client, boxes, want: dict, timeout=60.0):
 
 
 def send_together(client, pubs, msgs: dict, boxes):
-    """Keep the model busy with a large frame on one camera, then publish one frame per
-    camera at once: they wait together and run as one batch."""
-    big = image_msg(synthetic_image(480, 640, 9), 'rgb8', 1)
-    pubs['front'].publish(big)
+    """Keep the model busy with a large frame on the blocker camera (~0.2 s of work), then
+    publish one frame per camera at once: they wait together and run as one batch."""
+    big = image_msg(synthetic_image(960, 1280, 9), 'rgb8', 1)
+    pubs[BLOCKER].publish(big)
+    client.spin_until(lambda: False, 0.05)  # the worker takes it before the others arrive
     for c, m in msgs.items():
         pubs[c].publish(m)
     want = {c: stamp_ns(m.header) for c, m in msgs.items()}
@@ -68,7 +72,6 @@ def test_each_camera_gets_its_own_labels_and_header(setup):
     weights, node, client, boxes, pubs, diags = setup
     h, w = 96, 128
     rgbs = {c: synthetic_image(h, w, seed=i + 1) for i, c in enumerate(CAMS)}
-    batched_before = None
     for round_ in range(3):
         msgs = {c: image_msg(rgbs[c], 'rgb8', (100 + 10 * round_ + i) * 10**9, frame_id=c)
                 for i, c in enumerate(CAMS)}
@@ -81,13 +84,13 @@ def test_each_camera_gets_its_own_labels_and_header(setup):
         others = [o for o in CAMS if o != c]
         assert all((labels == refs[o]).mean() < 0.95 for o in others), c  # no cross-talk
     # the frames did share forward passes, and every camera has its own status
-    assert client.spin_until(lambda: diags and len(diags[-1].status) == 3, 5)
+    assert client.spin_until(lambda: diags and len(diags[-1].status) == 4, 5)
     statuses = {dict((kv.key, kv.value) for kv in s.values)['camera']: s
                 for s in diags[-1].status}
-    assert set(statuses) == set(CAMS)
-    batched_before = sum(int(dict((kv.key, kv.value) for kv in s.values)['frames_batched'])
-                         for s in statuses.values())
-    assert batched_before >= 2, [s.values for s in statuses.values()]
+    assert set(statuses) == {*CAMS, BLOCKER}
+    batched = sum(int(dict((kv.key, kv.value) for kv in statuses[c].values)['frames_batched'])
+                  for c in CAMS)
+    assert batched >= 3, [s.values for s in statuses.values()]  # >= one batch of three
     left = dict((kv.key, kv.value) for kv in statuses['left'].values)
     assert left['input_topic'] == '/car/left/image_raw'
 
