@@ -467,6 +467,10 @@ def _main(args: argparse.Namespace) -> int:
         t_start = time.monotonic()
         proc = FrameProcessor(ros_args)  # validates parameters, loads the models
         try:
+            if set(proc.cameras) != set(args.images):
+                raise BagError('segment_bag: the cameras parameter does not match '
+                               '--image-topic: name the cameras there (CAM=TOPIC), not with -p '
+                               'cameras')
             if proc.depth_on and not (set(args.depths) == set(args.infos) == set(args.images)):
                 raise BagError('segment_bag: depth.enabled needs --depth-topic and '
                                '--camera-info-topic' + (' for every camera' if args.cameras

@@ -143,6 +143,9 @@ def test_bad_input_is_one_line(setup, tmp_path):
         ([bags['mcap'], bags['sqlite3'], '--image-topic', TOPIC], 'exists (use --overwrite)'),
         ([bags['mcap'], tmp_path / 'o3', '--image-topic', TOPIC, '-p', 'devcie:=cpu',
           '-p', 'semantic.input_size:=-7'], 'semantic.input_size'),
+        ([bags['mcap'], tmp_path / 'o4', '--image-topic', TOPIC, '-p', 'warmup:=false',
+          '-p', 'semantic.backend:=torch', '-p', 'cameras:=[a, b]'],
+         'cameras parameter does not match'),
     ]
     for args, expect in cases:
         res = segment_bag(*args, timeout=120)
@@ -150,7 +153,7 @@ def test_bad_input_is_one_line(setup, tmp_path):
         lines = [ln for ln in res.stderr.splitlines() if ln.startswith('segment_bag:')]
         assert len(lines) == 1 and expect in lines[0], res.stderr
         assert 'Traceback' not in res.stderr
-    assert np.all([not (tmp_path / o).exists() for o in ('o1', 'o2', 'o3')])
+    assert np.all([not (tmp_path / o).exists() for o in ('o1', 'o2', 'o3', 'o4')])
 
 
 def test_ros2_run_finds_it():
