@@ -118,9 +118,8 @@ class Pipeline:
                 and not keep_image and self.device.type == 'cpu'):
             pixels = [frame_to_rgb8(f) for f in frames]
             if all(p is not None for p in pixels):  # the backend's graph converts them
-                batch = pixels[0] if n == 1 else torch.cat(pixels)
                 t1 = time.perf_counter()
-                sem_out = sem.from_pixels(batch, want_color=want_color)
+                sem_out = sem.from_pixels(pixels, want_color=want_color)  # frame by frame
                 timings = {'to_tensor': t1 - t0, 'semantic': time.perf_counter() - t1,
                            'semantic_forward': sem.last_forward_s}
                 return [FrameResult(semantic=r, timings=dict(timings), batch_size=n)

@@ -135,12 +135,14 @@ class SemanticSegmenter:
         return out
 
     @torch.inference_mode()
-    def from_pixels(self, pixels: torch.Tensor, want_color: bool | list[bool] = False
+    def from_pixels(self, pixels: torch.Tensor | list[torch.Tensor],
+                    want_color: bool | list[bool] = False
                     ) -> SemanticResult | list[SemanticResult]:
-        """Label frames from their (N, H, W, 3) uint8 RGB host pixels: with a compiled
-        backend the conversion to float runs inside its graph, and no torch kernel runs
-        before it (an idle torch thread pool keeps spinning for a while after its work).
-        One result for N = 1 and a bool ``want_color``, else a list.
+        """Label frames from their (N, H, W, 3) uint8 RGB host pixels (or a list of
+        (1, H, W, 3) frames): with a compiled backend the conversion to float runs inside its
+        graph, and no torch kernel runs before it (an idle torch thread pool keeps spinning
+        for a while after its work). One result for N = 1 and a bool ``want_color``, else a
+        list.
         """
         assert self.compiled is not None, 'a compiled backend only'
         t0 = time.perf_counter()
@@ -148,15 +150,16 @@ class SemanticSegmenter:
         self.last_forward_s = time.perf_counter() - t0
         return self._results(labels, want_color)
 
-    def _compiled_batch(self, x: torch.Tensor) -> torch.Tensor:
-        """A batch through the compiled graph one frame at a time: one graph per image size
-        (no export and compile stall the first time each batch size occurs), and on the
-        CPU one call per frame measured no slower than one call for the batch (BENCHMARKS.md,
-        "Many cameras").
+    def _compiled_batch(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """A batch (a tensor, or a list of one-frame tensors) through the compiled graph one
+        frame at a time: one graph per image size (no export and compile stall the first
+        time each batch size occurs), and on the CPU one call per frame measured no slower
+        than one call for the batch (BENCHMARKS.md, "Many cameras").
         """
-        if x.shape[0] == 1:
-            return self.compiled(x)
-        return torch.cat([self.compiled(x[i:i + 1]) for i in range(x.shape[0])])
+        frames = list(x) if isinstance(x, list) else [x[i:i + 1] for i in range(x.shape[0])]
+        if len(frames) == 1:
+            return self.compiled(frames[0])
+        return torch.cat([self.compiled(f) for f in frames])
 
     def _results(self, labels: torch.Tensor, want_color: bool | list[bool]
                  ) -> SemanticResult | list[SemanticResult]:
