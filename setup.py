@@ -26,8 +26,8 @@ setup(
     tests_require=['pytest'],
     entry_points={
         'console_scripts': [
-            'segment_node = seg_ros.ros.segment_node:main',
-            'segment_lifecycle_node = seg_ros.ros.segment_lifecycle_node:main',
+            'segment_node = seg_ros.ros.entry:segment_node',
+            'segment_lifecycle_node = seg_ros.ros.entry:segment_lifecycle_node',
             'segment_bag = seg_ros.offline.segment_bag:main',
         ],
     },

@@ -235,36 +235,16 @@ def assert_clean_exit(proc_info, proc_output) -> None:
 
 def write_bag(path: Path, storage: str, topic: str, frames: list[tuple[int, int, object]],
               extra: dict[str, list[tuple[int, object]]] | None = None) -> Path:
-    """A rosbag2 (``storage`` 'sqlite3' or 'mcap') with rosbags: ``frames`` are
-    (receive time ns, index, rclpy message) on ``topic``; ``extra`` maps other topics to
-    (receive time ns, message)."""
-    from rclpy.serialization import serialize_message
-    from rosbags.rosbag2 import StoragePlugin, Writer
-    from rosbags.typesys import Stores, get_typestore
-    store = get_typestore(Stores.ROS2_JAZZY)
-    plugin = StoragePlugin.MCAP if storage == 'mcap' else StoragePlugin.SQLITE3
-    writer = Writer(path, version=9, storage_plugin=plugin)
-    writer.open()
-
-    def type_of(msg):
-        return f'{type(msg).__module__.split(".")[0]}/msg/{type(msg).__name__}'
-    streams = [(topic, [(t, m) for t, _, m in frames])] + list((extra or {}).items())
-    for name, msgs in streams:
-        conn = writer.add_connection(name, type_of(msgs[0][1]), typestore=store)
-        for t, m in msgs:
-            writer.write(conn, t, bytes(serialize_message(m)))
-    writer.close()
-    return path
+    """A rosbag2 (``storage`` 'sqlite3' or 'mcap'): ``frames`` are (receive time ns, index,
+    rclpy message) on ``topic``; ``extra`` maps other topics to (receive time ns, message)."""
+    from seg_ros.offline.bagfile import write_bag as write
+    return write(path, {topic: [(t, m) for t, _, m in frames], **(extra or {})}, storage)
 
 
 def read_bag(path: Path) -> dict[str, list[tuple[int, str, bytes]]]:
     """topic -> [(receive time, type, CDR bytes)] of every message of a rosbag2."""
-    from rosbags.rosbag2 import Reader
-    out: dict[str, list] = {}
-    with Reader(path) as reader:
-        for conn, t, raw in reader.messages():
-            out.setdefault(conn.topic, []).append((t, conn.msgtype, bytes(raw)))
-    return out
+    from seg_ros.offline.bagfile import read_bag as read
+    return read(path)
 
 
 def get_parameters(client: RosClient, node_name: str, names: list[str],

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -29,8 +28,11 @@ from PIL import Image as PILImage
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'test'))
-from helpers import image_msg, synthetic_image, write_bag  # noqa: E402
+sys.path.insert(0, str(ROOT / 'tools'))
+from bench_common import machine_facts, scene  # noqa: E402
+
+from seg_ros.offline.bagfile import write_bag  # noqa: E402
+from seg_ros.ros.remote import frame_msg  # noqa: E402
 
 CAMVID_VAL = ROOT.parent / 'shared' / 'data' / 'camvid' / 'val'
 
@@ -38,7 +40,7 @@ CAMVID_VAL = ROOT.parent / 'shared' / 'data' / 'camvid' / 'val'
 def frames(n: int, w: int, h: int) -> list[np.ndarray]:
     files = sorted(CAMVID_VAL.glob('*.png')) if CAMVID_VAL.is_dir() else []
     if not files:
-        return [synthetic_image(h, w, seed=i) for i in range(n)]
+        return [scene(h, w, seed=i) for i in range(n)]
     return [np.asarray(PILImage.open(files[i % len(files)]).convert('RGB').resize((w, h)))
             for i in range(n)]
 
@@ -71,10 +73,10 @@ def main() -> int:
         for size in args.sizes:
             w, h = (int(v) for v in size.split('x'))
             imgs = frames(args.frames, w, h)
-            msgs = [(10**9 + i * 10**8, i, image_msg(im, 'rgb8', 10**18 + i * 10**8))
+            msgs = [(10**9 + i * 10**8, frame_msg(im, 10**18 + i * 10**8))
                     for i, im in enumerate(imgs)]
-            bag = write_bag(tmp / f'in_{size}', 'mcap', '/cam/image', msgs)
-            one = write_bag(tmp / f'one_{size}', 'mcap', '/cam/image', msgs[:1])
+            bag = write_bag(tmp / f'in_{size}', {'/cam/image': msgs})
+            one = write_bag(tmp / f'one_{size}', {'/cam/image': msgs[:1]})
             for name, extra in modes.items():
                 time.sleep(args.gap)
                 start = run(one, tmp / 'out1', extra)  # start-up + one frame
@@ -92,8 +94,7 @@ def main() -> int:
                       f"{row['startup_s']:.1f} s; steady {row['frames_per_s_steady']:.2f} "
                       'frames/s)', flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({'cpus': len(os.sched_getaffinity(0)), 'rows': rows},
-                                    indent=2))
+    args.json.write_text(json.dumps({'machine': machine_facts('cpu'), 'rows': rows}, indent=2))
     return 0
 
 

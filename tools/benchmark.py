@@ -31,17 +31,13 @@ fixes it (default 0.0: up to max_detections = 100 instances, the worst case).
 ``--stream-seconds`` adds a 30 Hz stream (output rate, latency trend, RSS) for the
 ``--stream-configs``.
 
-Many cameras (``--cameras 1 2 4``): for each N, one node with N cameras and N single-camera
-nodes, alternately (a quiet gap before each), every camera streaming the first ``--sizes``
-frame at 30 Hz for ``--camera-seconds`` after a warm-up: frames answered per second (all
-cameras), per-camera latency p50 / p99 (publish -> receipt), and the nodes' summed RSS.
+Many cameras: ``tools/bench_cameras.py``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -49,13 +45,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (  # noqa: E402
+    ROOT,
+    SIZES,
+    machine_facts,
+    pct,
+    random_weights,
+    rss_mb,
+    scene,
+)
+
 from seg_ros.core import backends  # noqa: E402
 from seg_ros.core.models import load_instance_model, load_semantic_model  # noqa: E402
 from seg_ros.core.pipeline import resolve_device  # noqa: E402
 from seg_ros.core.semantic import SemanticSegmenter  # noqa: E402
-from seg_ros.ros.remote import large_data_transport  # noqa: E402
 
 CONFIGS = {
     'lraspp': {'semantic': 'lraspp_mobilenet_v3_large'},
@@ -64,22 +68,6 @@ CONFIGS = {
     'lraspp+maskrcnn_v2': {'semantic': 'lraspp_mobilenet_v3_large',
                            'instance': 'maskrcnn_resnet50_fpn_v2'},
 }
-SIZES = {'320x240': (240, 320), '640x480': (480, 640), '1920x1080': (1080, 1920)}
-
-
-def scene(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A structured rgb8 frame (gradients and blocks), deterministic."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    img = np.stack([255 * x / w, 255 * y / h, 128 + 100 * np.sin(x / 17.0)], -1)
-    for _ in range(12):
-        y0, x0 = rng.integers(0, h - h // 6), rng.integers(0, w - w // 6)
-        img[y0:y0 + h // 6, x0:x0 + w // 6] = rng.integers(0, 255, 3)
-    return img.astype(np.uint8)
-
-
-def pct(xs, q) -> float:
-    return float(np.percentile(np.asarray(xs), q)) if len(xs) else float('nan')
 
 
 def bare_forward(cfg: dict, device, rgb: np.ndarray, threshold: float,
@@ -142,14 +130,6 @@ def node_args(cfg: dict, threshold: float, backend: str = 'torch',
     return args
 
 
-def rss_mb(pid: int) -> float:
-    with open(f'/proc/{pid}/status') as f:
-        for line in f:
-            if line.startswith('VmRSS:'):
-                return int(line.split()[1]) / 1024
-    return float('nan')
-
-
 def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: float,
                log_dir: Path, bare, backend: str = 'torch', precision: str = 'fp32',
                gap: float = 0.3, weights: dict[str, str] | None = None) -> dict:
@@ -162,16 +142,13 @@ def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: f
     from std_msgs.msg import Float64MultiArray
     from vision_msgs.msg import Detection2DArray
 
-    from seg_ros.ros.remote import Client, NodeProcess, frame_msg
+    from seg_ros.ros.remote import frame_msg, served
     domain = 60 + os.getpid() % 40
-    node = NodeProcess(node_args(cfg, threshold, backend, precision,
-                                 str(log_dir / 'backend_cache'), weights),
-                       domain, log_dir / 'bench_node.log')
-    client = None
     out: dict = {}
-    try:
-        node.wait_ready(600)
-        client = Client(domain, 'seg_ros_bench')
+    with served([node_args(cfg, threshold, backend, precision, str(log_dir / 'backend_cache'),
+                           weights)], domain, [log_dir / 'bench_node.log'],
+                'seg_ros_bench') as (nodes, client):
+        node = nodes[0]
         boxes = []
         if 'semantic' in cfg:
             boxes.append(client.collect(Image, '/segmentation/semantic/labels'))
@@ -239,10 +216,7 @@ def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: f
         if stream_s > 0:
             out['stream'] = stream(client, pub, boxes, rgb, stream_s, node.pid)
         out['node_alive_at_end'] = node.alive()
-    finally:
-        if client is not None:
-            client.close()
-        out['node_exit_code'] = node.stop()
+    out['node_exit_code'] = node.proc.returncode
     return out
 
 
@@ -294,161 +268,6 @@ def stream(client, pub, boxes, rgb, seconds: float, pid: int, rate: float = 30.0
             'rss_mb_over_time': rss, 'rss_growth_mb': rss[-1][1] - rss[1][1] if len(rss) > 1
             else 0.0}
 
-
-
-# -- many cameras (issue 12): one node with N cameras against N single-camera nodes --------
-def random_weights(path: Path, kind: str = 'semantic',
-                   name: str = 'lraspp_mobilenet_v3_large') -> Path:
-    """A seeded random-weights file, the same model in the node and in this process (a
-    random model's speed can depend on its values) and one export cache entry.
-    """
-    if not path.is_file():
-        torch.manual_seed(0)
-        model = (load_semantic_model(name, 'none', 21) if kind == 'semantic' else
-                 load_instance_model(name, 'none', 91)).model
-        torch.save(model.state_dict(), path)
-    return path
-
-
-def cameras_run(n: int, mode: str, weights: Path, rgb: np.ndarray, seconds: float,
-                backend: str, log_dir: Path, rate: float = 30.0) -> dict:
-    """``mode`` 'one_node': one node with ``cameras`` cam0..cam{n-1}; 'n_nodes': n nodes of
-    one camera each. Every camera streams ``rgb`` at ``rate`` Hz (all cameras on the same
-    tick, as a synchronised rig) for ``seconds``.
-    """
-    from sensor_msgs.msg import Image
-
-    from seg_ros.ros.remote import Client, NodeProcess, frame_msg
-    domain = 60 + os.getpid() % 40
-    base = ['-p', 'device:=' + ('cuda' if torch.cuda.is_available() else 'cpu'),
-            '-p', f'semantic.weights:={weights}', '-p', 'semantic.input_size:=0',
-            '-p', f'semantic.backend:={backend}',
-            '-p', f'backend.cache_dir:={log_dir / "backend_cache"}']
-    cams = [f'cam{i}' for i in range(n)]
-    inputs = {c: f'/bench/{c}/image' for c in cams}
-    if mode == 'one_node':
-        args = [*base, '-p', f'cameras:=[{", ".join(cams)}]',
-                *[a for c in cams for a in ('-r', f'{c}/image:={inputs[c]}')]]
-        nodes = [NodeProcess(args, domain, log_dir / 'bench_cams_node.log')]
-        outputs = {c: f'/segmentation/{c}/semantic/labels' for c in cams}
-    else:
-        nodes = [NodeProcess([*base, '-r', f'__node:=seg_{c}', '-r', f'image:={inputs[c]}'],
-                             domain, log_dir / f'bench_cams_{c}.log') for c in cams]
-        outputs = {c: f'/seg_{c}/semantic/labels' for c in cams}
-    client = None
-    try:
-        for nd in nodes:
-            nd.wait_ready(600)
-        client = Client(domain, 'seg_ros_bench_cams')
-        boxes = {c: client.collect(Image, outputs[c]) for c in cams}
-        pubs = {c: client.node.create_publisher(Image, inputs[c], 10) for c in cams}
-        assert client.spin_until(lambda: all(p.get_subscription_count() for p in
-                                              pubs.values()), 60)
-        msg = frame_msg(rgb, 1)
-
-        def stream_for(duration: float, key0: int) -> dict[str, dict[int, float]]:
-            sent: dict[str, dict[int, float]] = {c: {} for c in cams}
-            t_start = time.perf_counter()
-            k, next_t = 0, t_start
-            while time.perf_counter() - t_start < duration:
-                if time.perf_counter() >= next_t:
-                    for j, c in enumerate(cams):
-                        key = key0 + k * 1000 + j
-                        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(key, 10**9)
-                        sent[c][key] = time.perf_counter()
-                        pubs[c].publish(msg)
-                    k += 1
-                    next_t += 1.0 / rate
-                client.executor.spin_once(timeout_sec=max(0.0, min(
-                    next_t - time.perf_counter(), 0.01)))
-            client.spin_until(lambda: False, 2.0)  # drain
-            return sent
-        # warm-up: every node compiles/warms for this size, all cameras answered once
-        stream_for(4.0, 10**12)
-        time.sleep(3.0)  # quiet gap
-        for b in boxes.values():
-            b.clear()
-        sent = stream_for(seconds, 2 * 10**12)
-        rss = sum(rss_mb(nd.pid) for nd in nodes)
-        per_cam = {}
-        total = 0
-        for c in cams:
-            lat = [boxes[c][k][1] - t for k, t in sent[c].items() if k in boxes[c]]
-            total += len(lat)
-            per_cam[c] = {'sent': len(sent[c]), 'answered': len(lat),
-                          'p50_s': pct(lat, 50), 'p99_s': pct(lat, 99)}
-        return {'cameras': n, 'mode': mode, 'seconds': seconds, 'rate_hz': rate,
-                'answered_per_s': total / seconds, 'rss_mb': rss, 'per_camera': per_cam,
-                'latency_p50_s': float(np.median([v['p50_s'] for v in per_cam.values()])),
-                'latency_p99_s': float(max(v['p99_s'] for v in per_cam.values()))}
-    finally:
-        if client is not None:
-            client.close()
-        for nd in nodes:
-            nd.stop()
-
-
-def cameras_main(args) -> int:
-    device = resolve_device('auto')
-    machine = machine_facts(device)
-    print(f'machine: {machine}', flush=True)
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    weights = random_weights(args.json.parent / 'bench_lraspp_mobilenet_v3_large.pt')
-    h, w = SIZES[args.sizes[0]]
-    rgb = scene(h, w)
-    results = []
-    for i, n in enumerate(args.cameras):
-        modes = ('one_node', 'n_nodes') if i % 2 == 0 else ('n_nodes', 'one_node')
-        for mode in modes:
-            time.sleep(3.0)
-            r = cameras_run(n, mode, weights, rgb, args.camera_seconds, args.camera_backend,
-                            args.json.parent)
-            results.append(r)
-            print(f'{n} camera(s) {mode:<8}: {r["answered_per_s"]:6.2f} frames/s answered, '
-                  f'latency p50 {1000 * r["latency_p50_s"]:7.1f} ms p99 '
-                  f'{1000 * r["latency_p99_s"]:7.1f} ms, RSS {r["rss_mb"]:7.0f} MB', flush=True)
-            args.json.write_text(json.dumps({'machine': machine, 'cameras': results},
-                                            indent=1))
-    print('\n| cameras | setup | frames answered / s | per-camera latency p50 | p99 (worst '
-          'camera) | RSS |')
-    print('|---|---|---|---|---|---|')
-    for r in results:
-        setup = 'one node' if r['mode'] == 'one_node' else f'{r["cameras"]} nodes'
-        print(f'| {r["cameras"]} | {setup} | {r["answered_per_s"]:.2f} | '
-              f'{1000 * r["latency_p50_s"]:.1f} ms | {1000 * r["latency_p99_s"]:.1f} ms | '
-              f'{r["rss_mb"]:.0f} MB |')
-    by = {(r['cameras'], r['mode']): r for r in results}
-    for n in args.cameras:
-        if n > 1 and (n, 'one_node') in by and (n, 'n_nodes') in by:
-            one, many = by[(n, 'one_node')], by[(n, 'n_nodes')]
-            print(f'{n} cameras: throughput one node / {n} nodes = '
-                  f'{one["answered_per_s"] / many["answered_per_s"]:.2f}, RSS = '
-                  f'{one["rss_mb"] / many["rss_mb"]:.2f}')
-    print(f'wrote {args.json}')
-    return 0
-
-
-def machine_facts(device) -> dict:
-    machine = {'device': str(device), 'torch': torch.__version__, 'threads':
-               torch.get_num_threads(), 'cpu': platform.processor() or platform.machine(),
-               'cores': os.cpu_count(), 'python': platform.python_version(),
-               'dds_transports': large_data_transport()}
-    for mod in ('openvino', 'onnxruntime'):
-        try:
-            machine[mod] = __import__(mod).__version__
-        except ImportError:
-            pass
-    try:
-        with open('/proc/cpuinfo') as f:
-            machine['cpu'] = next(ln.split(':', 1)[1].strip() for ln in f
-                                  if ln.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
-    if torch.cuda.is_available():
-        machine['gpu'] = torch.cuda.get_device_name(device)
-    return machine
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--configs', nargs='+', default=['lraspp'], choices=list(CONFIGS))
@@ -464,14 +283,7 @@ def main() -> int:
     ap.add_argument('--instance-threshold', type=float, default=0.0)
     ap.add_argument('--quick', action='store_true', help='lraspp 640x480, n=15')
     ap.add_argument('--json', type=Path, default=ROOT / 'out' / 'benchmark.json')
-    ap.add_argument('--cameras', type=int, nargs='+', default=None,
-                    help='many-camera mode: for each N, one node with N cameras against N '
-                    'single-camera nodes, every camera at 30 Hz (size: first of --sizes)')
-    ap.add_argument('--camera-seconds', type=float, default=30.0)
-    ap.add_argument('--camera-backend', default='auto', help='semantic.backend of the nodes')
     args = ap.parse_args()
-    if args.cameras:
-        return cameras_main(args)
     if args.quick:
         args.configs, args.sizes, args.n = ['lraspp'], ['640x480'], args.n or 15
     device = resolve_device('auto')

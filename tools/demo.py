@@ -37,11 +37,11 @@ from seg_ros.core.rgbd_scene import Box, Cylinder, default_objects, render  # no
 from seg_ros.ros.remote import (  # noqa: E402
     LATCHED,
     Client,
-    NodeProcess,
     camera_info_msg,
     decode,
     frame_msg,
     large_data_transport,
+    served,
 )
 
 CAMVID_VAL = ROOT.parent / 'shared' / 'data' / 'camvid' / 'val'
@@ -284,23 +284,18 @@ def main() -> int:
     if args.depth:
         node_args += ['-p', 'depth.enabled:=true', '-r', 'depth:=/camera/depth',
                       '-r', 'camera_info:=/camera/camera_info']
-    node = NodeProcess(node_args + extra, domain, args.out / 'node.log')
-    client = None
+    log = args.out / 'node.log'
+    print(f'demo: starting segment_node (weights={weights}, log {log})', flush=True)
     try:
-        print(f'demo: starting segment_node (weights={weights}, log {node.log_path})',
-              flush=True)
-        try:
-            node.wait_ready(300)
-        except RuntimeError:
-            lines = [ln for ln in node.log().splitlines() if 'cannot start' in ln]
-            raise SystemExit('demo: ' + (lines[-1] if lines else
-                                         f'segment_node exited; see {node.log_path}')) from None
-        client = Client(domain, 'seg_ros_demo')
-        return run(args, client, frames, source, weights, random_models, transports)
-    finally:
-        if client is not None:
-            client.close()
-        node.stop()
+        with served([node_args + extra], domain, [log], 'seg_ros_demo',
+                    ready_timeout=300) as (_, client):
+            return run(args, client, frames, source, weights, random_models, transports)
+    except RuntimeError as exc:
+        if 'exited' not in str(exc):
+            raise
+        lines = [ln for ln in log.read_text().splitlines() if 'cannot start' in ln]
+        raise SystemExit('demo: ' + (lines[-1] if lines else
+                                     f'segment_node exited; see {log}')) from None
 
 
 def run(args, client: Client, frames, source, weights, random_models, transports) -> int:

@@ -68,19 +68,14 @@ def through_node(weights: str, model: str, items, input_size: int, log: Path,
                  backend: str = 'torch', precision: str = 'fp32') -> list[np.ndarray | None]:
     from sensor_msgs.msg import Image
 
-    from seg_ros.ros.remote import Client, NodeProcess, decode, frame_msg
+    from seg_ros.ros.remote import decode, frame_msg, served
     domain = 50 + os.getpid() % 50
-    node = NodeProcess(['-p', 'device:=cpu', '-p', f'semantic.model:={model}',
-                        '-p', f'semantic.weights:={weights}',
-                        '-p', f'semantic.num_classes:={NUM_CLASSES}',
-                        '-p', f'semantic.input_size:={input_size}',
-                        '-p', f'semantic.backend:={backend}', '-p', f'precision:={precision}',
-                        '-p', f'backend.cache_dir:={CACHE}',
-                        '-r', 'image:=/camvid/image'], domain, log)
-    client = None
-    try:
-        node.wait_ready(300)
-        client = Client(domain, 'seg_ros_eval')
+    args = ['-p', 'device:=cpu', '-p', f'semantic.model:={model}',
+            '-p', f'semantic.weights:={weights}', '-p', f'semantic.num_classes:={NUM_CLASSES}',
+            '-p', f'semantic.input_size:={input_size}', '-p', f'semantic.backend:={backend}',
+            '-p', f'precision:={precision}', '-p', f'backend.cache_dir:={CACHE}',
+            '-r', 'image:=/camvid/image']
+    with served([args], domain, [log], 'seg_ros_eval', ready_timeout=300) as (_, client):
         labels = client.collect(Image, '/segmentation/semantic/labels')
         pub = client.node.create_publisher(Image, '/camvid/image', 10)
         client.spin_until(lambda: pub.get_subscription_count() > 0, 30)
@@ -92,10 +87,6 @@ def through_node(weights: str, model: str, items, input_size: int, log: Path,
                                   timeout=120.0, resend=10.0)
             out.append(None if lat is None else decode(labels.pop(stamp)[0])[:, :, 0])
         return out
-    finally:
-        if client is not None:
-            client.close()
-        node.stop()
 
 
 def score(preds, items) -> tuple[float, list[float]]:

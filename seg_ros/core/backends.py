@@ -48,12 +48,24 @@ class BackendError(RuntimeError):
 
 
 @functools.cache
-def _importable(module: str) -> bool:
+def _import_error(module: str) -> str | None:
+    """None when ``module`` imports; else why: 'not installed', or the error of a broken
+    install (a missing shared library, an incompatible version), which pip install would
+    not fix.
+    """
     try:
         importlib.import_module(module)
-    except Exception:  # not installed, or broken (a missing shared library)
-        return False
-    return True
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and module.split('.')[0] != exc.name.split('.')[0]:
+            return f'broken: {type(exc).__name__}: {exc}'
+        return 'not installed'
+    except Exception as exc:  # installed but broken
+        return f'broken: {type(exc).__name__}: {str(exc)[:300]}'
+    return None
+
+
+def _importable(module: str) -> bool:
+    return _import_error(module) is None
 
 
 def installed(name: str) -> bool:
@@ -83,7 +95,13 @@ def resolve(spec: str, device: torch.device, precision: str = 'fp32') -> str:
             ('openvino', 'onnxruntime')
         return next(b for b in (*order, 'torch') if installed(b))
     if not installed(spec):
-        missing = [p for m, p in (_MODULES[spec], ('onnx', 'onnx')) if not _importable(m)]
+        mods = [(m, p) for m, p in (_MODULES[spec], ('onnx', 'onnx')) if not _importable(m)]
+        broken = {p: e for m, p in mods if (e := _import_error(m) or '').startswith('broken')}
+        if broken:
+            raise BackendError(f'backend {spec!r} is installed but does not import: ' + '; '.join(
+                f'{p} {e}' for p, e in broken.items()) + ' (fix the installation, or choose '
+                'backend torch or auto)')
+        missing = [p for _, p in mods]
         raise BackendError(f'backend {spec!r} is not installed here (no Python module '
                            f'{" and ".join(missing)}): pip install {" ".join(missing)}, or '
                            'choose backend torch or auto')

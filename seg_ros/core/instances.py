@@ -46,6 +46,15 @@ def motion_thumbnail(image: torch.Tensor, width: int = 160) -> tuple[np.ndarray,
     return image[0, 1, ::k, ::k].float().cpu().numpy(), float(k)
 
 
+def overlay_labels(ids: Sequence[int], class_ids: Sequence[int],
+                   class_names: Sequence[str]) -> list[str]:
+    """The overlay's text of each instance: ``id:class`` with the published id (the track
+    id with tracking), so the overlay names objects as the masks and detections do.
+    """
+    return [f'{int(i)}:{class_names[int(c)] if int(c) < len(class_names) else int(c)}'
+            for i, c in zip(ids, class_ids, strict=True)]
+
+
 class InstanceSegmenter:
     """Runs a Mask R-CNN model on one frame at a time.
 
@@ -167,13 +176,12 @@ class InstanceSegmenter:
         n = boxes.shape[0]
         if n:
             # Draw the visible (composed) masks so overlaps show the winner.
-            ids = torch.arange(1, n + 1, device=id_map.device).view(n, 1, 1)
-            visible = id_map.unsqueeze(0).to(torch.int64) == ids
+            ks = torch.arange(1, n + 1, device=id_map.device).view(n, 1, 1)
+            visible = id_map.unsqueeze(0).to(torch.int64) == ks
             colors = [tuple(int(v) for v in self.palette[int(c) % len(self.palette)])
                       for c in labels.tolist()]
             img = draw_segmentation_masks(img.cpu(), visible.cpu(), alpha=0.5, colors=colors)
             names = self.loaded.class_names
-            text = [f'{int(ids[k])}:{names[int(c)] if int(c) < len(names) else int(c)}'
-                    for k, c in enumerate(labels.tolist())]
+            text = overlay_labels(ids, labels.tolist(), names)
             img = draw_bounding_boxes(img, boxes.cpu(), labels=text, colors=colors, width=2)
         return img.permute(1, 2, 0).contiguous().cpu().numpy()

@@ -100,12 +100,10 @@ class TrackUpdate:
     Attributes:
         ids: (N,) int64 track id of each detection, in the detections' order.
         reset: the stamp went backwards, so every track was forgotten first.
-        new: how many detections started a track.
     """
 
     ids: np.ndarray
     reset: bool = False
-    new: int = 0
 
 
 class Tracker:
@@ -220,4 +218,4 @@ class Tracker:
             self._classes = np.concatenate([self._classes, class_ids[fresh]])
             self._last_seen = np.concatenate([self._last_seen,
                                               np.full(fresh.size, stamp_ns, np.int64)])
-        return TrackUpdate(ids=ids, reset=was_reset, new=int(fresh.size))
+        return TrackUpdate(ids=ids, reset=was_reset)

@@ -6,11 +6,12 @@ publishes camera frames and collects the node's answers keyed by stamp.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,36 @@ class Client:
         self.executor.shutdown()
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)
+
+
+@contextlib.contextmanager
+def served(node_args: Sequence[Sequence[str]], domain_id: int, log_paths: Sequence[Path],
+           client_name: str = 'seg_ros_client', ready_timeout: float = 600.0,
+           env: dict[str, str] | None = None, executable: str = 'segment_node',
+           ) -> Iterator[tuple[list[NodeProcess], Client]]:
+    """Start one ``segment_node`` per argument list, wait until each is ready, and yield them
+    with a :class:`Client` in the same domain; on the way out the client is closed and every
+    node stopped (SIGINT). The pattern of the demo, the evaluation and the benchmarks.
+
+    Raises:
+        RuntimeError: a node exited while starting; TimeoutError: not ready in time (with
+            its log).
+    """
+    nodes: list[NodeProcess] = []
+    client = None
+    try:
+        for args, log in zip(node_args, log_paths, strict=True):
+            nodes.append(NodeProcess(list(args), domain_id, log, env=env,
+                                     executable=executable))
+        for node in nodes:
+            node.wait_ready(ready_timeout)
+        client = Client(domain_id, client_name)
+        yield nodes, client
+    finally:
+        if client is not None:
+            client.close()
+        for node in nodes:
+            node.stop()
 
 
 def frame_msg(rgb: np.ndarray, stamp: int, frame_id: str = 'camera',

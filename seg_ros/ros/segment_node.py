@@ -6,6 +6,7 @@ variant is :mod:`seg_ros.ros.segment_lifecycle_node`. Both delegate to
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -20,21 +21,14 @@ from seg_ros.ros.engine import Engine, StartupError, declare
 
 
 class SegmentNode(Node):
-    """Semantic and instance segmentation of one camera stream (unmanaged node).
+    """Semantic and instance segmentation of one camera stream (unmanaged node)."""
 
-    Args:
-        worker_thread: run inference in a thread of its own (default); ``main()`` passes
-            False and runs :meth:`Engine.work` in the main thread instead, spinning the
-            executor in a background thread.
-    """
-
-    def __init__(self, node_name: str = 'segmentation', worker_thread: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(self, node_name: str = 'segmentation', **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         self.engine = Engine(self)
         declare(self)
         self.engine.load()
-        self.engine.start(worker_thread)
+        self.engine.start()
 
     def destroy_node(self) -> None:
         """Stop the inference thread, then destroy the node."""
@@ -44,47 +38,61 @@ class SegmentNode(Node):
         super().destroy_node()
 
 
-def run(node_factory, inference_in_main_thread: bool = False) -> int:
-    """rclpy.init, build the node, serve; one clear line and exit code 1 when it cannot
-    start; exit code 0 after SIGINT / SIGTERM, however many arrive.
+#: on SIGINT / SIGTERM, how long a forward pass in progress may still take before the
+#: process leaves without it (a CPU Mask R-CNN frame takes 10-20 s; launch escalates to
+#: SIGTERM and SIGKILL after 5 s)
+EXIT_GRACE_S = 2.0
 
-    The executor spins in a background thread. The main thread runs the node's inference
-    loop (``node.engine.work``) with ``inference_in_main_thread``, else waits. SIGINT and
-    SIGTERM only set a flag (rclpy's own handlers are not installed): a terminal's Ctrl-C
-    under ``ros2 launch`` reaches the node twice (from the terminal and from launch), and a
-    second signal during shutdown must not turn a clean exit into a KeyboardInterrupt.
+
+def run(node_factory) -> int:
+    """rclpy.init, build the node, serve; one clear line and exit code 1 when it cannot
+    start; exit code 0 after SIGINT / SIGTERM, however many arrive, within about
+    :data:`EXIT_GRACE_S` even in the middle of a forward pass.
+
+    The executor spins in a background thread, inference runs in the engine's worker thread
+    and the main thread waits for a stop. SIGINT and SIGTERM only set a flag (rclpy's own
+    handlers are not installed): a terminal's Ctrl-C under ``ros2 launch`` reaches the node
+    twice (from the terminal and from launch), and a second signal during shutdown must not
+    turn a clean exit into a KeyboardInterrupt. A signal while the node is still being built
+    (model loading) ends the start quietly. On the way out the worker is told to stop, the
+    executor stops spinning, and only then are the node's handles destroyed; a worker still
+    inside a forward pass after the grace is left behind (it publishes nothing) and the
+    process exits without waiting for it.
     """
     stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set())
-                for sig in (signal.SIGINT, signal.SIGTERM)}
+    building = [True]
+
+    def on_signal(*_args) -> None:
+        stop.set()
+        if building[0]:
+            building[0] = False
+            raise KeyboardInterrupt
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     rclpy.init(args=sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     node = executor = spinner = None
+    finished = True
     try:
         node = node_factory()
+        building[0] = False
         executor = SingleThreadedExecutor()
         executor.add_node(node)
         spinner = threading.Thread(target=_spin, args=(executor,), daemon=True,
                                    name='seg_ros_executor')
         spinner.start()
-
-        def keep_going() -> bool:
-            return not stop.is_set() and rclpy.ok() and spinner.is_alive()
-        if inference_in_main_thread:
-            node.engine.work(keep_going=keep_going)
-        else:
-            while keep_going():
-                stop.wait(0.2)
+        while not stop.is_set() and rclpy.ok() and spinner.is_alive():
+            stop.wait(0.2)
     except StartupError as exc:
         print(f'[segment_node] cannot start: {exc}', file=sys.stderr, flush=True)
         return 1
-    except ExternalShutdownException:
+    except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        building[0] = False
         if node is not None:
-            node.engine.stop()
+            finished = node.engine.halt(EXIT_GRACE_S)
         if executor is not None:  # stop spinning before the node's handles go away
-            executor.shutdown(timeout_sec=5.0)
-            spinner.join(timeout=5.0)
+            executor.shutdown(timeout_sec=1.0)
+            spinner.join(timeout=1.0)
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
@@ -93,6 +101,10 @@ def run(node_factory, inference_in_main_thread: bool = False) -> int:
         # handlers to the default action and a signal then would kill the exit with -2.
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_IGN if stop.is_set() else handler)
+    if not finished:  # a forward pass that cannot be interrupted: leave without it
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
@@ -105,7 +117,7 @@ def _spin(executor) -> None:
 
 def main() -> int:
     """Entry point of ``ros2 run seg_ros segment_node``."""
-    return run(lambda: SegmentNode(worker_thread=False), inference_in_main_thread=True)
+    return run(SegmentNode)
 
 
 if __name__ == '__main__':

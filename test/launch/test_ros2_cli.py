@@ -117,6 +117,11 @@ def test_ros2_run_and_param_reads(tmp_path):
         assert 'String values are: []' in out, out
         out = ros2(domain, 'param', 'dump', '/segmentation', '--no-daemon', '--spin-time', '3')
         assert 'class_names: []' in out and 'weights: camvid' in out, out
+        # descriptors carry the ranges that set enforces
+        out = ros2(domain, 'param', 'describe', '/segmentation', 'instance.score_threshold',
+                   'max_batch', '--no-daemon', '--spin-time', '3')
+        assert 'Min value: 0.0' in out and 'Max value: 1.0' in out, out
+        assert 'Max value: 64' in out, out
     finally:
         code = node.interrupt_group()
     assert code == 0, node.text()

@@ -1,4 +1,6 @@
 """segment_lifecycle_node: configure / activate / deactivate / cleanup over DDS."""
+import time
+
 import pytest
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
@@ -20,7 +22,7 @@ def call(client, srv_type, name, request, timeout=60.0):
     fut = cli.call_async(request)
     if not client.spin_until(fut.done, 5.0):
         # Right after discovery a response can be lost (reply writer not matched yet);
-        # a query is idempotent, so ask again. Transitions are only retried while pending.
+        # a query is idempotent, so ask again.
         cli.remove_pending_request(fut)
         fut = cli.call_async(request)
     assert client.spin_until(fut.done, timeout), f'{name} timed out'
@@ -28,13 +30,36 @@ def call(client, srv_type, name, request, timeout=60.0):
     return fut.result()
 
 
-def transition(client, tid):
-    return call(client, ChangeState, '/segmentation/change_state',
-                ChangeState.Request(transition=Transition(id=tid))).success
+TARGET = {Transition.TRANSITION_CONFIGURE: 'inactive', Transition.TRANSITION_ACTIVATE: 'active',
+          Transition.TRANSITION_DEACTIVATE: 'inactive',
+          Transition.TRANSITION_CLEANUP: 'unconfigured'}
+
+
+def transition(client, tid, timeout=300.0):
+    """A transition is never re-sent (it is not idempotent: a second configure reaches a
+    node already configuring or inactive and is refused). When its answer is slow (a model's
+    load and export on a slow machine) or lost (right after discovery), the node's state
+    says whether it happened."""
+    cli = client.node.create_client(ChangeState, '/segmentation/change_state')
+    assert cli.wait_for_service(timeout_sec=20.0)
+    fut = cli.call_async(ChangeState.Request(transition=Transition(id=tid)))
+    try:
+        if client.spin_until(fut.done, 10.0):
+            return fut.result().success
+        end = time.time() + timeout
+        while time.time() < end:
+            if fut.done():
+                return fut.result().success
+            if state(client) == TARGET[tid]:
+                return True
+            client.spin_until(fut.done, 2.0)
+        return False
+    finally:
+        client.node.destroy_client(cli)
 
 
 def state(client):
-    res = call(client, GetState, '/segmentation/get_state', GetState.Request())
+    res = call(client, GetState, '/segmentation/get_state', GetState.Request(), timeout=300)
     return res.current_state.label
 
 

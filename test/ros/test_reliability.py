@@ -218,7 +218,7 @@ def test_exception_in_processing_is_logged_and_the_node_continues(weights, tmp_p
         Parameter('device', value='cpu'), Parameter('semantic.weights', value=str(weights)),
         Parameter('semantic.input_size', value=0)])
     logs = []
-    real = node.engine.pipeline
+    real = node.engine.processor.pipeline
     faults = [RuntimeError('post-processing exploded'),
               torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')]
 
@@ -230,9 +230,9 @@ def test_exception_in_processing_is_logged_and_the_node_continues(weights, tmp_p
             if faults:
                 raise faults.pop(0)
             return real.run_many(*a, **kw)
-    node.engine.pipeline = Faulty()
-    node.engine.drop = lambda reason, text, cam=None, _d=node.engine.drop: (
-        logs.append(text), _d(reason, text, cam))
+    node.engine.processor.pipeline = Faulty()
+    cam = node.engine.cameras[0]
+    cam.drop = lambda reason, text, _d=cam.drop: (logs.append(text), _d(reason, text))
     executor = MultiThreadedExecutor(context=ctx)
     executor.add_node(node)
     spin = threading.Thread(target=executor.spin, daemon=True)
@@ -250,6 +250,8 @@ def test_exception_in_processing_is_logged_and_the_node_continues(weights, tmp_p
                 last[0] = time.time()
         client.spin_until(lambda: len(logs) >= 2, 20, resend)
         assert len(logs) == 2 and '42.000000007' in logs[0] and 'exploded' in logs[0]
+        # with its traceback: where it happened, not only what
+        assert 'Traceback' in logs[0] and 'in run_many' in logs[0], logs[0]
         assert 'out of memory' in logs[1] and 'cache released' in logs[1]
         assert node.engine.stats.drops['processing_error'] == 1
         assert node.engine.stats.drops['out_of_memory'] == 1

@@ -198,3 +198,22 @@ def test_cache_path_default_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
     assert backends.cache_path(backends.DEFAULT_CACHE_DIR) == tmp_path / 'seg_ros'
     assert backends.cache_path('~/x') == Path(os.path.expanduser('~/x'))
+
+
+def test_broken_install_is_reported_with_its_import_error(monkeypatch):
+    """A backend whose module is present but fails to import (a missing shared library) is
+    reported with that error, not as "not installed, pip install ..."."""
+    real = backends.importlib.import_module
+
+    def fake(name, *a, **kw):
+        if name == 'openvino':
+            raise OSError('libopenvino.so.2540: cannot open shared object file')
+        return real(name, *a, **kw)
+    monkeypatch.setattr(backends.importlib, 'import_module', fake)
+    backends._import_error.cache_clear()  # the answers are cached per process
+    try:
+        with pytest.raises(BackendError, match='does not import.*libopenvino.so.2540') as info:
+            backends.resolve('openvino', torch.device('cpu'))
+    finally:
+        backends._import_error.cache_clear()
+    assert 'pip install' not in str(info.value)

@@ -1,7 +1,7 @@
 """Parameter table validation (no ROS)."""
 import yaml
 
-from seg_ros.ros.params import BY_NAME, PARAMS, names, validate
+from seg_ros.core.params import BY_NAME, PARAMS, names, validate
 
 
 def test_valid_defaults():

@@ -113,6 +113,11 @@ PARAMS: list[Param] = [
     Param('max_age', 0.0, 'double',
           'drop frames whose stamp is older than this many seconds on arrival (node clock, '
           'sim time aware); 0 = off', read_only=False, float_range=(0.0, 1e6)),
+    Param('input_timeout', 5.0, 'double',
+          's: a camera whose input has no publisher, or whose matched publisher sends no '
+          'frame, for this long is reported (a throttled warning naming the likely cause, '
+          'and WARN in /diagnostics) until frames arrive; 0 = off', read_only=False,
+          float_range=(0.0, 3600.0)),
     Param('diagnostics_period', 1.0, 'double',
           'seconds between /diagnostics messages (0 = off)', float_range=(0.0, 3600.0)),
     Param('max_image_pixels', 16384 * 16384, 'int',

@@ -1,0 +1,100 @@
+"""Settings -> the loaded models, on the chosen device, warmed up. No rclpy.
+
+Shared by the live node (:mod:`seg_ros.ros.engine`) and ``segment_bag``: the same
+parameters load the same models, with the same precision fallback and the same refusals.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from seg_ros.core import backends
+from seg_ros.core.backends import BackendError
+from seg_ros.core.instances import InstanceSegmenter
+from seg_ros.core.models import ModelLoadError, load_instance_model, load_semantic_model
+from seg_ros.core.params import names
+from seg_ros.core.pipeline import Pipeline, resolve_device
+from seg_ros.core.semantic import SemanticSegmenter
+from seg_ros.core.settings import Settings
+
+
+class LoadError(RuntimeError):
+    """The models cannot be loaded with these settings: one clear line."""
+
+
+def _say(_text: str) -> None:
+    return None
+
+
+def load_pipeline(settings: Settings, info: Callable[[str], None] = _say,
+                  warn: Callable[[str], None] = _say, warm_up: bool | None = None) -> Pipeline:
+    """Load the enabled models of ``settings`` and (unless ``warm_up`` is False, or the
+    ``warmup`` parameter is) run them once on a blank frame of the path frames will take.
+
+    Args:
+        info, warn: where to say what was loaded (a logger's methods).
+
+    Raises:
+        LoadError: bad device, model, weights or backend (the reason says which).
+    """
+    p = settings
+    try:
+        device = resolve_device(p['device'])
+    except ValueError as exc:
+        raise LoadError(str(exc)) from None
+    precision = p['precision']
+    try:
+        sem_backend = backends.resolve(p['semantic.backend'], device, precision)
+    except BackendError as exc:
+        raise LoadError(f'semantic.backend: {exc}') from None
+
+    def torch_precision(what: str) -> str:
+        if device.type != 'cuda' and precision != 'fp32':
+            warn(f'precision={precision}: {what} on torch needs CUDA; running fp32 on {device}')
+            return 'fp32'
+        return precision
+
+    def report(what: str, loaded) -> None:
+        msg = f'{what}: {loaded.name}, {loaded.num_classes} classes, {loaded.source}'
+        if loaded.random_init:
+            warn(msg + ' -- RANDOM WEIGHTS: outputs are meaningless')
+        else:
+            info(msg)
+    semantic = instance = None
+    try:
+        if p['semantic.enabled']:
+            loaded = load_semantic_model(
+                p['semantic.model'], p['semantic.weights'], p['semantic.num_classes'],
+                names(p['semantic.class_names']), device)
+            semantic = SemanticSegmenter(
+                loaded, device, p['semantic.input_size'],
+                torch_precision('semantic') if sem_backend == 'torch' else precision,
+                p['semantic.channels_last'], p['semantic.compile'], backend=sem_backend,
+                cache_dir=p['backend.cache_dir'], report=info)
+            report('semantic', loaded)
+            info(f'semantic backend: {semantic.backend}'
+                 + (' (auto)' if p['semantic.backend'] == 'auto' else ''))
+        if p['instance.enabled']:
+            loaded = load_instance_model(
+                p['instance.model'], p['instance.weights'], p['instance.num_classes'],
+                names(p['instance.class_names']), device,
+                min_size=p['instance.min_size'], max_size=p['instance.max_size'],
+                score_threshold=p.score_threshold,
+                max_detections=p['instance.max_detections'])
+            instance = InstanceSegmenter(
+                loaded, device, p.score_threshold, p.mask_threshold,
+                p['instance.max_detections'], p.classes, torch_precision('instance'))
+            report('instance', loaded)
+        pipeline = Pipeline(device, semantic, instance)
+    except (ModelLoadError, ValueError) as exc:
+        raise LoadError(str(exc)) from None
+    except BackendError as exc:
+        raise LoadError(f'semantic.backend: {exc}') from None
+    if p['warmup'] if warm_up is None else warm_up:
+        t0 = time.perf_counter()
+        try:
+            pipeline.warm_up(keep_image=p.depth_enabled)
+        except BackendError as exc:
+            raise LoadError(f'semantic.backend: {exc}') from None
+        info(f'warm-up done in {time.perf_counter() - t0:.2f}s')
+    return pipeline

@@ -1,0 +1,144 @@
+"""The offline worker: the live node's processor and message builder, without a node.
+
+:class:`BagWorker` turns parameter values into the same :class:`Settings`, models
+(:func:`~seg_ros.core.loading.load_pipeline`), :class:`~seg_ros.core.processor.
+FrameProcessor` and :class:`~seg_ros.ros.outputs.Outputs` the live node uses, and answers an
+:class:`Item` (a serialised frame with the depth and camera model the driver paired it with)
+with the serialised messages the node would publish. One per process, or one per Ray actor.
+No rclpy node: messages are (de)serialised with ``rclpy.serialization``.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from seg_ros.core.processor import CameraModel, DepthInput
+from seg_ros.offline.bagfile import type_name
+
+#: seconds between two warnings of one reason
+WARN_PERIOD_S = 5.0
+
+
+class BagError(RuntimeError):
+    """A clear one-line refusal (exit code 2)."""
+
+
+@dataclass
+class Item:
+    """One colour frame to process, with what it was paired with (validated)."""
+
+    index: int
+    recv_ns: int
+    image: bytes
+    compressed: bool
+    camera: str = ''  # '' = the single-camera node
+    stamp_ns: int | None = None  # read from the CDR header; None for a corrupt record
+    depth: DepthInput | None = None
+    camera_model: CameraModel | None = None
+
+
+@dataclass
+class Result:
+    index: int
+    outputs: list[tuple[str, str, bytes]] = field(default_factory=list)  # topic, type, CDR
+    drops: dict[str, int] = field(default_factory=dict)
+
+
+class Warner:
+    """Warnings on stderr, at most one per reason every 5 s, with the count so far."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self._last: dict[str, float] = {}
+
+    def __call__(self, reason: str, text: str) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self._last.get(reason, -1e9) >= WARN_PERIOD_S:
+            self._last[reason] = now
+            say('WARN', f'{text} ({reason}: {self.counts[reason]} so far)')
+
+
+def say(level: str, text: str) -> None:
+    print(f'[{level}] [segment_bag]: {text}', file=sys.stderr, flush=True)
+
+
+class BagWorker:
+    """Models, processor and message builder of one ``segmentation`` node's parameters.
+
+    Raises:
+        BagError: a parameter or model the node would refuse (its one-line reason).
+    """
+
+    def __init__(self, values: dict[str, Any], quiet: bool = False) -> None:
+        from seg_ros.core.loading import LoadError, load_pipeline
+        from seg_ros.core.processor import FrameProcessor
+        from seg_ros.core.settings import Settings, SettingsError
+        from seg_ros.ros.outputs import Outputs
+
+        def info(text: str) -> None:
+            if not quiet:
+                say('INFO', text)
+        try:
+            self.settings = Settings.from_values(values)
+            self.pipeline = load_pipeline(self.settings, info, lambda t: say('WARN', t))
+            self.processor = FrameProcessor(self.pipeline, self.settings,
+                                            self.settings.cameras or ('',))
+        except (SettingsError, LoadError, ValueError) as exc:
+            raise BagError(f'segment_bag: cannot start: {exc}') from None
+        self.outputs = Outputs(self.pipeline)
+        self.warn = Warner()
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return self.processor.cameras
+
+    def label_infos(self, header) -> list[tuple[str, str, bytes]]:
+        """The latched LabelInfo messages the node publishes at start."""
+        from rclpy.serialization import serialize_message
+        return [(t, type_name(m), bytes(serialize_message(m)))
+                for t, m in self.outputs.label_infos(header, self.settings)]
+
+    def process(self, item: Item) -> Result:
+        """What the node publishes for this frame (or the reasons it was dropped)."""
+        from rclpy.serialization import deserialize_message, serialize_message
+        from sensor_msgs.msg import CompressedImage, Image
+
+        from seg_ros.core.imaging import ImageConversionError, decode_compressed
+        from seg_ros.core.processor import FrameInput
+        from seg_ros.ros import messages
+        from seg_ros.ros.pairing import stamp_text
+
+        out = Result(item.index)
+        prefix = f'{item.camera}/' if item.camera else ''
+        where = f'camera {item.camera}: ' if item.camera else ''
+
+        def drop(reason: str, text: str) -> None:
+            out.drops[reason] = out.drops.get(reason, 0) + 1
+            self.warn(reason, where + text)
+        try:
+            msg = deserialize_message(item.image, CompressedImage if item.compressed else Image)
+        except Exception as exc:  # noqa: BLE001 - a corrupt record is a dropped frame
+            drop('bad_record', f'frame {item.index}: cannot deserialise: {exc}')
+            return out
+        max_pixels = self.settings.max_image_pixels
+        try:
+            frame = (decode_compressed(msg.format, msg.data, max_pixels) if item.compressed
+                     else messages.image_to_frame(msg, max_pixels))
+        except ImageConversionError as exc:
+            drop(exc.reason, f'dropped frame at {stamp_text(msg.header)}: {exc}')
+            return out
+        header = msg.header
+        (res,) = self.processor.process([FrameInput(
+            item.camera, frame, messages.stamp_ns(header), depth=item.depth,
+            camera_model=item.camera_model)])
+        for reason, detail in res.drops:
+            drop(reason, f'frame at {stamp_text(header)}: {detail}')
+        msgs = self.outputs.frame_2d(header, res)
+        if self.settings.depth_enabled:
+            msgs += self.outputs.frame_3d(header, res, self.settings)
+        out.outputs = [(prefix + t, type_name(m), bytes(serialize_message(m)))
+                       for t, m in msgs]
+        return out

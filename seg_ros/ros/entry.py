@@ -1,0 +1,33 @@
+"""Console entry points of the nodes: Ctrl-C while the heavy modules (rclpy, torch) are still
+importing ends the process quietly (exit code 0, no KeyboardInterrupt traceback), before
+:func:`seg_ros.ros.segment_node.run` installs the node's own signal handling.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def _quiet_exit(_signum, _frame) -> None:
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _start(module: str) -> int:
+    previous = {sig: signal.signal(sig, _quiet_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+    import importlib
+    main = importlib.import_module(module).main
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    return main()
+
+
+def segment_node() -> int:
+    """``ros2 run seg_ros segment_node``."""
+    return _start('seg_ros.ros.segment_node')
+
+
+def segment_lifecycle_node() -> int:
+    """``ros2 run seg_ros segment_lifecycle_node``."""
+    return _start('seg_ros.ros.segment_lifecycle_node')

@@ -1,0 +1,99 @@
+"""A frame's results -> the node's output messages, as (topic, message) pairs.
+
+The live node publishes them and ``segment_bag`` serialises them: one builder, so a bag's
+outputs are the live node's byte for byte. Topics are relative to the node's private
+namespace and to the camera (``semantic/labels``; the caller adds ``~/``, the camera's
+prefix or ``/segmentation/``). No rclpy node here, only message types.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
+
+from seg_ros.core.pipeline import Pipeline
+from seg_ros.core.processor import FrameOutput
+from seg_ros.core.settings import Settings
+from seg_ros.ros import messages
+
+LATENCY_LABELS = 'processing_s,stamp_to_publish_s'
+TIMING_LABELS = 'stamp_s,forward_s,processing_s'
+
+
+class Outputs:
+    """Message builder of one set of loaded models."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        sem, inst = pipeline.semantic, pipeline.instance
+        self.label_encoding = sem.label_encoding if sem is not None else 'mono8'
+        self.semantic_names = list(sem.loaded.class_names) if sem is not None else None
+        self.instance_names = list(inst.loaded.class_names) if inst is not None else None
+
+    def label_infos(self, header: Header, settings: Settings) -> list[tuple[str, Any]]:
+        """The latched class maps (``semantic/label_info``, ``instances/label_info``)."""
+        out = []
+        if self.semantic_names is not None:
+            out.append(('semantic/label_info',
+                        messages.label_info(header, self.semantic_names, 0.0)))
+        if self.instance_names is not None:
+            out.append(('instances/label_info', messages.label_info(
+                header, self.instance_names, settings.score_threshold)))
+        return out
+
+    def frame_2d(self, header: Header, out: FrameOutput) -> list[tuple[str, Any]]:
+        """The 2D messages of a frame, in publishing order (colour and overlay only when the
+        result has them).
+        """
+        res = out.result
+        msgs: list[tuple[str, Any]] = []
+        if res is None:
+            return msgs
+        if res.semantic is not None:
+            msgs.append(('semantic/labels', messages.array_to_image(
+                res.semantic.labels, self.label_encoding, header)))
+            if res.semantic.color is not None:
+                msgs.append(('semantic/color', messages.array_to_image(
+                    res.semantic.color, 'rgb8', header)))
+        if res.instances is not None:
+            msgs.append(('instances/detections', messages.detections(
+                header, res.instances, self.instance_names)))
+            msgs.append(('instances/masks', messages.array_to_image(
+                res.instances.id_map, 'mono16', header)))
+            if res.instances.overlay is not None:
+                msgs.append(('instances/overlay', messages.array_to_image(
+                    res.instances.overlay, 'rgb8', header)))
+        return msgs
+
+    def frame_3d(self, header: Header, out: FrameOutput, settings: Settings,
+                 want_markers: bool = False) -> list[tuple[str, Any]]:
+        """The 3D messages of a frame (none when its geometry could not be made)."""
+        geo, res = out.geometry, out.result
+        msgs: list[tuple[str, Any]] = []
+        if geo is None or res is None:
+            return msgs
+        if geo.instances is not None:
+            dets = messages.detections_3d(header, res.instances, geo.instances,
+                                          self.instance_names, settings.depth_min_points)
+            msgs.append(('instances/detections_3d', dets))
+            msgs.append(('instances/points', messages.instance_cloud(header, geo.instances)))
+            if want_markers:
+                msgs.append(('instances/markers', messages.markers(header, dets)))
+        if geo.semantic is not None:
+            msgs.append(('semantic/points', messages.semantic_cloud(header, geo.semantic)))
+        return msgs
+
+
+def latency_msg(processing_s: float, age_s: float) -> Float64MultiArray:
+    """``~/latency``: [processing_s, stamp_to_publish_s]."""
+    msg = Float64MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label=LATENCY_LABELS, size=2, stride=2)]
+    msg.data = [float(processing_s), float(age_s)]
+    return msg
+
+
+def timing_msg(stamp_s: float, forward_s: float, processing_s: float) -> Float64MultiArray:
+    """``~/timing``: [stamp_s, forward_s, processing_s]."""
+    msg = Float64MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label=TIMING_LABELS, size=3, stride=3)]
+    msg.data = [float(stamp_s), float(forward_s), float(processing_s)]
+    return msg

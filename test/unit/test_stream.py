@@ -1,0 +1,72 @@
+"""segment_bag's one-pass reader: frames paired as the live node pairs them, in order, with
+a bounded look-ahead (never the whole bag in memory)."""
+from types import SimpleNamespace
+
+import numpy as np
+from rclpy.serialization import serialize_message
+
+from seg_ros.offline.stream import LOOKAHEAD_NS, stream_items
+from seg_ros.ros.remote import camera_info_msg, frame_msg
+
+MS = 1_000_000
+
+
+class FakeReader:
+    """rosbags' Reader interface over a list of (topic, type, t, message); counts what was
+    read so far."""
+
+    def __init__(self, records):
+        self.records = sorted(records, key=lambda r: r[2])
+        types = {r[0]: r[1] for r in records}
+        self.connections = [SimpleNamespace(topic=t, msgtype=m, msgcount=0)
+                            for t, m in types.items()]
+        self.read = 0
+
+    def messages(self, connections):
+        topics = {c.topic for c in connections}
+        for topic, _mtype, t, msg in self.records:
+            if topic in topics:
+                self.read += 1
+                conn = next(c for c in self.connections if c.topic == topic)
+                yield conn, t, bytes(serialize_message(msg))
+
+
+def depth(stamp, encoding='16UC1'):
+    msg = frame_msg(np.full((6, 8, 1), 700, np.uint16), stamp, encoding='mono16')
+    msg.encoding = encoding
+    return msg
+
+
+def test_frames_are_paired_in_order_and_streamed():
+    k = [100.0, 0, 4, 0, 100.0, 3, 0, 0, 1]
+    p = [100.0, 0, 4, 0, 0, 100.0, 3, 0, 0, 0, 1, 0]
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    records = [('/info', 'sensor_msgs/msg/CameraInfo', 0, camera_info_msg(k, p, 8, 6, 0))]
+    n = 200
+    for i in range(n):
+        t = 10**9 + i * 100 * MS
+        records.append(('/img', 'sensor_msgs/msg/Image', t + 1, frame_msg(rgb, t)))
+        if i % 10 == 5:
+            continue  # no depth for this frame
+        bad = i % 10 == 7
+        records.append(('/depth', 'sensor_msgs/msg/Image', t + 30 * MS,
+                        depth(t + 3 * MS, 'rgb8' if bad else '16UC1')))
+    reader = FakeReader(records)
+    drops = []
+    items = stream_items(reader, {'': '/img'}, {'': '/depth'}, {'': '/info'}, 0.02,
+                         10**8, lambda reason, text: drops.append(reason))
+    got = []
+    for item in items:
+        got.append(item)
+        if item.index == 0:  # answered long before the bag ends
+            assert reader.read < 10, reader.read
+        # bounded look-ahead: never more than ~LOOKAHEAD of bag time read past a frame
+        assert reader.read <= 3 * (item.index + 1) + 3 * LOOKAHEAD_NS // (100 * MS) + 3
+    assert [it.index for it in got] == list(range(n))
+    for i, it in enumerate(got):
+        assert it.camera_model is not None and it.camera_model.k[0] == 100.0
+        if i % 10 in (5, 7):  # none, or refused (never paired)
+            assert it.depth is None, i
+        else:
+            assert it.depth.stamp_ns == it.stamp_ns + 3 * MS, i
+    assert drops.count('bad_depth') == n // 10
