@@ -8,7 +8,10 @@ Arguments: ``image``, ``depth`` (registered to the colour image), ``camera_info`
 colour image), ``params_file`` (default: the installed config/segment.yaml), ``device``,
 ``namespace``, ``node_name`` (default ``segmentation``), ``tracking`` (default true: ids
 that persist while the arm occludes objects), ``semantic`` (default false: a tabletop
-rarely needs per-pixel classes). ``instance.enabled`` and ``depth.enabled`` are always on.
+rarely needs per-pixel classes), ``target_frame`` (default empty: 3D in the colour
+image's frame; e.g. ``base_link``: every 3D output in that frame through tf2, at the image's
+stamp), ``instance_weights`` / ``instance_model`` (empty: the params file's; README:
+"Pick-and-place offline"). ``instance.enabled`` and ``depth.enabled`` are always on.
 """
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 
@@ -20,7 +23,8 @@ def _node(context):
     return segment_node(context, remaps=('image', 'depth', 'camera_info'),
                         fixed={'instance.enabled': True, 'depth.enabled': True},
                         bool_args={'instance.tracking': 'tracking',
-                                   'semantic.enabled': 'semantic'})
+                                   'semantic.enabled': 'semantic'},
+                        string_args={'depth.target_frame': 'target_frame'})
 
 
 def generate_launch_description():
@@ -35,5 +39,9 @@ def generate_launch_description():
                               description='instance.tracking: true | false'),
         DeclareLaunchArgument('semantic', default_value='false',
                               description='semantic.enabled: true | false'),
+        DeclareLaunchArgument('target_frame', default_value='',
+                              description='depth.target_frame: frame of the 3D outputs (e.g. '
+                                          "base_link); empty keeps the params file's (the "
+                                          "image's own frame)"),
         OpaqueFunction(function=_node),
     ])

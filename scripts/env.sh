@@ -10,3 +10,5 @@ case "$SEG_ROS_DISTRO" in
   *) echo "SEG_ROS_DISTRO=$SEG_ROS_DISTRO: must be kilted or jazzy" >&2; exit 2 ;;
 esac
 export SEG_ROS_DISTRO
+# pip's cache inside the repository (git-ignored), not ~/.cache/pip
+export PIP_CACHE_DIR="${PIP_CACHE_DIR:-$ROOT/.cache/pip}"

@@ -8,13 +8,16 @@
     scripts/demo --instance             # also Mask R-CNN (RANDOM weights: none ship)
     scripts/demo --frames 4             # 4 frames spread over the folder (default 12)
     scripts/demo --depth                # a synthetic RGB-D tabletop: instances in 3D
-                                        # (Detection3DArray, point clouds), top/side views
+                                        # (Detection3DArray, point clouds), top/side views;
+                                        # --semantic adds the semantic model
     scripts/demo -- -p semantic.input_size:=240   # extra node arguments after --
 
 segment_node runs as a separate process (as `ros2 run seg_ros segment_node` would) in its
 own ROS domain; this script publishes each frame as sensor_msgs/Image on /camera/image,
 waits for the answers, and writes labels (mono PNG), colour images, instance masks and
-overlays to OUT/, plus OUT/summary.json with frame count and publish-to-receipt latency.
+overlays to OUT/ (default out/demo, out/demo_instance with --instance, out/demo_depth with
+--depth), plus OUT/summary.json with frame count and the publish-to-receipt latency of each
+frame's last output.
 """
 from __future__ import annotations
 
@@ -220,8 +223,9 @@ def main() -> int:
     ap.add_argument('--frames', type=int, default=DEFAULT_FRAMES,
                     help='number of frames to replay; from a folder they are spread evenly '
                          'over all its images (first and last included)')
-    ap.add_argument('--out', type=Path, default=ROOT / 'out' / 'demo',
-                    help='where the outputs and summary.json go')
+    ap.add_argument('--out', type=Path, default=None,
+                    help='output folder (default: out/demo, out/demo_instance with '
+                         '--instance, out/demo_depth with --depth)')
     ap.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
     ap.add_argument('--weights', default=None,
                     help='semantic.weights: camvid (the shipped model, default), DEFAULT, a '
@@ -236,10 +240,17 @@ def main() -> int:
                      help='a synthetic RGB-D tabletop (colour, 16UC1 depth, camera_info) with '
                           'instances and 3D from depth on: writes the 3D outputs and a '
                           'top/side view picture per frame (implies --instance)')
+    ap.add_argument('--semantic', action='store_true',
+                    help='with --depth: also run the semantic model (CamVid street classes: '
+                         'meaningless on a tabletop; off by default there)')
     ap.add_argument('--timeout', type=float, default=120.0, help='seconds to wait per frame')
     args = ap.parse_args(argv)
     if args.depth:
         args.instance = True
+    args.use_semantic = args.semantic or not args.depth
+    if args.out is None:
+        args.out = ROOT / 'out' / ('demo_depth' if args.depth else
+                                   'demo_instance' if args.instance else 'demo')
     files, source = check_source(args)
     transports = large_data_transport()
 
@@ -258,7 +269,7 @@ def main() -> int:
         shipped = WEIGHTS_DIR / SHIPPED_SEMANTIC['camvid']['file']
         weights = 'camvid' if shipped.is_file() else 'none'
     random_models = []
-    if weights.lower() == 'none':
+    if weights.lower() == 'none' and args.use_semantic:
         random_models.append('semantic')
         why = ('requested with --weights none' if args.weights is not None else
                'the shipped model is missing')
@@ -271,16 +282,24 @@ def main() -> int:
               'pipeline working, not real objects', flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
+    # the node's rcl log files inside the repository too (not ~/.ros/log)
+    os.environ.setdefault('ROS_LOG_DIR', str(ROOT / 'out' / 'ros_log'))
     domain = 50 + os.getpid() % 50
     # the backend's export cache inside the repository (out/ is ignored by git): the demo
     # writes nothing outside it; `-- -p backend.cache_dir:=...` overrides
+    # warm up at the size(s) the frames have: the first frame then pays no export
+    frames = list(frames)
+    sizes = list(dict.fromkeys(f'{f[1].shape[1]}x{f[1].shape[0]}' for f in frames))[:3]
     node_args = ['-p', f'device:={args.device}', '-p', f'semantic.weights:={weights}',
                  '-p', f'backend.cache_dir:={ROOT / "out" / "backend_cache"}',
+                 '-p', f'warmup_size:={",".join(sizes) or "320x240"}',
                  '-r', 'image:=/camera/image']
     if args.instance:
         node_args += ['-p', 'instance.enabled:=true',
                       '-p', f'instance.weights:={args.instance_weights}',
                       '-p', 'instance.min_size:=480']
+    if not args.use_semantic:
+        node_args += ['-p', 'semantic.enabled:=false']
     if args.depth:
         node_args += ['-p', 'depth.enabled:=true', '-r', 'depth:=/camera/depth',
                       '-r', 'camera_info:=/camera/camera_info']
@@ -300,7 +319,7 @@ def main() -> int:
 
 def run(args, client: Client, frames, source, weights, random_models, transports) -> int:
     got = {'labels': client.collect(Image, f'{NODE}/semantic/labels'),
-           'color': client.collect(Image, f'{NODE}/semantic/color')}
+           'color': client.collect(Image, f'{NODE}/semantic/color')} if args.use_semantic else {}
     if args.instance:
         got['masks'] = client.collect(Image, f'{NODE}/instances/masks')
         got['dets'] = client.collect(Detection2DArray, f'{NODE}/instances/detections')
@@ -308,10 +327,12 @@ def run(args, client: Client, frames, source, weights, random_models, transports
     if args.depth:
         got['dets3d'] = client.collect(Detection3DArray, f'{NODE}/instances/detections_3d')
         got['ipts'] = client.collect(PointCloud2, f'{NODE}/instances/points')
-        got['spts'] = client.collect(PointCloud2, f'{NODE}/semantic/points')
+        if args.use_semantic:
+            got['spts'] = client.collect(PointCloud2, f'{NODE}/semantic/points')
         pub_depth = client.node.create_publisher(Image, '/camera/depth', 5)
         pub_info = client.node.create_publisher(CameraInfo, '/camera/camera_info', 5)
-    info = client.collect(LabelInfo, f'{NODE}/semantic/label_info', LATCHED)
+    info = client.collect(LabelInfo, f'{NODE}/semantic/label_info' if args.use_semantic
+                          else f'{NODE}/instances/label_info', LATCHED)
     pub = client.node.create_publisher(Image, '/camera/image', 1)
     client.spin_until(lambda: pub.get_subscription_count() > 0 and info, 30)
     class_names = [c.class_name for c in next(iter(info.values()))[0].class_map] \
@@ -344,10 +365,12 @@ def run(args, client: Client, frames, source, weights, random_models, transports
             print(f'demo: frame {name}: no answer within {args.timeout}s', flush=True)
             continue
         latencies.append(lat)
-        labels = decode(got['labels'][stamp][0])[:, :, 0]
-        PILImage.fromarray(labels).save(args.out / f'{name}_labels.png')
-        PILImage.fromarray(decode(got['color'][stamp][0])).save(args.out / f'{name}_color.png')
-        line = f'demo: {name}: {labels.shape[1]}x{labels.shape[0]}, {lat * 1000:.0f} ms'
+        line = f'demo: {name}: {rgb.shape[1]}x{rgb.shape[0]}, {lat * 1000:.0f} ms'
+        if args.use_semantic:
+            labels = decode(got['labels'][stamp][0])[:, :, 0]
+            PILImage.fromarray(labels).save(args.out / f'{name}_labels.png')
+            PILImage.fromarray(decode(got['color'][stamp][0])).save(
+                args.out / f'{name}_color.png')
         if args.instance:
             masks = decode(got['masks'][stamp][0])[:, :, 0]
             PILImage.fromarray(masks).save(args.out / f'{name}_instances.png')  # raw ids
@@ -359,7 +382,8 @@ def run(args, client: Client, frames, source, weights, random_models, transports
         if args.depth:
             d3 = got['dets3d'][stamp][0]
             ipts = cloud_array(got['ipts'][stamp][0], ('x', 'y', 'z', 'id'))
-            spts = cloud_array(got['spts'][stamp][0], ('x', 'y', 'z', 'label', 'rgb'))
+            spts = (cloud_array(got['spts'][stamp][0], ('x', 'y', 'z', 'label', 'rgb'))
+                    if 'spts' in got else None)
             PILImage.fromarray(views_3d(ipts, spts, d3)).save(args.out / f'{name}_3d.png')
             (args.out / f'{name}_detections_3d.json').write_text(json.dumps([
                 {'id': d.id, 'class': d.results[0].hypothesis.class_id,
@@ -369,8 +393,8 @@ def run(args, client: Client, frames, source, weights, random_models, transports
                                 d.results[0].pose.pose.position.z],
                  'size_m': [d.bbox.size.x, d.bbox.size.y, d.bbox.size.z]}
                 for d in d3.detections], indent=1))
-            line += (f', {len(d3.detections)} in 3D, {len(ipts)} instance points, '
-                     f'{len(spts)} semantic points')
+            line += f', {len(d3.detections)} in 3D, {len(ipts)} instance points' + (
+                f', {len(spts)} semantic points' if spts is not None else '')
         print(line, flush=True)
     lat_ms = np.array(latencies) * 1000
     summary = {
@@ -383,9 +407,10 @@ def run(args, client: Client, frames, source, weights, random_models, transports
                         'p95': float(np.percentile(lat_ms, 95)),
                         'max': float(lat_ms.max()), 'first': float(lat_ms[0])}
                        if len(lat_ms) else None),
-        'note': 'latency = publish to receipt of the label image over DDS, one frame at a '
-                'time (no queueing); both processes use FASTDDS_BUILTIN_TRANSPORTS='
-                f'{transports}',
+        'semantic': args.use_semantic,
+        'note': 'latency = publish to receipt of the frame\'s last output over DDS (every '
+                'output the demo writes), one frame at a time (no queueing); both processes '
+                f'use FASTDDS_BUILTIN_TRANSPORTS={transports}',
     }
     (args.out / 'summary.json').write_text(json.dumps(summary, indent=2))
     print(json.dumps({k: v for k, v in summary.items() if k != 'class_names'}, indent=2))

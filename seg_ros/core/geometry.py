@@ -16,6 +16,9 @@ Conventions (REP 103/118, image_geometry):
   INTER_NEAREST, torch's ``nearest``); any other size is not registered and is refused.
 - Statistics of an instance's valid points: position = per-axis median, box = per-axis 2nd
   to 98th percentile, both with numpy's default linear interpolation.
+- With a :class:`RigidTransform` (``depth.target_frame``), every point is moved into the
+  target frame (``p' = R p + t``, float64) **before** the statistics, so a box is
+  axis-aligned in the target frame.
 """
 from __future__ import annotations
 
@@ -154,6 +157,50 @@ def depth_to_metres(depth: np.ndarray, scale: float, image_hw: tuple[int, int],
     return d
 
 
+@dataclass(frozen=True)
+class RigidTransform:
+    """A rigid transform taking points of the camera's frame into a target frame.
+
+    Attributes:
+        rotation: (3, 3) float64 rotation matrix R.
+        translation: (3,) float64 translation t (metres); ``p_target = R p + t``.
+    """
+
+    rotation: np.ndarray
+    translation: np.ndarray
+
+    @classmethod
+    def from_quaternion(cls, translation: Sequence[float],
+                        quaternion: Sequence[float]) -> RigidTransform:
+        """From a geometry_msgs Transform's translation (x, y, z) and rotation quaternion
+        (x, y, z, w), normalised.
+
+        Raises:
+            GeometryError: ``no_transform`` (non-finite values, a zero quaternion).
+        """
+        t = np.asarray(translation, np.float64).reshape(3)
+        q = np.asarray(quaternion, np.float64).reshape(4)
+        norm = float(np.linalg.norm(q))
+        if not (np.all(np.isfinite(t)) and np.all(np.isfinite(q))) or norm < 1e-9:
+            raise GeometryError('no_transform', 'the transform has non-finite values or a '
+                                'zero rotation quaternion')
+        x, y, z, w = q / norm
+        r = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                      [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                      [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+        return cls(r, t)
+
+    def apply(self, pts: torch.Tensor) -> torch.Tensor:
+        """(M, 3) points -> (M, 3) float64 points in the target frame, on pts' device."""
+        r = torch.as_tensor(self.rotation, dtype=torch.float64, device=pts.device)
+        t = torch.as_tensor(self.translation, dtype=torch.float64, device=pts.device)
+        return pts.to(torch.float64) @ r.T + t
+
+
+def _moved(pts: torch.Tensor, transform: RigidTransform | None) -> torch.Tensor:
+    return pts if transform is None else transform.apply(pts)
+
+
 def back_project(z: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor,
                  intr: Intrinsics) -> torch.Tensor:
     """(M, 3) float32 points of pixels (rows, cols) with depths ``z`` (M,) metres."""
@@ -227,7 +274,8 @@ class InstanceGeometry:
 
 
 def instance_geometry(z: torch.Tensor, id_map: np.ndarray, ids: np.ndarray,
-                      intr: Intrinsics, z_min: float, z_max: float) -> InstanceGeometry:
+                      intr: Intrinsics, z_min: float, z_max: float,
+                      transform: RigidTransform | None = None) -> InstanceGeometry:
     """Back-project every valid pixel of every instance mask and summarise per instance.
 
     Args:
@@ -248,10 +296,10 @@ def instance_geometry(z: torch.Tensor, id_map: np.ndarray, ids: np.ndarray,
         lut[torch.from_numpy(ids.astype(np.int64)).to(dev)] = torch.arange(n, device=dev)
     group = lut[pid.to(torch.int64)]
     keep = group < n
-    pts, pid, group = pts[keep], pid[keep], group[keep]
+    pts, pid, group = _moved(pts[keep], transform), pid[keep], group[keep]
     qv, counts = grouped_quantiles(pts, group, n, (0.5, *BOX_QUANTILES))
     q = qv.cpu().numpy()
-    return InstanceGeometry(points=pts.cpu().numpy(), point_ids=pid.cpu().numpy()
+    return InstanceGeometry(points=pts.to(torch.float32).cpu().numpy(), point_ids=pid.cpu().numpy()
                             .astype(np.uint16), counts=counts.cpu().numpy(),
                             position=q[0], box_min=q[1], box_max=q[2])
 
@@ -268,8 +316,8 @@ class SemanticPoints:
 
 
 def semantic_points(z: torch.Tensor, labels: np.ndarray, image: torch.Tensor,
-                    intr: Intrinsics, stride: int, z_min: float, z_max: float
-                    ) -> SemanticPoints:
+                    intr: Intrinsics, stride: int, z_min: float, z_max: float,
+                    transform: RigidTransform | None = None) -> SemanticPoints:
     """The pixels at rows and columns 0, stride, 2*stride, ... with valid depth.
 
     Args:
@@ -283,12 +331,12 @@ def semantic_points(z: torch.Tensor, labels: np.ndarray, image: torch.Tensor,
     r, c = torch.nonzero(sel, as_tuple=True)
     zz = zs[r, c]
     rows, cols = r * stride, c * stride
-    pts = back_project(zz, rows, cols, intr)
+    pts = _moved(back_project(zz, rows, cols, intr), transform)
     lab = torch.from_numpy(labels[::stride, ::stride].astype(np.int32)).to(dev)[r, c]
     rgb8 = (image[0, :, ::stride, ::stride][:, r, c] * 255).round().clamp(0, 255)
     rgb8 = rgb8.to(torch.int64)
     packed = (rgb8[0] << 16) | (rgb8[1] << 8) | rgb8[2]
-    return SemanticPoints(points=pts.cpu().numpy(),
+    return SemanticPoints(points=pts.to(torch.float32).cpu().numpy(),
                           labels=lab.cpu().numpy().astype(np.uint16),
                           rgb=packed.cpu().numpy().astype(np.uint32))
 
@@ -302,12 +350,13 @@ class Frame3D:
 
 
 def frame_3d(res, depth: np.ndarray, scale: float, intr: Intrinsics, z_min: float,
-             z_max: float, stride: int) -> Frame3D:
+             z_max: float, stride: int, transform: RigidTransform | None = None) -> Frame3D:
     """3D of a :class:`~seg_ros.core.results.FrameResult` from its registered depth.
 
     Args:
         res: the pipeline's result for the colour frame (``res.image`` on the device).
         depth: (h, w) depth as received (uint16 or float32), ``scale`` metres per unit.
+        transform: into the target frame (None: the camera's optical frame).
 
     Raises:
         GeometryError: ``depth_not_registered``.
@@ -318,8 +367,8 @@ def frame_3d(res, depth: np.ndarray, scale: float, intr: Intrinsics, z_min: floa
     out = Frame3D()
     if res.instances is not None:
         out.instances = instance_geometry(z, res.instances.id_map, res.instances.ids, intr,
-                                          z_min, z_max)
+                                          z_min, z_max, transform)
     if res.semantic is not None:
         out.semantic = semantic_points(z, res.semantic.labels, image, intr, stride, z_min,
-                                       z_max)
+                                       z_max, transform)
     return out

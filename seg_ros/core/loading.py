@@ -93,8 +93,10 @@ def load_pipeline(settings: Settings, info: Callable[[str], None] = _say,
     if p['warmup'] if warm_up is None else warm_up:
         t0 = time.perf_counter()
         try:
-            pipeline.warm_up(keep_image=p.depth_enabled)
+            for height, width in p.warmup_sizes:
+                pipeline.warm_up(height, width, keep_image=p.depth_enabled)
         except BackendError as exc:
             raise LoadError(f'semantic.backend: {exc}') from None
-        info(f'warm-up done in {time.perf_counter() - t0:.2f}s')
+        sizes = ', '.join(f'{w}x{h}' for h, w in p.warmup_sizes)
+        info(f'warm-up done in {time.perf_counter() - t0:.2f}s ({sizes})')
     return pipeline

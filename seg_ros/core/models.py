@@ -151,6 +151,14 @@ def _load_failure(exc: Exception) -> str:
     return first
 
 
+def _is_text(head: bytes) -> bool:
+    try:
+        head.decode('utf-8')
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a plain state dict safely (``weights_only=True``).
 
@@ -162,6 +170,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.is_file():
         raise ModelLoadError(f'weights file not found: {p}')
+    with p.open('rb') as f:
+        head = f.read(64)
+    if not (head.startswith(b'PK\x03\x04') or head[:1] == b'\x80'):  # zip or legacy pickle
+        kind = 'an empty file' if not head else 'a text file' if _is_text(head) else \
+            'an unknown binary format'
+        raise ModelLoadError(f'cannot read weights file {p}: not a PyTorch file ({kind}); it '
+                             'must be a state dict saved with torch.save(model.state_dict(), '
+                             'path)')
     try:
         obj = torch.load(p, map_location='cpu', weights_only=True)
     except Exception as exc:  # corrupt file, unsafe pickle, not a torch file at all

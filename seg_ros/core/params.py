@@ -14,6 +14,7 @@ from seg_ros.core.backends import BACKENDS, DEFAULT_CACHE_DIR
 from seg_ros.core.models import INSTANCE_MODELS, SEMANTIC_MODELS, SHIPPED_SEMANTIC
 
 _DEVICE = re.compile(r'^(auto|cpu|cuda|cuda:\d+)$')
+_SIZES = re.compile(r'^[1-9]\d{0,4}x[1-9]\d{0,4}(,[1-9]\d{0,4}x[1-9]\d{0,4})*$')
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,12 @@ PARAMS: list[Param] = [
           'frames with more pixels (width x height) are dropped before any data is touched',
           int_range=(1, 2**31 - 1)),
     Param('warmup', True, 'bool', 'run the models once on a blank frame before subscribing'),
+    Param('warmup_size', '320x240', 'string',
+          'WIDTHxHEIGHT of the warm-up frame, or several comma-separated: give the size the '
+          'camera will send, so that its first frame pays no export or compile (a compiled '
+          'backend compiles per input size)', check=lambda v: None if isinstance(v, str)
+          and _SIZES.match(v.replace(' ', '')) else
+          f'must be WIDTHxHEIGHT[,WIDTHxHEIGHT...] (e.g. 640x480), got {v!r}'),
     Param('semantic.enabled', True, 'bool', 'run semantic segmentation'),
     Param('semantic.model', 'lraspp_mobilenet_v3_large', 'string',
           f'semantic architecture: {", ".join(SEMANTIC_MODELS)} (ignored for shipped weights)',
@@ -200,6 +207,15 @@ PARAMS: list[Param] = [
           '3D from a registered depth image: subscribe to depth and camera_info, publish '
           '~/instances/detections_3d, ~/instances/points, ~/instances/markers, '
           '~/semantic/points'),
+    Param('depth.target_frame', '', 'string',
+          "frame of every 3D output ('' = the colour image's own frame): points are "
+          "transformed with tf2's transform at the image's stamp before the statistics",
+          check=lambda v: None if isinstance(v, str) and not v.startswith('/') and v == v.strip()
+          else f'must be a tf frame id without a leading slash or spaces, got {v!r}'),
+    Param('depth.tf_timeout', 0.1, 'double',
+          's to wait for the transform at the image\'s stamp (after inference) before the '
+          "frame's 3D outputs are skipped (no_transform)", read_only=False,
+          float_range=(0.0, 10.0)),
     Param('depth.slop', 0.02, 'double',
           "s: how far a depth image's stamp may be from the colour image's", read_only=False,
           float_range=(0.0, 10.0)),

@@ -11,11 +11,14 @@ Contract of :meth:`FrameProcessor.process`:
     in: ``FrameInput`` per frame: ``camera`` (a name the processor was built with),
         ``frame`` (a validated :class:`~seg_ros.core.imaging.Frame`), ``stamp_ns`` (its
         image stamp), ``want_color`` / ``want_overlay``, and optionally ``depth``
-        (:class:`DepthInput`) and ``camera_model`` (:class:`CameraModel`).
+        (:class:`DepthInput`), ``camera_model`` (:class:`CameraModel`) and, with
+        ``depth.target_frame``, ``transform`` (:class:`~seg_ros.core.geometry.
+        RigidTransform` from the camera's frame into the target frame at the stamp).
     out: ``FrameOutput`` per frame, in input order: ``result`` (labels, instances with
         ids; None when the frame failed), ``geometry`` (:class:`~seg_ros.core.geometry.
-        Frame3D`, None without 3D), ``drops`` ((reason, detail) pairs: why the frame or its
-        3D was not produced), ``error`` (the exception of a failed frame).
+        Frame3D`, in the target frame when one is set; None without 3D), ``drops``
+        ((reason, detail) pairs: why the frame or its 3D was not produced), ``error`` (the
+        exception of a failed frame).
     never raises for a frame's content: one bad frame fails alone, the others of its batch
     are answered.
 """
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 
 from seg_ros.core import geometry
-from seg_ros.core.geometry import Frame3D, GeometryError
+from seg_ros.core.geometry import Frame3D, GeometryError, RigidTransform
 from seg_ros.core.imaging import Frame
 from seg_ros.core.pipeline import Pipeline
 from seg_ros.core.results import FrameResult
@@ -75,6 +78,20 @@ class FrameInput:
     want_overlay: bool = False
     depth: DepthInput | None = None
     camera_model: CameraModel | None = None
+    transform: RigidTransform | None = None
+
+
+@dataclass
+class Paired:
+    """What a frame was paired with for its 3D: depth, camera model and, with
+    ``depth.target_frame``, the transform into that frame at the frame's stamp
+    (``transform_error``: why there is none).
+    """
+
+    depth: DepthInput | None = None
+    camera_model: CameraModel | None = None
+    transform: RigidTransform | None = None
+    transform_error: str = ''
 
 
 @dataclass
@@ -89,9 +106,10 @@ class FrameOutput:
     error: BaseException | None = None
 
 
-#: called after inference for a frame that has no depth or camera model yet: its index in
-#: the batch -> (depth, camera model), either None when still missing
-LatePairing = Callable[[int], tuple[DepthInput | None, CameraModel | None]]
+#: called after inference with a frame's index in the batch and what it has been paired with
+#: so far; returns the pairing completed where it can be (a depth or camera model that
+#: arrived meanwhile, the transform at the frame's stamp)
+LatePairing = Callable[[int, Paired], Paired]
 
 
 class FrameProcessor:
@@ -177,7 +195,8 @@ class FrameProcessor:
     def _alone(self, index: int, frame: FrameInput, s: Settings,
                late_pairing: LatePairing | None) -> FrameOutput:
         try:
-            late = (lambda _i: late_pairing(index)) if late_pairing is not None else None
+            late = ((lambda _i, got: late_pairing(index, got)) if late_pairing is not None
+                    else None)
             return self._run([frame], s, late)[0]
         except Exception as exc:
             return _failed(frame, exc)
@@ -192,31 +211,35 @@ class FrameProcessor:
         for i, (f, res) in enumerate(zip(frames, results, strict=True)):
             out = FrameOutput(f.camera, f.stamp_ns, result=res)
             if s.depth_enabled:
-                depth, model = f.depth, f.camera_model
-                if (depth is None or model is None) and late_pairing is not None:
-                    late_depth, late_model = late_pairing(i)
-                    depth, model = depth or late_depth, model or late_model
+                got = Paired(f.depth, f.camera_model, f.transform)
+                if late_pairing is not None:
+                    got = late_pairing(i, got)
                 t0 = time.perf_counter()
-                out.geometry = self._geometry(res, depth, model, s, out.drops)
+                out.geometry = self._geometry(res, got, s, out.drops)
                 res.timings['depth3d'] = time.perf_counter() - t0
             outputs.append(out)
         return outputs
 
-    def _geometry(self, res: FrameResult, depth: DepthInput | None,
-                  model: CameraModel | None, s: Settings,
+    def _geometry(self, res: FrameResult, got: Paired, s: Settings,
                   drops: list[tuple[str, str]]) -> Frame3D | None:
-        if model is None:
+        if got.camera_model is None:
             drops.append(('no_camera_info', 'no camera_info received yet'))
             return None
-        if depth is None:
+        if got.depth is None:
             drops.append(('no_depth', f'no depth image within depth.slop={s.depth_slop}s '
                           'of its stamp'))
             return None
+        if s.target_frame and got.transform is None:
+            drops.append(('no_transform', got.transform_error
+                          or f'no transform into {s.target_frame} at the frame\'s stamp'))
+            return None
         try:
             hw = tuple(int(v) for v in res.image.shape[-2:])
-            intr = geometry.intrinsics_from(model.k, model.p, model.width, model.height, hw)
-            return geometry.frame_3d(res, depth.depth, depth.scale, intr, s.depth_min,
-                                     s.depth_max, s.depth_stride)
+            m = got.camera_model
+            intr = geometry.intrinsics_from(m.k, m.p, m.width, m.height, hw)
+            return geometry.frame_3d(res, got.depth.depth, got.depth.scale, intr, s.depth_min,
+                                     s.depth_max, s.depth_stride,
+                                     got.transform if s.target_frame else None)
         except GeometryError as exc:
             drops.append((exc.reason, str(exc)))
             return None

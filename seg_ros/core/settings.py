@@ -45,11 +45,14 @@ class Settings:
     depth_max: float = 20.0
     depth_min_points: int = 20
     depth_stride: int = 2
+    target_frame: str = ''
+    tf_timeout: float = 0.1
     max_image_pixels: int = 16384 * 16384
     max_age: float = 0.0
     input_timeout: float = 5.0
     max_batch: int = 0
     cameras: tuple[str, ...] = ()
+    warmup_sizes: tuple[tuple[int, int], ...] = ((240, 320),)  # (height, width)
 
     @classmethod
     def from_values(cls, values: Mapping[str, Any]) -> Settings:
@@ -84,11 +87,15 @@ class Settings:
             depth_min=float(full['depth.min']), depth_max=float(full['depth.max']),
             depth_min_points=int(full['depth.min_points']),
             depth_stride=int(full['depth.stride']),
+            target_frame=str(full['depth.target_frame']),
+            tf_timeout=float(full['depth.tf_timeout']),
             max_image_pixels=int(full['max_image_pixels']),
             max_age=float(full['max_age']),
             input_timeout=float(full['input_timeout']),
             max_batch=int(full['max_batch']) or max(len(cameras), 1),
-            cameras=cameras)
+            cameras=cameras,
+            warmup_sizes=tuple((int(h), int(w)) for w, h in (
+                size.split('x') for size in str(full['warmup_size']).replace(' ', '').split(','))))
 
     def __getitem__(self, name: str) -> Any:
         """A parameter's value by its ROS name (``settings['semantic.model']``)."""

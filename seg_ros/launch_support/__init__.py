@@ -5,6 +5,7 @@ user gave it).
 from __future__ import annotations
 
 import os
+import sys
 
 from ament_index_python.packages import get_package_share_directory
 from launch.actions import DeclareLaunchArgument
@@ -30,7 +31,23 @@ def common_arguments(node_name: str = 'segmentation') -> list[DeclareLaunchArgum
                               description='namespace of the node'),
         DeclareLaunchArgument('node_name', default_value=node_name,
                               description='name of the node (outputs live under ~/)'),
+        DeclareLaunchArgument('instance_weights', default_value='',
+                              description='instance.weights: DEFAULT (torchvision COCO, '
+                                          'downloads ~180 MB once) | a weights file | none; '
+                                          "empty (default) keeps the params file's value"),
+        DeclareLaunchArgument('instance_model', default_value='',
+                              description="instance.model; empty keeps the params file's"),
+        DeclareLaunchArgument('warmup_size', default_value='',
+                              description='warmup_size: WIDTHxHEIGHT the camera sends (the '
+                                          'first frame then pays no export); empty keeps '
+                                          "the params file's"),
     ]
+
+
+#: launch argument -> parameter, for string arguments every launch file takes (empty = the
+#: params file's value)
+STRING_ARGS = {'instance.weights': 'instance_weights', 'instance.model': 'instance_model',
+               'warmup_size': 'warmup_size'}
 
 
 def _names(context, arg: str) -> list[str]:
@@ -70,7 +87,8 @@ def multi_camera_node(context) -> list[Node]:
 
 def segment_node(context, remaps: tuple[str, ...] = ('image',), fixed: dict | None = None,
                  bool_args: dict[str, str] | None = None,
-                 extra_remaps: list[tuple[str, str]] | None = None) -> list[Node]:
+                 extra_remaps: list[tuple[str, str]] | None = None,
+                 string_args: dict[str, str] | None = None) -> list[Node]:
     """The segment_node action.
 
     Args:
@@ -78,6 +96,8 @@ def segment_node(context, remaps: tuple[str, ...] = ('image',), fixed: dict | No
         fixed: parameters this launch file always sets (after the params file).
         bool_args: parameter name -> launch argument ('true'/'false'; empty = keep the file's).
         extra_remaps: further (from, to) topic remappings.
+        string_args: parameter name -> launch argument (a string; empty = keep the file's),
+            besides :data:`STRING_ARGS`.
 
     Raises:
         ValueError: a boolean argument that is neither true nor false.
@@ -92,6 +112,10 @@ def segment_node(context, remaps: tuple[str, ...] = ('image',), fixed: dict | No
             if value not in _BOOL:
                 raise ValueError(f'launch argument {arg}:={value}: expected true or false')
             overrides[param] = _BOOL[value]
+    for param, arg in {**STRING_ARGS, **(string_args or {})}.items():
+        value = LaunchConfiguration(arg).perform(context).strip()
+        if value:
+            overrides[param] = value
     parameters = [LaunchConfiguration('params_file')]
     if overrides:
         parameters.append(overrides)
@@ -104,5 +128,6 @@ def segment_node(context, remaps: tuple[str, ...] = ('image',), fixed: dict | No
         remappings=[(topic, LaunchConfiguration(topic)) for topic in remaps]
         + list(extra_remaps or []),
         output='screen',
-        emulate_tty=True,
+        # colours only on a terminal: launch output piped to a file stays plain text
+        emulate_tty=sys.stdout.isatty(),
     )]

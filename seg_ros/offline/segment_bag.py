@@ -192,6 +192,12 @@ def _check_worker(args: argparse.Namespace, worker: BagWorker) -> None:
     if s.depth_enabled and not (set(args.depths) == set(args.infos) == set(args.images)):
         raise BagError('segment_bag: depth.enabled needs --depth-topic and --camera-info-topic'
                        + (' for every camera' if args.cameras else ''))
+    if s.depth_enabled and s.target_frame:
+        from seg_ros.ros.transforms import require_tf2
+        try:
+            require_tf2()
+        except ImportError as exc:
+            raise BagError(f'segment_bag: {exc}') from None
     if args.ray is not None and s['instance.enabled'] and s.tracking:
         raise BagError('segment_bag: instance.tracking needs every frame in order in one '
                        'process: run without --ray')
@@ -280,7 +286,8 @@ def _run(args, reader, topics, values, worker: BagWorker, StoragePlugin, Writer)
         warn(reason, text)
     items = stream_items(reader, args.images, args.depths if s.depth_enabled else {},
                          args.infos if s.depth_enabled else {}, s.depth_slop,
-                         s.max_image_pixels, input_drop, write if args.copy_input else None)
+                         s.max_image_pixels, input_drop, write if args.copy_input else None,
+                         s.target_frame if s.depth_enabled else '')
     try:
         first = next(items, None)
         if first is not None:

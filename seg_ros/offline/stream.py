@@ -33,11 +33,19 @@ def header_stamp(raw: bytes) -> int | None:
     return sec * 10**9 + nanosec
 
 
+def header_frame_id(raw: bytes) -> str:
+    """The header frame_id of a CDR-serialised message starting with a std_msgs/Header."""
+    if len(raw) < 16 or raw[0] != 0 or raw[1] not in (0, 1):
+        return ''
+    (n,) = struct.unpack_from('<I' if raw[1] == 1 else '>I', raw, 12)
+    return bytes(raw[16:16 + max(n - 1, 0)]).decode('utf-8', 'replace')
+
+
 def stream_items(reader, images: dict[str, str], depths: dict[str, str],
                  infos: dict[str, str], slop_s: float, max_pixels: int,
                  drop: Callable[[str, str], None],
-                 copy: Callable[[str, str, int, bytes], None] | None = None
-                 ) -> Iterator[Item]:
+                 copy: Callable[[str, str, int, bytes], None] | None = None,
+                 target_frame: str = '') -> Iterator[Item]:
     """The colour frames of ``images`` (camera -> topic) in receive order, each with its
     paired depth and camera model when ``depths`` / ``infos`` (camera -> topic) are given.
 
@@ -45,9 +53,13 @@ def stream_items(reader, images: dict[str, str], depths: dict[str, str],
         drop: called with (reason, text) for a depth or camera_info that is refused.
         copy: called with (topic, type, receive time, raw) for every depth and camera_info
             read (``--copy-input``).
+        target_frame: with depth, each frame also gets the transform from its frame_id into
+            this frame at its stamp, from the bag's ``/tf`` and ``/tf_static``.
     """
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import CameraInfo, Image
+
+    from seg_ros.ros.transforms import BagTransforms
 
     conns = {c.topic: c for c in reader.connections}
     of_image = {t: c for c, t in images.items()}
@@ -56,16 +68,23 @@ def stream_items(reader, images: dict[str, str], depths: dict[str, str],
     pairing = {cam: Pairing(max_pixels) for cam in {*depths, *infos}}
     horizon: dict[str, int] = {}  # newest depth stamp seen per camera (valid or not)
     slop = int(round(slop_s * 1e9))
+    tf_topics = [t for t in ('/tf', '/tf_static') if t in conns] if target_frame and \
+        pairing else []
+    tf = BagTransforms() if target_frame and pairing else None
     wanted = [conns[t] for t in dict.fromkeys([*images.values(), *depths.values(),
-                                               *infos.values()])]
+                                               *infos.values(), *tf_topics])]
     pending: deque[Item] = deque()
 
     def decided(item: Item, now: int) -> bool:
         if item.camera not in pairing or item.stamp_ns is None:
             return True
+        if now - item.recv_ns > LOOKAHEAD_NS:
+            return True
         seen = horizon.get(item.camera)
-        return (seen is not None and seen >= item.stamp_ns + slop) or \
-            now - item.recv_ns > LOOKAHEAD_NS
+        tf_seen = tf.horizon_ns if tf is not None and '/tf' in tf_topics else None
+        return (seen is not None and seen >= item.stamp_ns + slop) and \
+            (tf is None or '/tf' not in tf_topics or
+             (tf_seen is not None and tf_seen >= item.stamp_ns))
 
     def ready(now: int | None) -> Iterator[Item]:
         while pending and (now is None or len(pending) > MAX_PENDING
@@ -76,11 +95,22 @@ def stream_items(reader, images: dict[str, str], depths: dict[str, str],
                                                                           slop_s)
             elif item.camera in pairing:
                 item.camera_model = pairing[item.camera].camera_model()
+            if tf is not None and item.stamp_ns is not None:
+                item.transform, item.transform_error = tf.lookup(
+                    target_frame, header_frame_id(item.image), item.stamp_ns)
             yield item
     index = 0
     for conn, t, raw in reader.messages(connections=wanted):
         topic = conn.topic
-        if topic in of_image:
+        if topic in tf_topics:
+            from tf2_msgs.msg import TFMessage
+            if copy is not None:
+                copy(topic, conn.msgtype, t, bytes(raw))
+            try:
+                tf.add(deserialize_message(bytes(raw), TFMessage), topic == '/tf_static')
+            except Exception as exc:  # noqa: BLE001 - a corrupt record adds nothing
+                drop('bad_transform', f'{topic} at receive time {t}: {exc}')
+        elif topic in of_image:
             pending.append(Item(index, t, bytes(raw), conn.msgtype.endswith('CompressedImage'),
                                 of_image[topic], header_stamp(raw)))
             index += 1

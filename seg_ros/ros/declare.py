@@ -160,3 +160,29 @@ class ParameterGate:
             return SetParametersResult(successful=False, reason=err)
         self._accept(new)
         return SetParametersResult(successful=True)
+
+
+def require_depth_tools(target_frame: str = '') -> None:
+    """depth.enabled needs message_filters and sensor_msgs_py, and with a target frame
+    tf2_ros (in every ROS distribution; here from ../shared via scripts/setup).
+
+    Raises:
+        StartupError: what is missing and how to install it.
+    """
+    missing = []
+    for module in ('message_filters', 'sensor_msgs_py'):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise StartupError(
+            f'depth.enabled needs {" and ".join(missing)} (ROS packages message_filters, '
+            'sensor_msgs_py): install them from your distribution (ros-$ROS_DISTRO-message-'
+            'filters, ros-$ROS_DISTRO-sensor-msgs-py), or run scripts/setup beside ../shared')
+    if target_frame:
+        from seg_ros.ros.transforms import require_tf2
+        try:
+            require_tf2()
+        except ImportError as exc:
+            raise StartupError(str(exc)) from None

@@ -18,7 +18,6 @@ that is still inside a forward pass when the node restarts publishes nothing and
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import time
 import traceback
@@ -39,21 +38,27 @@ from visualization_msgs.msg import MarkerArray
 
 from seg_ros.core.loading import LoadError, load_pipeline
 from seg_ros.core.pipeline import Pipeline
-from seg_ros.core.processor import FrameInput, FrameOutput, FrameProcessor
+from seg_ros.core.processor import FrameInput, FrameOutput, FrameProcessor, Paired
 from seg_ros.core.settings import Settings
 from seg_ros.ros import messages
 from seg_ros.ros.camera import RELIABILITY, Camera, Job, age_s, warn_incompatible_qos
-from seg_ros.ros.declare import ParameterGate, StartupError, declare, settings_of
+from seg_ros.ros.declare import (
+    ParameterGate,
+    StartupError,
+    declare,
+    require_depth_tools,
+    settings_of,
+)
 from seg_ros.ros.diagnostics import diagnostics
-from seg_ros.ros.outputs import Outputs, latency_msg, timing_msg
+from seg_ros.ros.outputs import Outputs, large_data_hint, latency_msg, timing_msg
 from seg_ros.ros.pairing import stamp_text
+from seg_ros.ros.transforms import LiveTransforms
 
 __all__ = ['Engine', 'StartupError', 'declare']
 
 LATCHED = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST,
                      reliability=ReliabilityPolicy.RELIABLE,
                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
-FASTDDS_SHM_SEGMENT = 512 * 1024  # Fast DDS's default shared-memory segment (bytes)
 
 
 class Engine:
@@ -81,6 +86,7 @@ class Engine:
         self._large_data_hinted = False
         self.pub_diag = None
         self._stale: threading.Thread | None = None  # a worker left inside a forward pass
+        self.tf = None  # LiveTransforms with depth.target_frame
         self.gate = ParameterGate(node, lambda: self.settings, self._check, self._accept)
 
     # -- parameters -----------------------------------------------------------------------
@@ -104,7 +110,7 @@ class Engine:
         """
         self.settings = settings_of(self.node)
         if self.settings.depth_enabled:
-            _require_depth_tools()
+            require_depth_tools(self.settings.target_frame)
         try:
             self.pipeline = load_pipeline(self.settings, self.log.info, self.log.warning)
             self.processor = FrameProcessor(self.pipeline, self.settings,
@@ -158,6 +164,9 @@ class Engine:
             rel = ReliabilityPolicy.RELIABLE if s['reliability'] == 'reliable' else \
                 ReliabilityPolicy.BEST_EFFORT
             depth_qos = QoSProfile(depth=5, history=HistoryPolicy.KEEP_LAST, reliability=rel)
+        if s.depth_enabled and s.target_frame:
+            self.tf = LiveTransforms(node)
+            self.log.info(f'3D outputs in {s.target_frame} (tf2 at each image\'s stamp)')
         for cam in self.cameras:
             cam.max_age = s.max_age
             cam.start(s, outputs, lambda t, n: node.create_publisher(
@@ -211,6 +220,9 @@ class Engine:
                 cam.stop()
             for pub in self._pubs:
                 self.node.destroy_publisher(pub)
+            if self.tf is not None:
+                self.tf.close()
+                self.tf = None
             self._timers, self._pubs, self.pub_diag = [], [], None
 
     def stop(self, grace_s: float | None = None) -> None:
@@ -273,9 +285,19 @@ class Engine:
             frames.append(FrameInput(cam.name, job.frame, stamp, cam.wants('semantic/color'),
                                      cam.wants('instances/overlay'), depth, model))
 
-        def late(i: int):
+        tf, target, tf_timeout = self.tf, self.settings.target_frame, self.settings.tf_timeout
+
+        def late(i: int, got: Paired) -> Paired:
+            """After inference: a depth that arrived meanwhile; the transform at the stamp."""
             pairing = pairings[i]
-            return pairing.pair(frames[i].stamp_ns, slop) if pairing is not None else (None, None)
+            if pairing is not None and (got.depth is None or got.camera_model is None):
+                depth, model = pairing.pair(frames[i].stamp_ns, slop)
+                got = Paired(got.depth or depth, got.camera_model or model, got.transform)
+            if (tf is not None and target and got.transform is None
+                    and got.depth is not None and got.camera_model is not None):
+                got.transform, got.transform_error = tf.lookup(
+                    target, jobs[i][1].msg.header.frame_id, frames[i].stamp_ns, tf_timeout)
+            return got
         with self._busy:  # a worker left behind by a restart finishes its batch first
             if gen != self._generation:
                 return
@@ -331,19 +353,10 @@ class Engine:
                                                   processing))
 
     def _hint_large_data(self, nbytes: int) -> None:
-        """Once: outputs over Fast DDS's shared-memory segment travel as UDP fragments that
-        default socket buffers drop, unless every process uses the LARGE_DATA transports.
-        """
-        if nbytes <= FASTDDS_SHM_SEGMENT or os.environ.get('FASTDDS_BUILTIN_TRANSPORTS'):
-            return
-        self._large_data_hinted = True
-        self.log.info(
-            f'hint: an output image is {nbytes / 1024:.0f} KB, above Fast DDS\'s 512 KB '
-            'shared-memory segment; with the default transports such messages travel as UDP '
-            'fragments that default socket buffers drop (late or lost frames). Set '
-            'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in every process (camera driver, this node, '
-            'every consumer), or raise net.core.rmem_max / rmem_default (README: Large images '
-            'and DDS)')
+        hint = large_data_hint(nbytes)
+        if hint:
+            self._large_data_hinted = True
+            self.log.info(hint)
 
     def _publish_diagnostics(self) -> None:
         pub = self.pub_diag
@@ -366,6 +379,8 @@ def _drop_text(reason: str, detail: str, where: str, cam: Camera,
     if reason == 'no_depth':
         return (f'{where}: no 3D outputs, no depth image on {cam.depth_topics[0]} '
                 f'{detail.split("image ", 1)[-1]} (2D outputs continue)')
+    if reason == 'no_transform':
+        return f'{where}: no 3D outputs: {detail} (2D outputs continue)'
     if reason == 'out_of_memory':
         return f'{where}: {detail}'
     if reason == 'processing_error':
@@ -377,21 +392,3 @@ def _with_traceback(exc: BaseException) -> str:
     """``Type: message`` and then the traceback (where it happened), for the log."""
     tb = ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
     return f'{type(exc).__name__}: {str(exc)[:300]}\n{tb}'
-
-
-def _require_depth_tools() -> None:
-    """depth.enabled needs message_filters and sensor_msgs_py (in every ROS distribution;
-    here from ../shared via scripts/setup).
-    """
-    missing = []
-    for module in ('message_filters', 'sensor_msgs_py'):
-        try:
-            __import__(module)
-        except ImportError:
-            missing.append(module)
-    if missing:
-        raise StartupError(
-            f'depth.enabled needs {" and ".join(missing)} (ROS packages message_filters, '
-            'sensor_msgs_py): install them from your distribution (ros-$ROS_DISTRO-message-'
-            'filters, ros-$ROS_DISTRO-sensor-msgs-py), or run scripts/setup beside ../shared')
-

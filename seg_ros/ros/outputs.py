@@ -16,6 +16,7 @@ from seg_ros.core.processor import FrameOutput
 from seg_ros.core.settings import Settings
 from seg_ros.ros import messages
 
+FASTDDS_SHM_SEGMENT = 512 * 1024  # Fast DDS's default shared-memory segment (bytes)
 LATENCY_LABELS = 'processing_s,stamp_to_publish_s'
 TIMING_LABELS = 'stamp_s,forward_s,processing_s'
 
@@ -66,11 +67,15 @@ class Outputs:
 
     def frame_3d(self, header: Header, out: FrameOutput, settings: Settings,
                  want_markers: bool = False) -> list[tuple[str, Any]]:
-        """The 3D messages of a frame (none when its geometry could not be made)."""
+        """The 3D messages of a frame (none when its geometry could not be made), with the
+        image's header, or with ``depth.target_frame`` as frame_id when one is set.
+        """
         geo, res = out.geometry, out.result
         msgs: list[tuple[str, Any]] = []
         if geo is None or res is None:
             return msgs
+        if settings.target_frame:  # the image's stamp, the frame the points are in
+            header = Header(stamp=header.stamp, frame_id=settings.target_frame)
         if geo.instances is not None:
             dets = messages.detections_3d(header, res.instances, geo.instances,
                                           self.instance_names, settings.depth_min_points)
@@ -97,3 +102,19 @@ def timing_msg(stamp_s: float, forward_s: float, processing_s: float) -> Float64
     msg.layout.dim = [MultiArrayDimension(label=TIMING_LABELS, size=3, stride=3)]
     msg.data = [float(stamp_s), float(forward_s), float(processing_s)]
     return msg
+
+
+def large_data_hint(nbytes: int) -> str | None:
+    """The one-time hint for an output over Fast DDS's shared-memory segment, when the
+    LARGE_DATA transports are not set (such messages travel as UDP fragments that default
+    socket buffers drop).
+    """
+    import os
+    if nbytes <= FASTDDS_SHM_SEGMENT or os.environ.get('FASTDDS_BUILTIN_TRANSPORTS'):
+        return None
+    return (f'hint: an output image is {nbytes / 1024:.0f} KB, above Fast DDS\'s 512 KB '
+            'shared-memory segment; with the default transports such messages travel as UDP '
+            'fragments that default socket buffers drop (late or lost frames). Set '
+            'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in every process (camera driver, this node, '
+            'every consumer), or raise net.core.rmem_max / rmem_default (README: Large images '
+            'and DDS)')

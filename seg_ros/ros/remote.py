@@ -145,7 +145,8 @@ class Client:
         Re-sends every ``resend`` seconds (the node may still be matching QoS); ``before``
         runs before every (re)send (e.g. to publish the frame's depth and camera_info again:
         a best-effort reader that had not matched yet lost the first ones). Returns the
-        latency from the last publish to the first box's answer, or None on timeout.
+        latency from the last publish to the **last** box's answer (the frame is done when
+        its last output is in), or None on timeout.
         """
         key = stamp_ns(msg.header)
         last = [0.0]
@@ -158,7 +159,7 @@ class Client:
                 pub.publish(msg)
         if not self.spin_until(lambda: all(key in b for b in boxes), timeout, step):
             return None
-        return boxes[0][key][1] - last[0]
+        return max(b[key][1] for b in boxes) - last[0]
 
     def close(self) -> None:
         """Destroy the node and shut the context down."""

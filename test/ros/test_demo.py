@@ -17,8 +17,9 @@ pytestmark = pytest.mark.ros
 DEMO = Path(__file__).resolve().parents[2] / 'tools' / 'demo.py'
 
 
-def demo(*args, timeout=300):
-    env = dict(os.environ, ROS_DOMAIN_ID=str(fresh_domain_id()), OMP_NUM_THREADS='1')
+def demo(*args, timeout=300, env=None):
+    env = dict(os.environ, ROS_DOMAIN_ID=str(fresh_domain_id()), OMP_NUM_THREADS='1',
+               **(env or {}))
     return subprocess.run([sys.executable, str(DEMO), *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -48,7 +49,7 @@ def test_help_documents_every_option():
     res = demo('--help', timeout=60)
     assert res.returncode == 0
     for opt in ('--images', '--video', '--frames', '--out', '--device', '--weights',
-                '--instance', '--instance-weights', '--timeout', 'default: 12'):
+                '--instance', '--instance-weights', '--timeout', 'default: 12', '--semantic'):
         assert opt in res.stdout, opt
 
 
@@ -77,11 +78,21 @@ def test_instance_demo_is_honest_and_writes_viewable_pictures(tmp_path):
 
 
 def test_depth_mode_writes_3d_outputs_and_a_picture(tmp_path):
+    """Instances and 3D only (no street-scene labels on a tabletop); and nothing written
+    outside the repository and --out: the demo runs with an empty HOME that must stay
+    empty (pip, rcl logs, ONNX Runtime, torch caches would land there)."""
     out = tmp_path / 'out'
+    home = tmp_path / 'home'
+    home.mkdir()
     res = demo('--depth', '--frames', '1', '--device', 'cpu', '--out', str(out), '--',
-               '-p', 'instance.min_size:=240', '-p', 'instance.max_size:=320')
+               '-p', 'instance.min_size:=240', '-p', 'instance.max_size:=320',
+               env={'HOME': str(home)})
     assert res.returncode == 0, res.stdout + res.stderr
+    written = sorted(str(p.relative_to(home)) for p in home.rglob('*'))
+    assert written == [], f'written outside the repository: {written}'
+    assert not list(out.glob('*_labels.png'))
     summary = json.loads((out / 'summary.json').read_text())
+    assert summary['semantic'] is False
     assert summary['frames_answered'] == 1 and 'instance' in summary['random_models']
     assert 'RGB-D' in summary['source']
     view = np.asarray(PILImage.open(out / 'rgbd_0000_3d.png'))

@@ -30,6 +30,17 @@ BATCH_S = 0.6
 def test_restarts_during_slow_batches_leave_one_worker_and_answer_each_frame_once(tmp_path):
     """Twenty deactivate/activate cycles, each while a batch (slower than the stop grace)
     is running: exactly one inference thread afterwards, no frame answered twice."""
+    restart_cycles(tmp_path, cycles=20, batch_s=BATCH_S, grace_s=0.05)
+
+
+def test_restart_during_a_batch_longer_than_the_default_grace(tmp_path):
+    """One deactivate/activate while a batch runs longer than the default 10 s stop grace
+    (4 cameras of Mask R-CNN on this CPU): the batch left behind ends without publishing
+    and without resuming as a second worker."""
+    restart_cycles(tmp_path, cycles=1, batch_s=11.5, grace_s=None)
+
+
+def restart_cycles(tmp_path, cycles: int, batch_s: float, grace_s: float | None):
     from seg_ros.ros.engine import Engine
     from seg_ros.ros.segment_lifecycle_node import SegmentLifecycleNode
     weights = make_semantic_weights(tmp_path / 'w.pt')
@@ -46,7 +57,8 @@ def test_restarts_during_slow_batches_leave_one_worker_and_answer_each_frame_onc
     spinner.start()
     client = RosClient(domain)
     old_grace = Engine.STOP_GRACE_S
-    Engine.STOP_GRACE_S = 0.05  # far below a batch: every stop leaves a batch running
+    if grace_s is not None:
+        Engine.STOP_GRACE_S = grace_s  # below a batch: every stop leaves a batch running
     answers: dict[int, int] = {}
     try:
         cli = client.node.create_client(ChangeState, '/segmentation/change_state')
@@ -64,7 +76,7 @@ def test_restarts_during_slow_batches_leave_one_worker_and_answer_each_frame_onc
                 return getattr(real, name)
 
             def run_many(self, *a, **kw):
-                time.sleep(BATCH_S)
+                time.sleep(batch_s)
                 return real.run_many(*a, **kw)
         node.engine.processor.pipeline = Slow()
         client.node.create_subscription(
@@ -75,7 +87,7 @@ def test_restarts_during_slow_batches_leave_one_worker_and_answer_each_frame_onc
         rgb = synthetic_image(48, 64)
         change(Transition.TRANSITION_ACTIVATE)
         sent = 0
-        for _cycle in range(20):
+        for _cycle in range(cycles):
             sent += 1
             msg = image_msg(rgb, 'rgb8', sent * 10**9)
             # until the node has the frame (its batch is then running)
@@ -85,7 +97,7 @@ def test_restarts_during_slow_batches_leave_one_worker_and_answer_each_frame_onc
             client.spin_until(lambda: False, 0.1)
             change(Transition.TRANSITION_DEACTIVATE)
             change(Transition.TRANSITION_ACTIVATE)
-        client.spin_until(lambda: False, 3 * BATCH_S)  # the left-behind batches end
+        client.spin_until(lambda: False, 2 * batch_s)  # the left-behind batches end
         workers = [t for t in threading.enumerate()
                    if t.name == 'seg_ros_inference' and t.is_alive()]
         assert len(workers) == 1, workers

@@ -60,16 +60,23 @@ def test_wrong_class_count_and_non_state_dict(tmp_path):
 
 
 def test_backend_not_installed_is_refused_in_one_line(tmp_path):
-    """semantic.backend:=openvino where OpenVINO cannot be imported (hidden here by a
-    package that fails to import, as on a machine without it)."""
+    """semantic.backend:=openvino where OpenVINO is not installed (hidden here by a package
+    that raises ModuleNotFoundError for itself, as an absent one does) and where it is
+    installed but broken (its import raises, e.g. a missing shared library): each refused
+    in one line that says which, with pip install only for the absent one."""
     fake = tmp_path / 'hide' / 'openvino'
     fake.mkdir(parents=True)
-    (fake / '__init__.py').write_text('raise ImportError("hidden by the test")\n')
     env = {'PYTHONPATH': f'{tmp_path / "hide"}:{os.environ.get("PYTHONPATH", "")}'}
-    res = run_node_to_exit(['-p', 'semantic.weights:=none', '-p', 'semantic.backend:=openvino'],
-                           env=env)
-    assert res.returncode != 0
-    lines = [ln for ln in res.stderr.splitlines() if 'cannot start' in ln]
-    assert len(lines) == 1, res.stderr
-    assert 'not installed' in lines[0] and 'pip install openvino' in lines[0], lines[0]
-    assert 'Traceback' not in res.stderr
+    for body, expect, pip in (
+            ('raise ModuleNotFoundError("No module named \'openvino\'", name="openvino")\n',
+             'not installed', True),
+            ('raise ImportError("libopenvino.so.2540: cannot open shared object file")\n',
+             'libopenvino.so.2540', False)):
+        (fake / '__init__.py').write_text(body)
+        res = run_node_to_exit(['-p', 'semantic.weights:=none',
+                                '-p', 'semantic.backend:=openvino'], env=env)
+        assert res.returncode != 0
+        lines = [ln for ln in res.stderr.splitlines() if 'cannot start' in ln]
+        assert len(lines) == 1, res.stderr
+        assert expect in lines[0] and ('pip install openvino' in lines[0]) == pip, lines[0]
+        assert 'Traceback' not in res.stderr

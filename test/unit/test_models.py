@@ -99,6 +99,14 @@ def test_arbitrary_pickle_is_refused(tmp_path):
     assert 'weights_only=False' not in str(err.value)
 
 
+def test_a_text_file_is_called_what_it_is(tmp_path):
+    p = tmp_path / 'params.yaml'
+    p.write_text('/**:\n  ros__parameters:\n    device: cpu\n')
+    with pytest.raises(ModelLoadError, match='not a PyTorch file \\(a text file\\)') as err:
+        read_state_dict(p)
+    assert 'pickle' not in str(err.value)
+
+
 def test_non_state_dict_is_refused(tmp_path):
     p = tmp_path / 'list.pt'
     torch.save([torch.zeros(1)], p)

@@ -6,9 +6,16 @@ import pytest
 import torch
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
+from seg_ros.core.geometry import RigidTransform
 from seg_ros.core.imaging import buffer_to_frame
 from seg_ros.core.loading import LoadError, load_pipeline
-from seg_ros.core.processor import CameraModel, DepthInput, FrameInput, FrameProcessor
+from seg_ros.core.processor import (
+    CameraModel,
+    DepthInput,
+    FrameInput,
+    FrameProcessor,
+    Paired,
+)
 from seg_ros.core.rgbd_scene import render
 from seg_ros.core.settings import (
     Settings,
@@ -120,7 +127,7 @@ def test_3d_with_depth_late_pairing_and_missing_inputs(weights):
     depth = DepthInput(sc.depth_16uc1(), 0.001, 5)
     model = CameraModel(tuple(sc.k), tuple(sc.p), W, H)
     f = frame(sc.rgb)
-    out = proc.process([FrameInput('', f, 5)], lambda i: (depth, model))[0]
+    out = proc.process([FrameInput('', f, 5)], lambda i, got: Paired(depth, model))[0]
     assert out.geometry is not None and out.geometry.instances is not None and not out.drops
     assert proc.process([FrameInput('', f, 5, camera_model=model)])[0].drops[0][0] == \
         'no_depth'
@@ -187,3 +194,41 @@ def test_overlay_of_a_tracked_frame_names_the_track_ids(weights):
                                          zip(inst.ids, inst.class_ids, strict=True)])
     np.testing.assert_array_equal(out.result.instances.overlay,
                                   expect.permute(1, 2, 0).numpy())
+
+
+def test_3d_in_a_target_frame_is_computed_on_the_moved_points(weights):
+    """With depth.target_frame the statistics are those of the transformed points (a box
+    upright in the target frame), and a frame without its transform gets no 3D."""
+    sc = render(W, H)
+    s = settings(weights, **{'depth.enabled': True, 'semantic.enabled': False,
+                             'depth.target_frame': 'base_link'})
+    proc = FrameProcessor(load_pipeline(s), s)
+    depth = DepthInput(sc.depth_16uc1(), 0.001, 5)
+    model = CameraModel(tuple(sc.k), tuple(sc.p), W, H)
+    half = np.sqrt(0.5)
+    tr = RigidTransform.from_quaternion((0.2, -0.1, 0.5), (half, 0.0, 0.0, half))  # 90 deg x
+    np.testing.assert_allclose(tr.rotation, [[1, 0, 0], [0, 0, -1], [0, 1, 0]], atol=1e-12)
+    f = frame(sc.rgb)
+    first = proc.process([FrameInput('', f, 5, depth=depth, camera_model=model,
+                                      transform=tr)])[0]
+    moved, ids = first.geometry.instances, first.result.instances.ids
+    s0 = s.with_changes({'depth.target_frame': ''})
+    proc.update(s0)
+    plain = proc.process([FrameInput('', f, 5, depth=depth, camera_model=model,
+                                     transform=tr)])[0].geometry.instances
+    assert moved.counts.sum() > 0 and np.array_equal(moved.counts, plain.counts)
+    pts = plain.points.astype(np.float64) @ tr.rotation.T + tr.translation
+    np.testing.assert_allclose(moved.points, pts, atol=1e-5)
+    for k, ident in enumerate(ids):
+        sel = pts[plain.point_ids == ident]
+        if len(sel) == 0:
+            continue
+        np.testing.assert_allclose(moved.position[k], np.median(sel, 0), atol=1e-6)
+        np.testing.assert_allclose(moved.box_min[k], np.percentile(sel, 2, 0), atol=1e-6)
+        np.testing.assert_allclose(moved.box_max[k], np.percentile(sel, 98, 0), atol=1e-6)
+    proc.update(s)
+    out = proc.process([FrameInput('', f, 5, depth=depth, camera_model=model)],
+                       lambda i, got: Paired(got.depth, got.camera_model, None,
+                                             'no transform from cam to base_link'))[0]
+    assert out.geometry is None and out.drops == [('no_transform',
+                                                   'no transform from cam to base_link')]

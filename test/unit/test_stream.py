@@ -70,3 +70,30 @@ def test_frames_are_paired_in_order_and_streamed():
         else:
             assert it.depth.stamp_ns == it.stamp_ns + 3 * MS, i
     assert drops.count('bad_depth') == n // 10
+
+
+def test_offline_runs_without_a_ros_node_or_the_live_engine(tmp_path):
+    """segment_bag's modules, and a worker answering a frame, never import rclpy.node or the
+    live engine (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+    code = '''
+import sys
+import numpy as np
+from rclpy.serialization import serialize_message
+from seg_ros.offline import segment_bag, stream, runners, bagfile
+from seg_ros.offline.worker import BagWorker, Item
+from sensor_msgs.msg import Image
+from seg_ros.ros.messages import array_to_image
+w = BagWorker({'device': 'cpu', 'semantic.weights': 'none', 'semantic.num_classes': 3,
+               'semantic.input_size': 0, 'semantic.backend': 'torch', 'warmup': False},
+              quiet=True)
+msg = array_to_image(np.zeros((8, 10, 3), np.uint8), 'rgb8', Image().header)
+res = w.process(Item(0, 1, bytes(serialize_message(msg)), False))
+assert [t for t, _, _ in res.outputs] == ['semantic/labels'], res
+bad = [m for m in ('rclpy.node', 'seg_ros.ros.engine', 'seg_ros.ros.camera') if m in sys.modules]
+assert not bad, bad
+'''
+    res = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
