@@ -302,19 +302,20 @@ class Engine:
             if gen != self._generation:
                 return
             results = self.processor.process(frames, late)
+            used = self.processor.settings  # the snapshot this batch ran with
         inference_s = time.perf_counter() - t_taken
         with self._publish_lock:
             if gen != self._generation:
                 return  # stopped or restarted meanwhile: this batch publishes nothing
             for (cam, job), out in zip(jobs, results, strict=True):
                 try:
-                    self._publish(cam, job, out, t_taken, inference_s)
+                    self._publish(cam, job, out, t_taken, inference_s, used)
                 except Exception as exc:  # this camera's frame only
                     cam.drop('processing_error', f'frame at {stamp_text(job.msg.header)} '
                              f'failed: {_with_traceback(exc)}')
 
     def _publish(self, cam: Camera, job: Job, out: FrameOutput, t_taken: float,
-                 inference_s: float) -> None:
+                 inference_s: float, s: Settings) -> None:
         """One camera's outputs of one frame, its latency, counters and stages."""
         t1 = time.perf_counter()
         header = job.msg.header
@@ -329,9 +330,8 @@ class Engine:
                           f'to {stamp_text(header)}: tracks reset (ids continue; a bag loop '
                           'or simulation reset?)')
         msgs = self.outputs.frame_2d(header, out)
-        if self.settings.depth_enabled:
-            msgs += self.outputs.frame_3d(header, out, self.settings,
-                                          cam.wants('instances/markers'))
+        if s.depth_enabled:
+            msgs += self.outputs.frame_3d(header, out, s, cam.wants('instances/markers'))
         for topic, msg in msgs:
             cam.pubs[topic].publish(msg)
         if not self._large_data_hinted:
