@@ -282,8 +282,11 @@ def main() -> int:
               'pipeline working, not real objects', flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    # the node's rcl log files inside the repository too (not ~/.ros/log)
+    # the node's rcl log files inside the repository too (not ~/.ros/log), and what ONNX
+    # Runtime writes when it loads (a device id and a telemetry database under
+    # $XDG_CACHE_HOME/Microsoft/DeveloperTools, ~/.cache by default)
     os.environ.setdefault('ROS_LOG_DIR', str(ROOT / 'out' / 'ros_log'))
+    os.environ.setdefault('XDG_CACHE_HOME', str(ROOT / '.cache'))
     domain = 50 + os.getpid() % 50
     # the backend's export cache inside the repository (out/ is ignored by git): the demo
     # writes nothing outside it; `-- -p backend.cache_dir:=...` overrides

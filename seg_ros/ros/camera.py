@@ -103,7 +103,7 @@ class Camera:
         now = time.monotonic() if now is None else now
         reason, kind = None, 'silence'
         if timeout > 0 and self.sub is not None:
-            if self.sub.get_publisher_count() == 0:
+            if self.node.count_publishers(self.input_topic) == 0:
                 self._matched_since = None
                 if self._no_publisher_since is None:
                     self._no_publisher_since = now

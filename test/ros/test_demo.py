@@ -18,8 +18,11 @@ DEMO = Path(__file__).resolve().parents[2] / 'tools' / 'demo.py'
 
 
 def demo(*args, timeout=300, env=None):
-    env = dict(os.environ, ROS_DOMAIN_ID=str(fresh_domain_id()), OMP_NUM_THREADS='1',
-               **(env or {}))
+    full = dict(os.environ, ROS_DOMAIN_ID=str(fresh_domain_id()), OMP_NUM_THREADS='1',
+                **(env or {}))
+    if env and 'HOME' in env:  # a fresh HOME, as for a user who has not set XDG_CACHE_HOME
+        full.pop('XDG_CACHE_HOME', None)
+    env = full
     return subprocess.run([sys.executable, str(DEMO), *args], capture_output=True, text=True,
                           timeout=timeout, env=env)
 
@@ -59,10 +62,15 @@ def test_instance_demo_is_honest_and_writes_viewable_pictures(tmp_path):
     for i in range(3):
         PILImage.fromarray(synthetic_image(60, 80, seed=i)).save(frames / f'f{i}.png')
     out = tmp_path / 'out'
+    home = tmp_path / 'home'  # must stay empty: nothing written outside the repository
+    home.mkdir()
     res = demo('--images', str(frames), '--frames', '2', '--instance', '--device', 'cpu',
                '--out', str(out), '--', '-p', 'instance.min_size:=128',
-               '-p', 'instance.max_size:=160', '-p', 'instance.score_threshold:=0.0')
+               '-p', 'instance.max_size:=160', '-p', 'instance.score_threshold:=0.0',
+               env={'HOME': str(home)})
     assert res.returncode == 0, res.stdout + res.stderr
+    written = sorted(str(p.relative_to(home)) for p in home.rglob('*'))
+    assert written == [], f'written outside the repository: {written}'
     assert 'instance model (Mask R-CNN) has RANDOM WEIGHTS' in res.stdout
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['random_weights'] is True and summary['random_models'] == ['instance']
