@@ -94,27 +94,24 @@ def main() -> int:
             t0 = time.perf_counter()
             res = pipe(buffer_to_frame('rgb8', h, w, w * 3, False, data))
             t1 = time.perf_counter()
-            depth, scale = geometry.depth_array('16UC1', h, w, w * 2, False, depth_bytes)
-            out = geometry.frame_3d(res, depth, scale, intr, 0.1, 20.0, 2)
-            if out.instances is not None:
-                messages.detections_3d(header, res.instances, out.instances, names, 20)
-                messages.instance_cloud(header, out.instances)
-            if out.semantic is not None:
-                messages.semantic_cloud(header, out.semantic)
-            t2 = time.perf_counter()
-            depth, scale = geometry.depth_array('16UC1', h, w, w * 2, False, depth_bytes)
-            out = geometry.frame_3d(res, depth, scale, intr, 0.1, 20.0, 2, tr)
-            if out.instances is not None:
-                messages.detections_3d(header, res.instances, out.instances, names, 20)
-                messages.instance_cloud(header, out.instances)
-            if out.semantic is not None:
-                messages.semantic_cloud(header, out.semantic)
-            t3 = time.perf_counter()
+
+            def stage_3d(transform=None, res=res, names=names) -> float:
+                """The node's 3D stage on ``res``: seconds."""
+                t = time.perf_counter()
+                depth, scale = geometry.depth_array('16UC1', h, w, w * 2, False, depth_bytes)
+                out = geometry.frame_3d(res, depth, scale, intr, 0.1, 20.0, 2, transform)
+                if out.instances is not None:
+                    messages.detections_3d(header, res.instances, out.instances, names, 20)
+                    messages.instance_cloud(header, out.instances)
+                if out.semantic is not None:
+                    messages.semantic_cloud(header, out.semantic)
+                return time.perf_counter() - t
+            plain, moved = stage_3d(), stage_3d(tr)
             if i >= 2:  # warm-up
                 frame_s.append(t1 - t0)
-                d3_s.append(t2 - t1)
-                d3tf_s.append(t3 - t2)
-                ratio.append((t2 - t1) / (t1 - t0))
+                d3_s.append(plain)
+                d3tf_s.append(moved)
+                ratio.append(plain / (t1 - t0))
                 counts.append(len(res.instances) if res.instances is not None else 0)
         ms = lambda xs, q: float(np.percentile(xs, q) * 1000)  # noqa: E731
         row = {'config': cfg, 'size': f'{w}x{h}', 'n': n, 'instances': int(np.median(counts)),
