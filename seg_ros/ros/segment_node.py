@@ -41,7 +41,7 @@ class SegmentNode(Node):
 #: on SIGINT / SIGTERM, how long a forward pass in progress may still take before the
 #: process leaves without it (a CPU Mask R-CNN frame takes 10-20 s; launch escalates to
 #: SIGTERM and SIGKILL after 5 s)
-EXIT_GRACE_S = 2.0
+EXIT_GRACE_S = 1.0
 
 
 def run(node_factory) -> int:
