@@ -71,6 +71,8 @@ def stream_items(reader, images: dict[str, str], depths: dict[str, str],
     tf_topics = [t for t in ('/tf', '/tf_static') if t in conns] if target_frame and \
         pairing else []
     tf = BagTransforms() if target_frame and pairing else None
+    if tf is not None:
+        from tf2_msgs.msg import TFMessage
     wanted = [conns[t] for t in dict.fromkeys([*images.values(), *depths.values(),
                                                *infos.values(), *tf_topics])]
     pending: deque[Item] = deque()
@@ -90,20 +92,19 @@ def stream_items(reader, images: dict[str, str], depths: dict[str, str],
         while pending and (now is None or len(pending) > MAX_PENDING
                            or decided(pending[0], now)):
             item = pending.popleft()
+            got = item.paired
             if item.camera in pairing and item.stamp_ns is not None:
-                item.depth, item.camera_model = pairing[item.camera].pair(item.stamp_ns,
-                                                                          slop_s)
+                got.depth, got.camera_model = pairing[item.camera].pair(item.stamp_ns, slop_s)
             elif item.camera in pairing:
-                item.camera_model = pairing[item.camera].camera_model()
+                got.camera_model = pairing[item.camera].camera_model()
             if tf is not None and item.stamp_ns is not None:
-                item.transform, item.transform_error = tf.lookup(
+                got.transform, got.transform_error = tf.lookup(
                     target_frame, header_frame_id(item.image), item.stamp_ns)
             yield item
     index = 0
     for conn, t, raw in reader.messages(connections=wanted):
         topic = conn.topic
         if topic in tf_topics:
-            from tf2_msgs.msg import TFMessage
             if copy is not None:
                 copy(topic, conn.msgtype, t, bytes(raw))
             try:

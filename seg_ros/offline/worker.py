@@ -14,8 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from seg_ros.core.geometry import RigidTransform
-from seg_ros.core.processor import CameraModel, DepthInput
+from seg_ros.core.processor import Paired
 from seg_ros.offline.bagfile import type_name
 
 #: seconds between two warnings of one reason
@@ -36,10 +35,8 @@ class Item:
     compressed: bool
     camera: str = ''  # '' = the single-camera node
     stamp_ns: int | None = None  # read from the CDR header; None for a corrupt record
-    depth: DepthInput | None = None
-    camera_model: CameraModel | None = None
-    transform: RigidTransform | None = None
-    transform_error: str = ''
+    #: depth, camera model and transform, as the driver paired them (the live rule)
+    paired: Paired = field(default_factory=Paired)
 
 
 @dataclass
@@ -110,7 +107,7 @@ class BagWorker:
         from sensor_msgs.msg import CompressedImage, Image
 
         from seg_ros.core.imaging import ImageConversionError, decode_compressed
-        from seg_ros.core.processor import FrameInput, Paired
+        from seg_ros.core.processor import FrameInput
         from seg_ros.ros import messages
         from seg_ros.ros.pairing import stamp_text
 
@@ -135,10 +132,8 @@ class BagWorker:
             return out
         header = msg.header
         (res,) = self.processor.process(
-            [FrameInput(item.camera, frame, messages.stamp_ns(header), depth=item.depth,
-                        camera_model=item.camera_model, transform=item.transform)],
-            lambda _i, got: Paired(got.depth, got.camera_model, item.transform,
-                                   item.transform_error))
+            [FrameInput(item.camera, frame, messages.stamp_ns(header))],
+            lambda _i, _got: item.paired)
         for reason, detail in res.drops:
             drop(reason, f'frame at {stamp_text(header)}: {detail}')
         msgs = self.outputs.frame_2d(header, res)

@@ -132,11 +132,7 @@ class Camera:
     def drop(self, reason: str, text: str) -> None:
         """Count a dropped frame and warn, at most once per reason every 5 s."""
         count = self.stats.on_dropped(reason)
-        now = time.monotonic()
-        if now - self.last_warn.get(reason, -1e9) >= WARN_PERIOD_S:
-            self.last_warn[reason] = now
-            where = f'camera {self.name}: ' if self.name else ''
-            self.log.warning(f'{where}{text} ({reason}: {count} so far)')
+        self.warn_throttled(reason, f'{text} ({reason}: {count} so far)')
 
     # -- start / stop --------------------------------------------------------------------
     def start(self, settings, outputs: list[tuple[type, str]], make_pub, depth_qos) -> None:

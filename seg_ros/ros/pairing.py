@@ -19,14 +19,10 @@ from seg_ros.core import geometry
 from seg_ros.core.geometry import GeometryError
 from seg_ros.core.imaging import DEFAULT_MAX_PIXELS
 from seg_ros.core.processor import CameraModel, DepthInput
+from seg_ros.ros.messages import stamp_ns
 
 #: depth images kept per camera (1 s at 30 Hz)
 DEPTH_CACHE = 30
-
-
-def stamp_ns(header: Any) -> int:
-    """A header's stamp in integer nanoseconds."""
-    return int(header.stamp.sec) * 10**9 + int(header.stamp.nanosec)
 
 
 def stamp_text(header: Any) -> str:
@@ -81,8 +77,6 @@ class Pairing:
         self._lock = threading.Lock()
         self._depths: deque[DepthInput] = deque(maxlen=capacity)
         self._model: CameraModel | None = None
-        #: the newest valid depth stamp (ns): how far the depth stream has come
-        self.depth_horizon_ns: int | None = None
 
     def add_depth(self, msg: Any) -> GeometryError | None:
         """Keep a depth image if it is valid; else return why it was refused."""
@@ -92,8 +86,6 @@ class Pairing:
             return exc
         with self._lock:
             self._depths.append(depth)
-            if self.depth_horizon_ns is None or depth.stamp_ns > self.depth_horizon_ns:
-                self.depth_horizon_ns = depth.stamp_ns
         return None
 
     def add_camera_info(self, msg: Any) -> GeometryError | None:

@@ -64,11 +64,12 @@ def test_frames_are_paired_in_order_and_streamed():
         assert reader.read <= 3 * (item.index + 1) + 3 * LOOKAHEAD_NS // (100 * MS) + 3
     assert [it.index for it in got] == list(range(n))
     for i, it in enumerate(got):
-        assert it.camera_model is not None and it.camera_model.k[0] == 100.0
+        paired = it.paired
+        assert paired.camera_model is not None and paired.camera_model.k[0] == 100.0
         if i % 10 in (5, 7):  # none, or refused (never paired)
-            assert it.depth is None, i
+            assert paired.depth is None, i
         else:
-            assert it.depth.stamp_ns == it.stamp_ns + 3 * MS, i
+            assert paired.depth.stamp_ns == it.stamp_ns + 3 * MS, i
     assert drops.count('bad_depth') == n // 10
 
 
