@@ -321,7 +321,7 @@ class Engine:
         header = job.msg.header
         where = f'frame at {stamp_text(header)}'
         for reason, detail in out.drops:
-            cam.drop(reason, _drop_text(reason, detail, where, cam, out.error))
+            cam.drop(reason, _drop_text(reason, detail, where, cam, out.error, s))
         res = out.result
         if res is None:
             return
@@ -371,14 +371,14 @@ class Engine:
 
 
 def _drop_text(reason: str, detail: str, where: str, cam: Camera,
-               error: BaseException | None) -> str:
+               error: BaseException | None, s: Settings) -> str:
     """The warning line of a frame's drop reason."""
     if reason == 'no_camera_info':
         return (f'{where}: no 3D outputs, no camera_info received yet on '
                 f'{cam.depth_topics[1]} (2D outputs continue)')
     if reason == 'no_depth':
-        return (f'{where}: no 3D outputs, no depth image on {cam.depth_topics[0]} '
-                f'{detail.split("image ", 1)[-1]} (2D outputs continue)')
+        return (f'{where}: no 3D outputs, no depth image on {cam.depth_topics[0]} within '
+                f'depth.slop={s.depth_slop}s of its stamp (2D outputs continue)')
     if reason == 'no_transform':
         return f'{where}: no 3D outputs: {detail} (2D outputs continue)'
     if reason == 'out_of_memory':
