@@ -29,6 +29,9 @@ setup(
             'segment_node = seg_ros.ros.entry:segment_node',
             'segment_lifecycle_node = seg_ros.ros.entry:segment_lifecycle_node',
             'segment_bag = seg_ros.offline.segment_bag:main',
+            'train_instances = seg_ros.training.train_instances:main',
+            'eval_instances = seg_ros.training.eval_instances:main',
+            'make_tabletop = seg_ros.training.make_tabletop:main',
         ],
     },
 )

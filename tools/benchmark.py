@@ -28,6 +28,17 @@ Model weights are random (no hub here), one seeded file per model shared by the 
 this process (``out/bench_<model>.pt``): timing should not depend on the weights' values,
 except for Mask R-CNN, whose detection count drives the mask head; ``--instance-threshold``
 fixes it (default 0.0: up to max_detections = 100 instances, the worst case).
+Instance configs (``maskrcnn_v1``, ``maskrcnn_v2``, ``maskrcnn_light``, ``tabletop``) run
+on every ``--backends`` entry as ``instance.backend`` (the compiled trunk and heads);
+``--instances 10`` fixes 10 instances a frame (threshold 0, ``max_detections`` 10); the bare
+model has the node's default resize (none) and proposal cap (``instance.max_proposals``);
+``--bare-torchvision-defaults`` makes it what a torchvision user runs (resize to 800/1333,
+1000 proposals) while the node keeps its defaults; ``--node-param`` sets a node parameter
+(e.g. ``instance.max_proposals:=0`` for torchvision's proposal count in the node too):
+
+    scripts/with_env python tools/benchmark.py --configs maskrcnn_v2 --sizes 640x480 \
+        --instances 10 --backends torch auto --bare-torchvision-defaults
+
 ``--stream-seconds`` adds a 30 Hz stream (output rate, latency trend, RSS) for the
 ``--stream-configs``.
 
@@ -58,22 +69,33 @@ from bench_common import (  # noqa: E402
 
 from seg_ros.core import backends  # noqa: E402
 from seg_ros.core.models import load_instance_model, load_semantic_model  # noqa: E402
+from seg_ros.core.params import BY_NAME  # noqa: E402
 from seg_ros.core.pipeline import resolve_device  # noqa: E402
 from seg_ros.core.semantic import SemanticSegmenter  # noqa: E402
 
 CONFIGS = {
     'lraspp': {'semantic': 'lraspp_mobilenet_v3_large'},
     'deeplabv3_resnet50': {'semantic': 'deeplabv3_resnet50'},
+    'maskrcnn_v1': {'instance': 'maskrcnn_resnet50_fpn'},
     'maskrcnn_v2': {'instance': 'maskrcnn_resnet50_fpn_v2'},
+    'maskrcnn_light': {'instance': 'maskrcnn_mobilenet_v3_large_fpn'},
+    # the shipped tabletop model on a generated tabletop scene, at the node's default
+    # thresholds: as many instances as it finds (the scene's objects)
+    'tabletop': {'instance': 'maskrcnn_mobilenet_v3_large_fpn', 'weights': 'tabletop',
+                 'scene': 'tabletop', 'threshold': 0.5},
     'lraspp+maskrcnn_v2': {'semantic': 'lraspp_mobilenet_v3_large',
                            'instance': 'maskrcnn_resnet50_fpn_v2'},
 }
 
 
 def bare_forward(cfg: dict, device, rgb: np.ndarray, threshold: float,
-                 weights: dict[str, str] | None = None):
+                 weights: dict[str, str] | None = None, max_detections: int = 100,
+                 torchvision_defaults: bool = False):
     """The floor: the eager torchvision model's call alone, fp32, channels-last, on a
     prepared (normalised) tensor on the device; returns a function timing one call.
+
+    ``torchvision_defaults``: the instance model as a torchvision user runs it (its own
+    resize, shorter side 800 / longer at most 1333), not at the image's own size.
     """
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div(255).to(device)
     calls = []
@@ -84,9 +106,13 @@ def bare_forward(cfg: dict, device, rgb: np.ndarray, threshold: float,
         xs = sem.normalise(x)
         calls.append(lambda: sem.model(xs))
     if 'instance' in cfg:
-        m = load_instance_model(cfg['instance'], weights.get('instance', 'none'), 91,
-                                device=device,
-                                score_threshold=threshold, max_detections=100).model
+        w = weights.get('instance', 'none')
+        m = load_instance_model(cfg['instance'], w, 91 if w == 'none' else 0, device=device,
+                                score_threshold=threshold, max_detections=max_detections,
+                                min_size=800 if torchvision_defaults else 0,
+                                max_size=1333 if torchvision_defaults else 0,
+                                max_proposals=0 if torchvision_defaults else
+                                BY_NAME['instance.max_proposals'].default).model
         calls.append(lambda: m([x[0]]))
 
     @torch.inference_mode()
@@ -108,7 +134,7 @@ def parse_backend(spec: str) -> tuple[str, str]:
 
 def node_args(cfg: dict, threshold: float, backend: str = 'torch',
               precision: str = 'fp32', cache_dir: str = '',
-              weights: dict[str, str] | None = None) -> list[str]:
+              weights: dict[str, str] | None = None, max_detections: int = 100) -> list[str]:
     weights = weights or {}
     args = ['-p', 'device:=' + ('cuda' if torch.cuda.is_available() else 'cpu'),
             '-r', 'image:=/bench/image', '-p', 'diagnostics_period:=1.0',
@@ -126,13 +152,15 @@ def node_args(cfg: dict, threshold: float, backend: str = 'torch',
         args += ['-p', 'instance.enabled:=true', '-p', f'instance.model:={cfg["instance"]}',
                  '-p', f'instance.weights:={weights.get("instance", "none")}',
                  '-p', f'instance.score_threshold:={threshold}',
-                 '-p', 'instance.backend:=torch']
+                 '-p', f'instance.max_detections:={max_detections}',
+                 '-p', f'instance.backend:={backend}']
     return args
 
 
 def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: float,
                log_dir: Path, bare, backend: str = 'torch', precision: str = 'fp32',
-               gap: float = 0.3, weights: dict[str, str] | None = None) -> dict:
+               gap: float = 0.3, weights: dict[str, str] | None = None,
+               max_detections: int = 100, extra: list[str] | None = None) -> dict:
     """One node: per frame its end-to-end time and its own forward (``~/timing``); the
     bare forward ``bare()`` alternates with the node frames (order flipped every pair),
     a quiet gap before each sample.
@@ -145,8 +173,12 @@ def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: f
     from seg_ros.ros.remote import frame_msg, served
     domain = 60 + os.getpid() % 40
     out: dict = {}
-    with served([node_args(cfg, threshold, backend, precision, str(log_dir / 'backend_cache'),
-                           weights)], domain, [log_dir / 'bench_node.log'],
+    h, w = rgb.shape[:2]
+    args = node_args(cfg, threshold, backend, precision, str(log_dir / 'backend_cache'),
+                     weights, max_detections) + ['-p', f'warmup_size:={w}x{h}']
+    for kv in extra or ():
+        args += ['-p', kv]
+    with served([args], domain, [log_dir / 'bench_node.log'],
                 'seg_ros_bench') as (nodes, client):
         node = nodes[0]
         boxes = []
@@ -169,7 +201,7 @@ def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: f
         client.spin_until(lambda: 'reliability reliable' in node.log(), 10)
         warm = 3  # the first frames compile the backend for this size, fill caches
         msgs = [frame_msg(rgb, 10**9 * (i + 1)) for i in range(n + warm)]
-        e2e, fwd, proc, bare_s = [], [], [], []
+        e2e, fwd, proc, bare_s, count = [], [], [], [], []
 
         def node_frame(i: int) -> None:
             key = 10**9 * (i + 1)
@@ -179,6 +211,8 @@ def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: f
             if not client.spin_until(done, 600):
                 raise RuntimeError(f'node did not answer frame {i}:\n{node.log()}')
             if i >= warm:
+                if 'instance' in cfg:
+                    count.append(len(boxes[-2][key][0].detections))
                 e2e.append(max(b[key][1] for b in boxes) - t0)
                 fwd.append(timing[key][0])
                 proc.append(timing[key][1])
@@ -212,6 +246,7 @@ def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: f
             'ratio_e2e_over_bare': {'median': pct(e2e_a / bare_a, 50),
                                     'p90': pct(e2e_a / bare_a, 90)},
             'per_frame': {'e2e': e2e, 'forward': fwd, 'processing': proc, 'bare': bare_s},
+            'instances_per_frame': {'median': pct(count, 50)} if count else None,
         })
         if stream_s > 0:
             out['stream'] = stream(client, pub, boxes, rgb, stream_s, node.pid)
@@ -273,14 +308,24 @@ def main() -> int:
     ap.add_argument('--configs', nargs='+', default=['lraspp'], choices=list(CONFIGS))
     ap.add_argument('--sizes', nargs='+', default=['640x480', '1920x1080'], choices=list(SIZES))
     ap.add_argument('--backends', nargs='+', default=None,
-                    help='semantic backends, NAME[:PRECISION] (default: torch and every '
-                    'installed one, openvino also with bf16)')
+                    help='backends of the semantic and instance models, NAME[:PRECISION] '
+                    '(auto allowed; default: torch and every installed one, openvino also '
+                    'with bf16)')
     ap.add_argument('--n', type=int, default=0, help='samples per measurement (0: by model)')
     ap.add_argument('--gap', type=float, default=0.3, help='quiet seconds before each sample')
     ap.add_argument('--stream-seconds', type=float, default=0.0)
     ap.add_argument('--stream-configs', nargs='*', default=['lraspp@640x480@torch'],
                     help='config@size@backend triples that also get the 30 Hz stream')
-    ap.add_argument('--instance-threshold', type=float, default=0.0)
+    ap.add_argument('--instance-threshold', type=float, default=0.0,
+                    help='score threshold of random-weights instance configs')
+    ap.add_argument('--bare-torchvision-defaults', action='store_true',
+                    help="instance configs: the bare model with torchvision's own resize "
+                         '(800/1333), what a torchvision user runs, instead of the image size')
+    ap.add_argument('--instances', type=int, default=100,
+                    help='instance.max_detections: with threshold 0, exactly this many '
+                         'instances a frame (random weights)')
+    ap.add_argument('--node-param', action='append', default=[], metavar='NAME:=VALUE',
+                    help='a node parameter on top of the config (repeatable)')
     ap.add_argument('--quick', action='store_true', help='lraspp 640x480, n=15')
     ap.add_argument('--json', type=Path, default=ROOT / 'out' / 'benchmark.json')
     args = ap.parse_args()
@@ -298,24 +343,34 @@ def main() -> int:
     results = []
     for cname in args.configs:
         cfg = CONFIGS[cname]
-        sem_backends = args.backends if 'semantic' in cfg else ['torch']
+        sem_backends = args.backends
         for sname in args.sizes:
             h, w = SIZES[sname]
             heavy = 'instance' in cfg or 'resnet' in cfg.get('semantic', '')
             n = args.n or ((5 if sname == '1920x1080' else 8) if heavy else
                            (12 if sname == '1920x1080' else 30))
-            rgb = scene(h, w)
+            rgb = tabletop_scene(h, w) if cfg.get('scene') == 'tabletop' else scene(h, w)
             weights = {kind: str(random_weights(args.json.parent / f'bench_{cfg[kind]}.pt',
                                                 kind, cfg[kind]))
                        for kind in ('semantic', 'instance') if kind in cfg}
-            bare = bare_forward(cfg, device, rgb, args.instance_threshold, weights)
+            if 'weights' in cfg:
+                weights['instance'] = cfg['weights']
+            threshold = cfg.get('threshold', args.instance_threshold)
+            bare = bare_forward(cfg, device, rgb, threshold, weights, args.instances,
+                                args.bare_torchvision_defaults)
             for spec in sem_backends:
                 backend, precision = parse_backend(spec)
                 s = args.stream_seconds if f'{cname}@{sname}@{spec}' in args.stream_configs \
                     else 0.0
                 r = {'config': cname, 'size': sname, 'backend': spec, 'n': n,
-                     **node_bench(cfg, rgb, n, s, args.instance_threshold, args.json.parent,
-                                  bare, backend, precision, args.gap, weights)}
+                     'bare_model': ("torchvision's defaults (resize 800/1333)"
+                                    if args.bare_torchvision_defaults and 'instance' in cfg
+                                    else "the image's own size"),
+                     **node_bench(cfg, rgb, n, s, threshold, args.json.parent,
+                                  bare, backend, precision, args.gap, weights, args.instances,
+                                  args.node_param)}
+                if args.node_param:
+                    r['node_params'] = args.node_param
                 results.append(r)
                 print(f'{cname:<12} {sname:>9} {spec:<14} node p50 '
                       f'{1000 * r["e2e_s"]["p50"]:7.1f} ms (p99 {1000 * r["e2e_s"]["p99"]:7.1f})'
@@ -323,7 +378,9 @@ def main() -> int:
                       f'rest {1000 * r["rest_s"]["p50"]:5.1f} ms  e2e/forward '
                       f'{r["ratio_e2e_over_forward"]["median"]:.3f}  bare eager forward '
                       f'{1000 * r["bare_forward_s"]["p50"]:7.1f} ms  e2e/bare '
-                      f'{r["ratio_e2e_over_bare"]["median"]:.3f}', flush=True)
+                      f'{r["ratio_e2e_over_bare"]["median"]:.3f}'
+                      + (f'  instances {r["instances_per_frame"]["median"]:.0f}'
+                         if r.get('instances_per_frame') else ''), flush=True)
                 if 'stream' in r:
                     st = r['stream']
                     print(f'{"":<12} stream {st["rate_hz"]:.0f} Hz x {st["seconds"]:.0f} s: '
@@ -337,6 +394,12 @@ def main() -> int:
     print_table(results)
     print(f'wrote {args.json}')
     return 0
+
+
+def tabletop_scene(h: int, w: int, seed: int = 7) -> np.ndarray:
+    """A generated tabletop (seg_ros.core.tabletop), one the tabletop model never saw."""
+    from seg_ros.core import tabletop
+    return tabletop.render(np.random.default_rng([seed, 0]), w, h).rgb
 
 
 def print_table(results: list[dict]) -> None:

@@ -5,10 +5,12 @@
                                         # generated street-like frames
     scripts/demo --images DIR           # a folder of images (png/jpg, sorted by name)
     scripts/demo --video FILE.mp4       # a video (OpenCV)
-    scripts/demo --instance             # also Mask R-CNN (RANDOM weights: none ship)
+    scripts/demo --instance             # also Mask R-CNN (RANDOM weights unless
+                                        # --instance-weights names a file or tabletop)
     scripts/demo --frames 4             # 4 frames spread over the folder (default 12)
-    scripts/demo --depth                # a synthetic RGB-D tabletop: instances in 3D
-                                        # (Detection3DArray, point clouds), top/side views;
+    scripts/demo --depth                # a synthetic RGB-D tabletop: instances of the
+                                        # shipped tabletop model in 3D (Detection3DArray,
+                                        # point clouds, track ids), top/side views;
                                         # --semantic adds the semantic model
     scripts/demo -- -p semantic.input_size:=240   # extra node arguments after --
 
@@ -35,7 +37,7 @@ from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from seg_ros.core.colors import voc_palette  # noqa: E402
-from seg_ros.core.models import SHIPPED_SEMANTIC, WEIGHTS_DIR  # noqa: E402
+from seg_ros.core.models import SHIPPED_INSTANCE, SHIPPED_SEMANTIC, WEIGHTS_DIR  # noqa: E402
 from seg_ros.core.rgbd_scene import Box, Cylinder, default_objects, render  # noqa: E402
 from seg_ros.ros.remote import (  # noqa: E402
     LATCHED,
@@ -231,11 +233,13 @@ def main() -> int:
                     help='semantic.weights: camvid (the shipped model, default), DEFAULT, a '
                          'state-dict file, or none (random weights)')
     ap.add_argument('--instance', action='store_true',
-                    help='also run instance segmentation (Mask R-CNN); no trained instance '
-                         'weights ship with seg_ros, so it runs RANDOM weights unless '
-                         '--instance-weights names a file')
-    ap.add_argument('--instance-weights', default='none',
-                    help='instance.weights with --instance: a state-dict file, DEFAULT, or none')
+                    help='also run instance segmentation (Mask R-CNN); the shipped instance '
+                         'model knows tabletop boxes and cylinders only, so on street frames '
+                         'it runs RANDOM weights unless --instance-weights says otherwise')
+    ap.add_argument('--instance-weights', default=None,
+                    help='instance.weights: tabletop (shipped; default with --depth), a '
+                         'weights file, DEFAULT (downloads torchvision COCO weights) or none '
+                         '(default with --instance)')
     src.add_argument('--depth', action='store_true',
                      help='a synthetic RGB-D tabletop (colour, 16UC1 depth, camera_info) with '
                           'instances and 3D from depth on: writes the 3D outputs and a '
@@ -247,6 +251,9 @@ def main() -> int:
     args = ap.parse_args(argv)
     if args.depth:
         args.instance = True
+    if args.instance_weights is None:
+        shipped = WEIGHTS_DIR / SHIPPED_INSTANCE['tabletop']
+        args.instance_weights = 'tabletop' if args.depth and shipped.is_file() else 'none'
     args.use_semantic = args.semantic or not args.depth
     if args.out is None:
         args.out = ROOT / 'out' / ('demo_depth' if args.depth else
@@ -277,8 +284,9 @@ def main() -> int:
               'pipeline working, not a meaningful segmentation', flush=True)
     if args.instance and args.instance_weights.lower() == 'none':
         random_models.append('instance')
-        print('demo: NOTE: instance model (Mask R-CNN) has RANDOM WEIGHTS (none ship with '
-              'seg_ros; --instance-weights FILE uses yours) -- detections and masks show the '
+        print('demo: NOTE: instance model (Mask R-CNN) has RANDOM WEIGHTS (the shipped '
+              'tabletop model knows boxes and cylinders on a table, not street scenes; '
+              '--instance-weights FILE uses yours) -- detections and masks show the '
               'pipeline working, not real objects', flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -299,15 +307,16 @@ def main() -> int:
                  '-r', 'image:=/camera/image']
     if args.instance:
         node_args += ['-p', 'instance.enabled:=true',
-                      '-p', f'instance.weights:={args.instance_weights}',
-                      '-p', 'instance.min_size:=480']
+                      '-p', f'instance.weights:={args.instance_weights}']
     if not args.use_semantic:
         node_args += ['-p', 'semantic.enabled:=false']
-    if args.depth:
-        node_args += ['-p', 'depth.enabled:=true', '-r', 'depth:=/camera/depth',
-                      '-r', 'camera_info:=/camera/camera_info']
+    if args.depth:  # objects keep their ids from frame to frame (they slide a little)
+        node_args += ['-p', 'depth.enabled:=true', '-p', 'instance.tracking:=true',
+                      '-r', 'depth:=/camera/depth', '-r', 'camera_info:=/camera/camera_info']
     log = args.out / 'node.log'
-    print(f'demo: starting segment_node (weights={weights}, log {log})', flush=True)
+    shown = ([f'semantic.weights={weights}'] if args.use_semantic else []) + (
+        [f'instance.weights={args.instance_weights}'] if args.instance else [])
+    print(f'demo: starting segment_node ({", ".join(shown)}, log {log})', flush=True)
     try:
         with served([node_args + extra], domain, [log], 'seg_ros_demo',
                     ready_timeout=300) as (_, client):
@@ -398,6 +407,13 @@ def run(args, client: Client, frames, source, weights, random_models, transports
                 for d in d3.detections], indent=1))
             line += f', {len(d3.detections)} in 3D, {len(ipts)} instance points' + (
                 f', {len(spts)} semantic points' if spts is not None else '')
+            line += ''.join(  # track id, class and position (m, camera frame) of each
+                f'\n    id {d.id} {d.results[0].hypothesis.class_id} '
+                f'{d.results[0].hypothesis.score:.2f} at ('
+                + ', '.join(f'{v:+.3f}' for v in (d.results[0].pose.pose.position.x,
+                                                 d.results[0].pose.pose.position.y,
+                                                 d.results[0].pose.pose.position.z)) + ') m'
+                for d in sorted(d3.detections, key=lambda d: int(d.id))[:8])
         print(line, flush=True)
     lat_ms = np.array(latencies) * 1000
     summary = {

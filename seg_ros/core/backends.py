@@ -2,8 +2,9 @@
 
 The torch backend runs the model as it is. The others run one compiled graph per input
 shape: the loaded torch model, wrapped with our normalisation, its input resize, the
-upsampling back to the image size and the class maximum (:class:`LabelGraph`), is exported
-to ONNX once, cached on disk under a key of the weights' content, the model, the input shape
+upsampling back to the image size and the class maximum
+(:class:`~seg_ros.core.semantic.LabelGraph`), is exported to ONNX once, cached on disk under
+a key of the weights' content, the model, the input shape
 and the exporter's version, and compiled by the backend. The frame goes in as the float
 [0, 1] RGB tensor the pipeline makes anyway; the labels come out as uint8/uint16, so only
 one small image crosses back from the backend.
@@ -30,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 BACKENDS = ('torch', 'openvino', 'onnxruntime', 'auto')
 #: the Python module each backend needs, and the pip package that brings it
@@ -128,49 +128,13 @@ def weights_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-class LabelGraph(torch.nn.Module):
-    """What a compiled backend runs for one frame batch: normalise, resize to the model's
-    input size, the model, upsample to the image size, first class maximum, cast.
-
-    Input: (N, 3, H, W) float RGB in [0, 1], or (N, H, W, 3) uint8 RGB as the message
-    carries it (the conversion then runs inside the graph too). Output: (N, H, W)
-    ``label_dtype``.
-    """
-
-    def __init__(self, model: torch.nn.Module, scale: torch.Tensor, shift: torch.Tensor,
-                 input_size: int, label_dtype: torch.dtype) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer('scale', scale.detach().cpu().clone())
-        self.register_buffer('shift', shift.detach().cpu().clone())
-        self.input_size = input_size
-        self.label_dtype = label_dtype
-        self.image_hw = (0, 0)  # set (python ints) before tracing: sizes stay static
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = self.image_hw
-        if x.dtype == torch.uint8:  # (N, H, W, 3) pixels: x / 255 folded into the scale
-            x = x.permute(0, 3, 1, 2).to(torch.float32) * (self.scale / 255.0) + self.shift
-        else:
-            x = x * self.scale + self.shift
-        if self.input_size > 0 and self.input_size != min(h, w):
-            s = self.input_size / min(h, w)
-            x = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))),
-                              mode='bilinear', align_corners=False, antialias=s < 1)
-        out = self.model(x)['out']
-        if tuple(out.shape[-2:]) != (h, w):
-            out = F.interpolate(out, size=(h, w), mode='bilinear', align_corners=False)
-        # int32 before the narrowing cast: ONNX casts int64 -> uint8 fine, but some
-        # backends only fuse ArgMax with an int32 output
-        return out.argmax(1).to(torch.int32).to(self.label_dtype)
-
-
 class CompiledLabels:
     """The labels of a frame batch from a compiled backend, one compiled graph per shape.
 
     Args:
         backend: ``openvino`` or ``onnxruntime``.
-        graph: the :class:`LabelGraph` to export (on the CPU: export traces it there).
+        graph: the graph to export (on the CPU: export traces it there): a
+            :class:`~seg_ros.core.semantic.LabelGraph` (subclasses: their own).
         name: the model's registry name (part of the cache key).
         device: where input tensors live and labels are returned.
         precision: ``fp32`` | ``fp16`` | ``bf16``; applied by the backend's own mechanism
@@ -179,7 +143,7 @@ class CompiledLabels:
         report: called with one line per export/compile (the node logs it).
     """
 
-    def __init__(self, backend: str, graph: LabelGraph, name: str, device: torch.device,
+    def __init__(self, backend: str, graph: torch.nn.Module, name: str, device: torch.device,
                  precision: str = 'fp32', cache_dir: str = DEFAULT_CACHE_DIR,
                  report: Callable[[str], None] = log.info) -> None:
         self.backend = backend
@@ -217,13 +181,30 @@ class CompiledLabels:
                             'mode on the CPU; running fp32 (use backend openvino)')
         return precision, ''
 
+    # -- what differs between graphs (overridden by seg_ros.core.instance_backends) ---------
+    def key_extra(self) -> str:
+        """What else than weights, model, shape and versions tells two exports apart."""
+        return str(self.graph.label_dtype)
+
+    def prepare(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        """Set the graph up for tracing at ``shape`` (sizes stay static in the export)."""
+        self.graph.image_hw = _nhw(shape, dtype)[1:]
+
+    def output_names(self) -> list[str]:
+        """The ONNX graph's output names."""
+        return ['labels']
+
+    def export_options(self) -> dict:
+        """Extra ``torch.onnx.export`` arguments (e.g. a dynamic dimension)."""
+        return {}
+
     # -- export and cache -----------------------------------------------------------------
     def onnx_path(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Path:
         """Where the export for an input ``shape`` of ``dtype`` lives: keyed by weights
         content, model, input shape and type, torch version and opset.
         """
         key = hashlib.sha256(f'{self.digest}|{self.name}|{shape}|{dtype}|{torch.__version__}|'
-                             f'{OPSET}|{self.graph.label_dtype}'.encode()).hexdigest()[:20]
+                             f'{OPSET}|{self.key_extra()}'.encode()).hexdigest()[:20]
         n, h, w = _nhw(shape, dtype)
         kind = 'u8' if dtype == torch.uint8 else 'f32'
         return self.cache_dir / 'onnx' / f'{self.name}-n{n}-{h}x{w}-{kind}-{key}.onnx'
@@ -239,7 +220,7 @@ class CompiledLabels:
         t0 = time.perf_counter()
         tmp = path.with_suffix(f'.{os.getpid()}.tmp')
         x = torch.zeros(shape, dtype=dtype)
-        self.graph.image_hw = _nhw(shape, dtype)[1:]
+        self.prepare(shape, dtype)
         try:
             # the dynamo exporter: the legacy one has no antialiased resize
             with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), \
@@ -247,8 +228,8 @@ class CompiledLabels:
                 warnings.simplefilter('ignore')
                 torch.onnx.export(self.graph.to('cpu'), (x,), str(tmp), dynamo=True,
                                   opset_version=OPSET, input_names=['image'],
-                                  output_names=['labels'], verbose=False,
-                                  external_data=False)
+                                  output_names=self.output_names(), verbose=False,
+                                  external_data=False, **self.export_options())
             os.replace(tmp, path)  # atomic: a concurrent node never reads half a file
         except Exception as exc:
             tmp.unlink(missing_ok=True)
@@ -292,17 +273,23 @@ class CompiledLabels:
         """
         return self.compiled(tuple(int(s) for s in image.shape), image.dtype)(image)
 
-    def _openvino(self, path: Path, nhw: tuple[int, int, int], dtype: torch.dtype):
+    def _openvino_request(self, path: Path, what: str = 'backend'):
+        """An OpenVINO infer request of the ONNX file on the CPU, with this graph's
+        precision hint and OpenVINO's compiled-blob cache in ``cache_dir``.
+        """
         import openvino as ov
+        if self.device.type != 'cpu':
+            raise BackendError(f'backend openvino runs on the CPU here; use device cpu, or '
+                               f'{what} onnxruntime/torch on CUDA')
         core = ov.Core()
         core.set_property({'CACHE_DIR': str(self.cache_dir / f'openvino-{ov.__version__}')})
         hint = {'fp32': 'f32', 'bf16': 'bf16', 'fp16': 'f16'}[self.precision]
-        if self.device.type != 'cpu':
-            raise BackendError('backend openvino runs on the CPU here; use device cpu, or '
-                               'backend onnxruntime/torch on CUDA')
         compiled = core.compile_model(str(path), 'CPU', {
             'INFERENCE_PRECISION_HINT': hint, 'PERFORMANCE_HINT': 'LATENCY'})
-        request = compiled.create_infer_request()
+        return compiled.create_infer_request()
+
+    def _openvino(self, path: Path, nhw: tuple[int, int, int], dtype: torch.dtype):
+        request = self._openvino_request(path)
 
         def run(image: torch.Tensor) -> torch.Tensor:
             x = image.contiguous().numpy()
@@ -310,27 +297,37 @@ class CompiledLabels:
             return torch.from_numpy(out.copy())  # the request's buffer is reused next call
         return run
 
-    def _onnxruntime(self, path: Path, nhw: tuple[int, int, int], dtype: torch.dtype):
+    def _ort_session(self, path: Path, what: str = 'backend', spin: bool = True,
+                     tensorrt: bool = True):
+        """An ONNX Runtime session of the ONNX file on ``device``: all graph optimisations,
+        CUDA's provider on CUDA (and TensorRT's, engines cached, when ``tensorrt`` and
+        installed); ``spin`` False stops idle threads spinning between calls.
+        """
         import onnxruntime as ort
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not spin:
+            so.add_session_config_entry('session.intra_op.allow_spinning', '0')
         providers: list = ['CPUExecutionProvider']
-        cuda = self.device.type == 'cuda'
-        if cuda:
+        if self.device.type == 'cuda':
             avail = ort.get_available_providers()
             if 'CUDAExecutionProvider' not in avail:
-                raise BackendError('backend onnxruntime on CUDA needs onnxruntime-gpu (pip '
+                raise BackendError(f'{what} onnxruntime on CUDA needs onnxruntime-gpu (pip '
                                    'install onnxruntime-gpu); this one has ' + ', '.join(avail))
             dev_id = self.device.index or 0
             providers = [('CUDAExecutionProvider', {'device_id': dev_id})]
-            if 'TensorrtExecutionProvider' in avail:
+            if tensorrt and 'TensorrtExecutionProvider' in avail:
                 engines = self.cache_dir / f'tensorrt-{ort.__version__}'
                 engines.mkdir(exist_ok=True)
                 providers.insert(0, ('TensorrtExecutionProvider', {
                     'device_id': dev_id, 'trt_engine_cache_enable': True,
                     'trt_engine_cache_path': str(engines),
                     'trt_fp16_enable': self.precision == 'fp16'}))
-        session = ort.InferenceSession(str(path), so, providers=providers)
+        return ort.InferenceSession(str(path), so, providers=providers)
+
+    def _onnxruntime(self, path: Path, nhw: tuple[int, int, int], dtype: torch.dtype):
+        session = self._ort_session(path)
+        cuda = self.device.type == 'cuda'
         n, h, w = nhw
         in_np = np.uint8 if dtype == torch.uint8 else np.float32
         dtype = self.graph.label_dtype

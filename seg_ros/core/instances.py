@@ -6,9 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
+from torchvision.utils import draw_bounding_boxes
 
 from .colors import voc_palette
+from .instance_backends import CompiledHead
 from .models import LoadedModel
 from .results import InstanceResult
 from .semantic import autocast_context
@@ -31,9 +32,34 @@ def compose_id_map(masks: torch.Tensor, height: int, width: int) -> torch.Tensor
         return torch.zeros((height, width), dtype=torch.uint16, device=masks.device)
     if masks.shape[0] > MAX_INSTANCES:
         raise ValueError(f'at most {MAX_INSTANCES} instances fit a uint16 id map')
-    covered = masks.any(0)
-    first = masks.to(torch.uint8).argmax(0)  # first True = highest score
-    return torch.where(covered, first + 1, 0).to(torch.uint16)
+    # instance k weighs n + 1 - k: the largest weight over a pixel is its first (highest-
+    # scored) mask. One elementwise max across the masks: 1.4 ms for 10 masks at 640x480
+    # here, where argmax over the instance axis took 57 ms. Up to 255 masks the bool masks
+    # are read as bytes in place (no widening copy): 8 ms for 100 masks, 77 ms in int16.
+    n = masks.shape[0]
+    if n < 256:
+        weight = torch.arange(n, 0, -1, dtype=torch.uint8, device=masks.device).view(n, 1, 1)
+        best = (masks.view(torch.uint8) * weight).amax(0).to(torch.int16)
+    else:
+        dtype = torch.int16 if n < 2**15 else torch.int32
+        weight = torch.arange(n, 0, -1, dtype=dtype, device=masks.device).view(n, 1, 1)
+        best = (masks.to(dtype) * weight).amax(0)
+    return torch.where(best > 0, n + 1 - best, 0).to(torch.uint16)
+
+
+def blend_id_map(image: torch.Tensor, id_map: torch.Tensor,
+                 colors: Sequence[tuple[int, int, int]], alpha: float) -> torch.Tensor:
+    """The visible masks of an id map drawn over a (3, H, W) uint8 image in one pass: a
+    colour table indexed by the map, no loop over instances. Pixel for pixel what
+    ``torchvision.utils.draw_segmentation_masks(image, masks, alpha, colors)`` draws for the
+    map's (non-overlapping) masks, ``colors[k-1]`` for instance k.
+    """
+    lut = torch.zeros((len(colors) + 1, 3), dtype=torch.uint8)
+    if colors:
+        lut[1:] = torch.tensor(colors, dtype=torch.uint8)
+    ids = id_map.to(torch.int64)
+    painted = torch.where((ids > 0)[None], lut[ids].permute(2, 0, 1), image)
+    return (image * (1 - alpha) + painted * alpha).to(torch.uint8)
 
 
 def motion_thumbnail(image: torch.Tensor, width: int = 160) -> tuple[np.ndarray, float]:
@@ -88,6 +114,15 @@ class InstanceSegmenter:
         self.keep_ids: torch.Tensor | None = None
         self.set_classes(classes)
         self.palette = voc_palette(max(loaded.num_classes, 2))
+
+    def warm_heads(self) -> None:
+        """Export and compile the compiled ROI heads now (a frame without detections, such
+        as a warm-up's blank one, never reaches the mask head: the first frame with an
+        object would pay its export).
+        """
+        for mod in self.model.modules():
+            if isinstance(mod, CompiledHead):
+                mod.compiled.warm()
 
     def set_classes(self, classes: Sequence[str]) -> None:
         """Keep only instances of these class names (empty keeps all).
@@ -149,7 +184,9 @@ class InstanceSegmenter:
         idx = idx[:self.max_detections]
         boxes = out['boxes'][idx].float()
         labels = out['labels'][idx]
-        masks = out['masks'][idx, 0] > self.mask_threshold
+        # threshold in place, then gather bytes: gathering the float masks first copied
+        # 123 MB for 100 instances at 640x480 (90 ms)
+        masks = (out['masks'][:, 0] > self.mask_threshold)[idx]
         id_map = compose_id_map(masks, h, w)
         boxes_np = boxes.cpu().numpy().astype(np.float32)
         class_np = labels.cpu().numpy().astype(np.int64)
@@ -175,12 +212,9 @@ class InstanceSegmenter:
         img = (image * 255).round().to(torch.uint8)
         n = boxes.shape[0]
         if n:
-            # Draw the visible (composed) masks so overlaps show the winner.
-            ks = torch.arange(1, n + 1, device=id_map.device).view(n, 1, 1)
-            visible = id_map.unsqueeze(0).to(torch.int64) == ks
             colors = [tuple(int(v) for v in self.palette[int(c) % len(self.palette)])
                       for c in labels.tolist()]
-            img = draw_segmentation_masks(img.cpu(), visible.cpu(), alpha=0.5, colors=colors)
+            img = blend_id_map(img.cpu(), id_map.cpu(), colors, 0.5)
             names = self.loaded.class_names
             text = overlay_labels(ids, labels.tolist(), names)
             img = draw_bounding_boxes(img, boxes.cpu(), labels=text, colors=colors, width=2)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from seg_ros.core import backends
 from seg_ros.core.backends import BackendError
+from seg_ros.core.instance_backends import compile_instance_model
 from seg_ros.core.instances import InstanceSegmenter
 from seg_ros.core.models import ModelLoadError, load_instance_model, load_semantic_model
 from seg_ros.core.params import names
@@ -24,6 +25,12 @@ class LoadError(RuntimeError):
 
 def _say(_text: str) -> None:
     return None
+
+
+def _which(exc: BackendError) -> str:
+    """Which model's backend an export or compile error came from."""
+    return 'instance' if '-backbone' in str(exc) or 'instance.backend' in str(exc) \
+        else 'semantic'
 
 
 def load_pipeline(settings: Settings, info: Callable[[str], None] = _say,
@@ -47,6 +54,13 @@ def load_pipeline(settings: Settings, info: Callable[[str], None] = _say,
         sem_backend = backends.resolve(p['semantic.backend'], device, precision)
     except BackendError as exc:
         raise LoadError(f'semantic.backend: {exc}') from None
+    try:
+        # the same rule as the semantic model's, measured for Mask R-CNN backbones too
+        # (BENCHMARKS.md, "Instances on a CPU")
+        inst_backend = backends.resolve(p['instance.backend'], device, precision) \
+            if p['instance.enabled'] else 'torch'
+    except BackendError as exc:
+        raise LoadError(f'instance.backend: {exc}') from None
 
     def torch_precision(what: str) -> str:
         if device.type != 'cuda' and precision != 'fp32':
@@ -80,23 +94,33 @@ def load_pipeline(settings: Settings, info: Callable[[str], None] = _say,
                 names(p['instance.class_names']), device,
                 min_size=p['instance.min_size'], max_size=p['instance.max_size'],
                 score_threshold=p.score_threshold,
-                max_detections=p['instance.max_detections'])
+                max_detections=p['instance.max_detections'],
+                max_proposals=p['instance.max_proposals'])
+            if inst_backend != 'torch':
+                compile_instance_model(loaded.model, inst_backend, loaded.name, device,
+                                       precision, p['backend.cache_dir'], report=info)
             instance = InstanceSegmenter(
                 loaded, device, p.score_threshold, p.mask_threshold,
-                p['instance.max_detections'], p.classes, torch_precision('instance'))
+                p['instance.max_detections'], p.classes,
+                torch_precision('instance') if inst_backend == 'torch' else 'fp32')
             report('instance', loaded)
+            info(f'instance backend: {inst_backend}'
+                 + (' (auto)' if p['instance.backend'] == 'auto' else '')
+                 + ('' if inst_backend == 'torch' else ' (backbone, FPN, RPN head, box '
+                    'head and mask head compiled; proposals, ROI align, NMS and mask '
+                    'pasting in torch)'))
         pipeline = Pipeline(device, semantic, instance)
     except (ModelLoadError, ValueError) as exc:
         raise LoadError(str(exc)) from None
     except BackendError as exc:
-        raise LoadError(f'semantic.backend: {exc}') from None
+        raise LoadError(f'{_which(exc)}.backend: {exc}') from None
     if p['warmup'] if warm_up is None else warm_up:
         t0 = time.perf_counter()
         try:
             for height, width in p.warmup_sizes:
                 pipeline.warm_up(height, width, keep_image=p.depth_enabled)
         except BackendError as exc:
-            raise LoadError(f'semantic.backend: {exc}') from None
+            raise LoadError(f'{_which(exc)}.backend: {exc}') from None
         sizes = ', '.join(f'{w}x{h}' for h, w in p.warmup_sizes)
         info(f'warm-up done in {time.perf_counter() - t0:.2f}s ({sizes})')
     return pipeline

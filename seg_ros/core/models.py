@@ -6,7 +6,10 @@ No rclpy here. A model is chosen by name; its weights come from one of
   connected machine; :class:`ModelLoadError` with a clear message when they cannot be had);
 * ``camvid``: the semantic model shipped in this package (``seg_ros/weights/``), which
   also fixes the architecture, class names, colours and input size;
-* a path to a state-dict file, loaded with ``torch.load(..., weights_only=True)``;
+* ``tabletop``: the instance model shipped in this package (a self-describing file);
+* a path to a state-dict file, loaded with ``torch.load(..., weights_only=True)``; a file
+  written by ``train_instances`` describes itself (architecture, class names, training
+  size, seg_ros version: :func:`save_instance_weights`), so it alone is enough;
 * ``none``: random initialisation (tests and benchmarks only).
 
 Preprocessing (mean/std, preferred input size) and class names travel with the weights, as
@@ -14,8 +17,7 @@ torchvision's weights enums carry ``transforms`` and ``meta["categories"]``.
 """
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,16 @@ from typing import Any
 import torch
 import yaml
 from torchvision.models import detection, segmentation
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+
+from seg_ros.core import light_maskrcnn
+from seg_ros.core.weights_io import (  # noqa: F401  (re-exported: one place to import from)
+    INSTANCE_FORMAT,
+    ModelLoadError,
+    read_state_dict,
+    read_weights_file,
+    save_instance_weights,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,16 +42,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / 'weights'
 
 
-class ModelLoadError(RuntimeError):
-    """The model cannot be built or its weights cannot be loaded (message says why)."""
-
-
 @dataclass(frozen=True)
 class ModelSpec:
     """One architecture of the registry."""
 
     builder: Callable[..., torch.nn.Module]
-    weights_enum: Any  # torchvision WeightsEnum class
+    weights_enum: Any  # torchvision WeightsEnum class (None: torchvision has no weights)
     kind: str  # 'semantic' | 'instance'
 
 
@@ -66,7 +74,18 @@ INSTANCE_MODELS: dict[str, ModelSpec] = {
     'maskrcnn_resnet50_fpn_v2': ModelSpec(
         detection.maskrcnn_resnet50_fpn_v2, detection.MaskRCNN_ResNet50_FPN_V2_Weights,
         'instance'),
+    light_maskrcnn.NAME: ModelSpec(
+        light_maskrcnn.maskrcnn_mobilenet_v3_large_fpn, None, 'instance'),
 }
+
+#: The instance architecture of ``DEFAULT``, ``none`` and plain state-dict files when
+#: ``instance.model`` is empty (a self-describing file names its own).
+DEFAULT_INSTANCE_MODEL = 'maskrcnn_resnet50_fpn_v2'
+
+#: Bundled instance weights selectable by name (``instance.weights:=tabletop``); the file
+#: describes itself (architecture, classes, training size).
+SHIPPED_INSTANCE = {'tabletop': 'tabletop_maskrcnn_mobilenet_v3.pt'}
+
 
 #: Bundled weights selectable by name (``semantic.weights:=camvid``).
 SHIPPED_SEMANTIC = {
@@ -84,6 +103,7 @@ class LoadedModel:
         class_names: one name per output class (index -> name).
         mean, std: per-channel normalisation for RGB input in [0, 1].
         input_size: preferred shorter side for the model (0 = image's own resolution).
+        train_size: shorter side the weights were trained at (0 = not recorded).
         palette: optional (num_classes, 3) uint8 RGB colours (None = generated palette).
         random_init: True when the weights are random (results are meaningless).
         source: human-readable description of where the weights came from.
@@ -95,6 +115,7 @@ class LoadedModel:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     input_size: int = 0
+    train_size: int = 0
     palette: list[list[int]] | None = None
     random_init: bool = False
     source: str = ''
@@ -136,63 +157,6 @@ def _check_names(class_names: Sequence[str], num_classes: int) -> list[str]:
         raise ModelLoadError(
             f'class_names has {len(names)} entries but the model has {num_classes} classes')
     return names or default_class_names(num_classes)
-
-
-def _load_failure(exc: Exception) -> str:
-    """What went wrong reading a weights file, without PyTorch's advice to retry with
-    ``weights_only=False`` (which would execute arbitrary pickled code, never offered here).
-    """
-    text = str(exc).strip()
-    if 'weights_only' in text or 'Weights only load failed' in text:
-        return 'it holds objects other than tensors (an arbitrary pickle)'
-    first = text.splitlines()[0] if text else type(exc).__name__
-    if 'invalid load key' in first or 'zip archive' in first or 'magic number' in first:
-        return f'not a PyTorch file ({first})'
-    return first
-
-
-def _is_text(head: bytes) -> bool:
-    try:
-        head.decode('utf-8')
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a plain state dict safely (``weights_only=True``).
-
-    Accepts a mapping name -> tensor, or one wrapped under ``state_dict`` / ``model``.
-
-    Raises:
-        ModelLoadError: missing or unreadable file, a pickle that is not a plain state dict.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise ModelLoadError(f'weights file not found: {p}')
-    with p.open('rb') as f:
-        head = f.read(64)
-    if not (head.startswith(b'PK\x03\x04') or head[:1] == b'\x80'):  # zip or legacy pickle
-        kind = 'an empty file' if not head else 'a text file' if _is_text(head) else \
-            'an unknown binary format'
-        raise ModelLoadError(f'cannot read weights file {p}: not a PyTorch file ({kind}); it '
-                             'must be a state dict saved with torch.save(model.state_dict(), '
-                             'path)')
-    try:
-        obj = torch.load(p, map_location='cpu', weights_only=True)
-    except Exception as exc:  # corrupt file, unsafe pickle, not a torch file at all
-        raise ModelLoadError(f'cannot read weights file {p}: {_load_failure(exc)}; it must be '
-                             'a state dict saved with torch.save(model.state_dict(), path) '
-                             '(only tensors are loaded, never arbitrary pickles)') from None
-    if isinstance(obj, Mapping):
-        for key in ('state_dict', 'model'):
-            if key in obj and isinstance(obj[key], Mapping):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not obj or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise ModelLoadError(f'{p} is not a plain state dict (name -> tensor)')
-    return dict(obj)
 
 
 def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str) -> None:
@@ -259,35 +223,117 @@ def load_semantic_model(name: str, weights: str, num_classes: int = 0,
     return loaded
 
 
+class NativeSizeTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform (normalise, batch) without its resize: the model
+    sees each image at its own size, capped to ``cap`` pixels on the longer side when
+    ``cap`` > 0. Boxes and masks come back at the input's resolution either way.
+    """
+
+    def __init__(self, cap: int, image_mean, image_std, size_divisible: int = 32) -> None:
+        super().__init__(max(cap, 1), max(cap, 1), image_mean, image_std, size_divisible)
+        self.cap = int(cap)
+
+    def resize(self, image: torch.Tensor, target: dict | None = None):
+        h, w = image.shape[-2:]
+        if self.cap <= 0 or max(h, w) <= self.cap:
+            return image, target
+        self.min_size = (max(1, round(min(h, w) * self.cap / max(h, w))),)
+        return super().resize(image, target)
+
+
+def instance_weights_path(weights: str) -> str:
+    """The file ``instance.weights`` names: a shipped name's file, else the value."""
+    shipped = SHIPPED_INSTANCE.get(weights.strip().lower())
+    return str(WEIGHTS_DIR / shipped) if shipped else weights
+
+
+def _instance_source(weights: str):
+    """(weights path or keyword, state dict or None, description) of ``instance.weights``."""
+    w = (weights or '').strip()
+    if not w:
+        raise ModelLoadError('weights must be DEFAULT, none, a shipped name '
+                             f'({", ".join(SHIPPED_INSTANCE)}) or a file path')
+    if w.upper() == 'DEFAULT' or w.lower() == 'none':
+        return w, None, {}
+    path = instance_weights_path(w)
+    state, meta = read_weights_file(path)
+    return path, state, meta
+
+
 def load_instance_model(name: str, weights: str, num_classes: int = 0,
                         class_names: Sequence[str] = (),
                         device: str | torch.device = 'cpu',
-                        min_size: int = 800, max_size: int = 1333,
+                        min_size: int = 0, max_size: int = 0,
                         score_threshold: float = 0.05,
-                        max_detections: int = 100) -> LoadedModel:
+                        max_detections: int = 100,
+                        max_proposals: int = 0) -> LoadedModel:
     """Build a Mask R-CNN model and load its weights.
 
-    The model's own transform normalises and resizes (``min_size``/``max_size``), and boxes
-    and masks come back in input-image coordinates. ``score_threshold`` and
-    ``max_detections`` are applied inside the model's ROI heads (before the mask head),
+    The model's own transform normalises and, when ``min_size`` > 0, resizes (shorter side
+    ``min_size``, longer side at most ``max_size``, 0 = torchvision's 1333/800 ratio); with
+    ``min_size`` 0 it sees the image at its own size (longer side capped to ``max_size``
+    when > 0). Boxes and masks come back in input-image coordinates. ``score_threshold``
+    and ``max_detections`` are applied inside the model's ROI heads (before the mask head),
     which gives the same instances above the threshold as filtering afterwards.
+    ``max_proposals`` > 0 caps the RPN's proposals after NMS at inference (the ROI heads'
+    work; 0 = the architecture's own count).
+
+    ``name`` empty = the architecture the weights file names (``DEFAULT``, ``none`` and plain
+    state dicts: :data:`DEFAULT_INSTANCE_MODEL`); a name that contradicts the file is
+    refused. A self-describing file also brings its class names (unless ``class_names``
+    are given) and training size.
 
     Raises:
         ModelLoadError: as :func:`load_semantic_model`.
     """
+    path, state, meta = _instance_source(weights)
+    shipped = (weights or '').strip().lower() in SHIPPED_INSTANCE
+    file_model = meta.get('model')
+    if file_model:
+        if file_model not in INSTANCE_MODELS:
+            raise ModelLoadError(
+                f'weights file {path} holds a {file_model!r} model, which this seg_ros does '
+                f'not know (it knows {sorted(INSTANCE_MODELS)})')
+        if name and name != file_model:
+            raise ModelLoadError(
+                f'instance.model={name} contradicts weights file {path}, which holds a '
+                f'{file_model} (leave instance.model empty to take the file\'s)')
+        name = file_model
+        class_names = list(class_names) or list(meta['class_names'])
+    name = name or DEFAULT_INSTANCE_MODEL
     spec = INSTANCE_MODELS.get(name)
     if spec is None:
         raise ModelLoadError(
             f'unknown instance model {name!r}; choose one of {sorted(INSTANCE_MODELS)}')
-    loaded = _build(spec, name, weights, num_classes, class_names, default_classes=91,
-                    min_size=min_size, max_size=max_size, box_score_thresh=score_threshold,
+    if spec.weights_enum is None and path.upper() == 'DEFAULT':
+        raise ModelLoadError(
+            f'torchvision publishes no weights for {name}: use instance.weights:=tabletop '
+            '(shipped), a file written by train_instances, or none')
+    size_kw: dict[str, Any] = {'min_size': min_size or 800,
+                               'max_size': max_size or round((min_size or 800) * 1333 / 800)}
+    loaded = _build(spec, name, path, num_classes, class_names, default_classes=91,
+                    state=state, **size_kw, box_score_thresh=score_threshold,
                     box_detections_per_img=max_detections)
+    if not min_size:
+        t = loaded.model.transform
+        loaded.model.transform = NativeSizeTransform(max_size, t.image_mean, t.image_std,
+                                                     t.size_divisible)
+    post_nms = loaded.model.rpn._post_nms_top_n
+    if max_proposals > 0:
+        post_nms['testing'] = min(post_nms['testing'], max_proposals)
+    loaded.train_size = int(meta.get('train_size', 0) or 0)
+    if shipped:
+        loaded.source = f'shipped weights {weights.strip()!r} ({path})'
+    elif meta:
+        loaded.source += (f' (seg_ros {meta.get("seg_ros_version", "?")} training, '
+                          f'{loaded.num_classes - 1} classes)')
     loaded.model.to(device).eval()
     return loaded
 
 
 def _build(spec: ModelSpec, name: str, weights: str, num_classes: int,
-           class_names: Sequence[str], default_classes: int, **kwargs: Any) -> LoadedModel:
+           class_names: Sequence[str], default_classes: int,
+           state: dict[str, torch.Tensor] | None = None, **kwargs: Any) -> LoadedModel:
     weights = (weights or '').strip()
     if not weights:
         raise ModelLoadError('weights must be DEFAULT, none, a shipped name or a file path')
@@ -318,7 +364,8 @@ def _build(spec: ModelSpec, name: str, weights: str, num_classes: int,
         model = spec.builder(weights=None, num_classes=n, **no_backbone, **kwargs)
         return LoadedModel(model, name, _check_names(class_names, n), random_init=True,
                            source='random initialisation (weights=none)')
-    state = read_state_dict(weights)
+    if state is None:
+        state = read_state_dict(weights)
     file_classes = _state_num_classes(state, spec.kind)
     if num_classes and file_classes and num_classes != file_classes:
         raise ModelLoadError(

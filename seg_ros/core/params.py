@@ -11,7 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from seg_ros.core.backends import BACKENDS, DEFAULT_CACHE_DIR
-from seg_ros.core.models import INSTANCE_MODELS, SEMANTIC_MODELS, SHIPPED_SEMANTIC
+from seg_ros.core.models import (
+    DEFAULT_INSTANCE_MODEL,
+    INSTANCE_MODELS,
+    SEMANTIC_MODELS,
+    SHIPPED_SEMANTIC,
+)
 
 _DEVICE = re.compile(r'^(auto|cpu|cuda|cuda:\d+)$')
 _SIZES = re.compile(r'^[1-9]\d{0,4}x[1-9]\d{0,4}(,[1-9]\d{0,4}x[1-9]\d{0,4})*$')
@@ -51,16 +56,6 @@ def _classes(v: Any) -> str | None:
     if any(not isinstance(c, str) for c in (v or [])):
         return 'must be a list of class names'
     return None
-
-
-def _instance_backend(v: Any) -> str | None:
-    if v in ('torch', 'auto'):
-        return None
-    if v in BACKENDS:
-        return (f'{v} is not available for Mask R-CNN: its ONNX export does not keep the '
-                'boxes, scores and masks of the torch model (README: Backends); use torch '
-                'or auto')
-    return f'must be one of {list(BACKENDS)}, got {v!r}'
 
 
 _TOKEN = re.compile(r'^[A-Za-z][A-Za-z0-9_]*$')
@@ -166,15 +161,20 @@ PARAMS: list[Param] = [
           check=lambda v: None if isinstance(v, str) and v.strip() else
           f'must be a directory path, got {v!r}'),
     Param('instance.enabled', False, 'bool', 'run instance segmentation (Mask R-CNN)'),
-    Param('instance.model', 'maskrcnn_resnet50_fpn_v2', 'string',
-          f'instance architecture: {", ".join(INSTANCE_MODELS)}',
-          check=_one_of(*INSTANCE_MODELS)),
+    Param('instance.model', '', 'string',
+          f'instance architecture: {", ".join(INSTANCE_MODELS)}; empty = the one the weights '
+          f'file names (train_instances files, tabletop), else {DEFAULT_INSTANCE_MODEL}',
+          check=_one_of('', *INSTANCE_MODELS)),
     Param('instance.backend', 'auto', 'string',
-          'torch | auto (= torch): Mask R-CNN stays on eager PyTorch (README: Backends); '
-          'openvino and onnxruntime are refused with the reason',
-          check=_instance_backend),
+          'torch | openvino | onnxruntime | auto: the Mask R-CNN backbone, FPN and RPN head '
+          'compiled per input size, box and mask heads once (cached in backend.cache_dir); '
+          'proposals, ROI align, NMS and mask pasting in torch; auto = the fastest installed '
+          'for the device and precision (README: Backends)',
+          check=_one_of(*BACKENDS)),
     Param('instance.weights', 'DEFAULT', 'string',
-          'DEFAULT (torchvision COCO weights) | path to a state-dict file | none',
+          'DEFAULT (torchvision COCO weights: downloads ~180 MB on first use) | tabletop '
+          '(shipped: boxes and cylinders on a table) | path to a weights file (a '
+          'train_instances file brings its architecture and class names) | none',
           check=_weights),
     Param('instance.num_classes', 0, 'int',
           'classes of a weights file or random model incl. background (0 = from the file, '
@@ -188,6 +188,11 @@ PARAMS: list[Param] = [
           float_range=(0.0, 1.0)),
     Param('instance.max_detections', 100, 'int', 'keep at most this many instances',
           int_range=(1, 1000)),
+    Param('instance.max_proposals', 200, 'int',
+          'at most this many RPN proposals (after NMS) go to the ROI heads per image: the box '
+          "head's cost grows with them (0 = the architecture's own: torchvision's 1000 for "
+          'the R50 models, 150 for the light one; a cap never raises it)',
+          int_range=(0, 10000)),
     Param('instance.classes', (), 'string_array',
           'class names to keep (unset/empty keeps all)', read_only=False, check=_classes),
     Param('instance.tracking', False, 'bool',
@@ -199,10 +204,12 @@ PARAMS: list[Param] = [
     Param('instance.track_iou', 0.3, 'double',
           'least box IoU between a detection and a track for a match', read_only=False,
           float_range=(0.01, 1.0)),
-    Param('instance.min_size', 800, 'int', "Mask R-CNN's internal resize: shorter side",
-          int_range=(32, 4096)),
-    Param('instance.max_size', 1333, 'int', "Mask R-CNN's internal resize: longer side cap",
-          int_range=(32, 8192)),
+    Param('instance.min_size', 0, 'int',
+          "Mask R-CNN's internal resize: shorter side (0 = the image's own size, no resize)",
+          int_range=(0, 4096)),
+    Param('instance.max_size', 0, 'int',
+          "Mask R-CNN's internal resize: longer side cap (0 = none at native size, else "
+          "torchvision's 1333/800 of min_size)", int_range=(0, 8192)),
     Param('depth.enabled', False, 'bool',
           '3D from a registered depth image: subscribe to depth and camera_info, publish '
           '~/instances/detections_3d, ~/instances/points, ~/instances/markers, '

@@ -60,6 +60,8 @@ class Pipeline:
         blank = buffer_to_frame('rgb8', height, width, width * 3, False,
                                 bytes(height * width * 3))
         self.run_many([blank], want_color=[self.semantic is not None], keep_image=keep_image)
+        if self.instance is not None:
+            self.instance.warm_heads()
 
     @torch.inference_mode()
     def __call__(self, frame: Frame, want_color: bool = False,

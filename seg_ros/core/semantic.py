@@ -42,6 +42,43 @@ def resize_shorter(x: torch.Tensor, size: int) -> torch.Tensor:
                          mode='bilinear', align_corners=False, antialias=s < 1)
 
 
+class LabelGraph(torch.nn.Module):
+    """What a compiled backend runs for one frame batch: normalise, resize to the model's
+    input size, the model, upsample to the image size, first class maximum, cast.
+
+    Input: (N, 3, H, W) float RGB in [0, 1], or (N, H, W, 3) uint8 RGB as the message
+    carries it (the conversion then runs inside the graph too). Output: (N, H, W)
+    ``label_dtype``.
+    """
+
+    def __init__(self, model: torch.nn.Module, scale: torch.Tensor, shift: torch.Tensor,
+                 input_size: int, label_dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer('scale', scale.detach().cpu().clone())
+        self.register_buffer('shift', shift.detach().cpu().clone())
+        self.input_size = input_size
+        self.label_dtype = label_dtype
+        self.image_hw = (0, 0)  # set (python ints) before tracing: sizes stay static
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = self.image_hw
+        if x.dtype == torch.uint8:  # (N, H, W, 3) pixels: x / 255 folded into the scale
+            x = x.permute(0, 3, 1, 2).to(torch.float32) * (self.scale / 255.0) + self.shift
+        else:
+            x = x * self.scale + self.shift
+        if self.input_size > 0 and self.input_size != min(h, w):
+            s = self.input_size / min(h, w)
+            x = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))),
+                              mode='bilinear', align_corners=False, antialias=s < 1)
+        out = self.model(x)['out']
+        if tuple(out.shape[-2:]) != (h, w):
+            out = F.interpolate(out, size=(h, w), mode='bilinear', align_corners=False)
+        # int32 before the narrowing cast: ONNX casts int64 -> uint8 fine, but some
+        # backends only fuse ArgMax with an int32 output
+        return out.argmax(1).to(torch.int32).to(self.label_dtype)
+
+
 class SemanticSegmenter:
     """Runs a semantic model on one frame at a time.
 
@@ -91,7 +128,7 @@ class SemanticSegmenter:
         self.backend = backends.resolve(backend, self.device, precision)
         self.compiled: backends.CompiledLabels | None = None
         if self.backend != 'torch':
-            graph = backends.LabelGraph(loaded.model, self._norm_scale, self._norm_shift,
+            graph = LabelGraph(loaded.model, self._norm_scale, self._norm_shift,
                                         self.input_size, self.label_dtype)
             self.compiled = backends.CompiledLabels(self.backend, graph, loaded.name,
                                                     self.device, precision, cache_dir, report)

@@ -32,11 +32,15 @@ def common_arguments(node_name: str = 'segmentation') -> list[DeclareLaunchArgum
         DeclareLaunchArgument('node_name', default_value=node_name,
                               description='name of the node (outputs live under ~/)'),
         DeclareLaunchArgument('instance_weights', default_value='',
-                              description='instance.weights: DEFAULT (torchvision COCO, '
-                                          'downloads ~180 MB once) | a weights file | none; '
-                                          "empty (default) keeps the params file's value"),
+                              description='instance.weights: tabletop (shipped: boxes and '
+                                          'cylinders on a table; works offline) | DEFAULT '
+                                          '(torchvision COCO, downloads ~180 MB once) | a '
+                                          'weights file (a train_instances file brings its '
+                                          "model and classes) | none; empty (default) keeps "
+                                          "the params file's value"),
         DeclareLaunchArgument('instance_model', default_value='',
-                              description="instance.model; empty keeps the params file's"),
+                              description="instance.model; empty keeps the params file's "
+                                          "(whose default '' takes the weights file's)"),
         DeclareLaunchArgument('warmup_size', default_value='',
                               description='warmup_size: WIDTHxHEIGHT the camera sends (the '
                                           'first frame then pays no export); empty keeps '

@@ -65,7 +65,8 @@ def test_instance_demo_is_honest_and_writes_viewable_pictures(tmp_path):
     home = tmp_path / 'home'  # must stay empty: nothing written outside the repository
     home.mkdir()
     res = demo('--images', str(frames), '--frames', '2', '--instance', '--device', 'cpu',
-               '--out', str(out), '--', '-p', 'instance.min_size:=128',
+               '--out', str(out), '--',
+               '-p', 'instance.backend:=torch', '-p', 'instance.min_size:=128',
                '-p', 'instance.max_size:=160', '-p', 'instance.score_threshold:=0.0',
                env={'HOME': str(home)})
     assert res.returncode == 0, res.stdout + res.stderr
@@ -92,8 +93,7 @@ def test_depth_mode_writes_3d_outputs_and_a_picture(tmp_path):
     out = tmp_path / 'out'
     home = tmp_path / 'home'
     home.mkdir()
-    res = demo('--depth', '--frames', '1', '--device', 'cpu', '--out', str(out), '--',
-               '-p', 'instance.min_size:=240', '-p', 'instance.max_size:=320',
+    res = demo('--depth', '--frames', '1', '--device', 'cpu', '--out', str(out),
                env={'HOME': str(home)})
     assert res.returncode == 0, res.stdout + res.stderr
     written = sorted(str(p.relative_to(home)) for p in home.rglob('*'))
@@ -101,10 +101,15 @@ def test_depth_mode_writes_3d_outputs_and_a_picture(tmp_path):
     assert not list(out.glob('*_labels.png'))
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['semantic'] is False
-    assert summary['frames_answered'] == 1 and 'instance' in summary['random_models']
+    # the shipped tabletop model by default: real detections, no random weights
+    assert summary['frames_answered'] == 1 and summary['random_models'] == []
+    assert summary['instance_weights'] == 'tabletop' and 'RANDOM' not in res.stdout
     assert 'RGB-D' in summary['source']
     view = np.asarray(PILImage.open(out / 'rgbd_0000_3d.png'))
     assert view.ndim == 3 and (view != 255).any()  # something was drawn
     dets = json.loads((out / 'rgbd_0000_detections_3d.json').read_text())
-    for d in dets:  # the table is 0.8 m below the camera: nothing is farther
-        assert 0.0 < d['position_m'][2] <= 0.81
+    # the scene: two boxes and two cylinders standing on a table 0.8 m below the camera
+    assert len(dets) >= 2 and {d['class'] for d in dets} <= {'box', 'cylinder'}
+    for d in dets:  # on or above the table, nothing farther
+        assert 0.55 < d['position_m'][2] <= 0.81
+    assert ' at (' in res.stdout  # the console names each object's 3D position

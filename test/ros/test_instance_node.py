@@ -35,9 +35,12 @@ def setup(tmp_path_factory):
     args = [
         '-r', '__node:=seg', '-r', '__ns:=/perception', '-r', 'image:=/cam/image',
         '-p', 'device:=cpu', '-p', f'semantic.weights:={sem_w}', '-p', 'semantic.input_size:=0',
-        '-p', 'instance.enabled:=true', '-p', 'instance.model:=maskrcnn_resnet50_fpn',
+        '-p', 'instance.enabled:=true',
+        '-p', 'instance.backend:=torch', '-p', 'instance.model:=maskrcnn_resnet50_fpn',
         '-p', f'instance.weights:={inst_w}', '-p', 'instance.class_names:=[bg, box, can, cup]',
         '-p', 'instance.score_threshold:=0.7', '-p', f'instance.min_size:={MIN_SIZE}',
+        # torchvision's 1000 proposals: the reference is torchvision's own model
+        '-p', 'instance.max_proposals:=0',
         '-p', f'instance.max_size:={MAX_SIZE}']
     for node, client in serve_node(tmp, args):
         yield inst_w, node, client

@@ -35,7 +35,7 @@ def setup(tmp_path_factory):
     sem = make_semantic_weights(tmp / 'sem.pt', num_classes=6)
     inst = make_instance_weights(tmp / 'inst.pt')
     params = ['device:=cpu', f'semantic.weights:={sem}', 'semantic.num_classes:=6',
-              'semantic.input_size:=0', 'instance.enabled:=true',
+              'semantic.input_size:=0', 'instance.enabled:=true', 'instance.backend:=torch',
               'instance.model:=maskrcnn_resnet50_fpn', f'instance.weights:={inst}',
               'instance.num_classes:=4', 'instance.score_threshold:=0.6',
               f'instance.min_size:={H}', f'instance.max_size:={W}', 'warmup:=false']
@@ -183,11 +183,14 @@ def test_depth_3d_offline(tmp_path):
     res = segment_bag(bag, tmp_path / 'out', '--image-topic', TOPIC, '--depth-topic',
                       '/cam/depth', '--camera-info-topic', '/cam/info', '--copy-input',
                       '-p', 'device:=cpu', '-p', 'semantic.enabled:=false',
-                      '-p', 'instance.enabled:=true',
+                      '-p', 'instance.enabled:=true', '-p', 'instance.backend:=torch',
                       '-p', 'instance.model:=maskrcnn_resnet50_fpn',
                       '-p', f'instance.weights:={inst}', '-p', 'instance.num_classes:=4',
                       '-p', 'instance.score_threshold:=0.6', '-p', f'instance.min_size:={H}',
-                      '-p', f'instance.max_size:={W}', '-p', 'depth.enabled:=true')
+                      '-p', f'instance.max_size:={W}', '-p', 'depth.enabled:=true',
+                      # torchvision's 1000 proposals: few of the random test weights' boxes
+                      # score >= 0.6
+                      '-p', 'instance.max_proposals:=0')
     assert res.returncode == 0, res.stderr
     summary = json.loads(res.stdout[res.stdout.index('{'):])
     assert summary['drops'] == {'no_depth': 1} and summary['frames_processed'] == 3

@@ -127,7 +127,8 @@ def test_ctrl_c_in_the_middle_of_a_long_forward_pass_exits_promptly(tmp_path):
     ends the process within 3 s, exit code 0, no traceback."""
     domain = fresh_domain_id()
     node = NodeProcess(['-p', 'device:=cpu', '-p', 'semantic.enabled:=false',
-                        '-p', 'instance.enabled:=true', '-p', 'instance.weights:=none',
+                        '-p', 'instance.enabled:=true',
+                        '-p', 'instance.backend:=torch', '-p', 'instance.weights:=none',
                         '-p', 'instance.model:=maskrcnn_resnet50_fpn',
                         '-p', 'instance.min_size:=2000', '-p', 'instance.max_size:=3000',
                         '-p', 'warmup:=false', '-r', 'image:=/cam/image'],

@@ -18,8 +18,10 @@ pytestmark = pytest.mark.ros
     (['-p', 'cameras:=[front, front]'], 'must be distinct'),
     (['-p', 'cameras:=[front, 2nd]'], 'ROS name tokens'),
     (['-p', 'max_batch:=-1'], 'max_batch'),
-    (['-p', 'instance.enabled:=true', '-p', 'instance.backend:=openvino'],
-     'not available for Mask R-CNN'),
+    (['-p', 'instance.enabled:=true', '-p', 'instance.backend:=tensorrt'],
+     'instance.backend'),
+    (['-p', 'instance.enabled:=true', '-p', 'instance.model:=maskrcnn_mobilenet_v3_large_fpn'],
+     'torchvision publishes no weights for maskrcnn_mobilenet_v3_large_fpn'),
     (['-p', 'semantic.weights:=none', '-p', 'semantic.class_names:=[a, b]',
       '-p', 'semantic.num_classes:=3'], 'class_names has 2'),
 ])

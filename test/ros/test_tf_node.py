@@ -82,6 +82,7 @@ def scene_depth(seed=0):
 
 NODE_ARGS = ['-p', 'device:=cpu', '-p', 'semantic.num_classes:=6',
              '-p', 'semantic.input_size:=0', '-p', 'instance.enabled:=true',
+             '-p', 'instance.backend:=torch',
              '-p', 'instance.model:=maskrcnn_resnet50_fpn', '-p', 'instance.num_classes:=4',
              '-p', 'instance.score_threshold:=0.6', '-p', f'instance.min_size:={H}',
              '-p', f'instance.max_size:={W}', '-p', 'depth.enabled:=true',

@@ -18,7 +18,8 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp('track')
     weights = make_instance_weights(tmp / 'inst.pt', anchors_as_boxes=True)
     args = ['-r', 'image:=/cam/image', '-p', 'device:=cpu', '-p', 'semantic.enabled:=false',
-            '-p', 'instance.enabled:=true', '-p', 'instance.model:=maskrcnn_resnet50_fpn',
+            '-p', 'instance.enabled:=true',
+            '-p', 'instance.backend:=torch', '-p', 'instance.model:=maskrcnn_resnet50_fpn',
             '-p', f'instance.weights:={weights}', '-p', 'instance.num_classes:=4',
             '-p', 'instance.score_threshold:=0.6', '-p', 'instance.min_size:=160',
             '-p', 'instance.max_size:=240', '-p', 'instance.tracking:=true',

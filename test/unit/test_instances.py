@@ -28,6 +28,19 @@ def test_compose_overlap_rule_and_background():
     assert compose_id_map(torch.zeros(0, 4, 5, dtype=torch.bool), 4, 5).sum() == 0
 
 
+@pytest.mark.parametrize('n', [1, 255, 256, 300])
+def test_compose_equals_painting_lowest_score_first(n):
+    """Both paths (bytes up to 255 masks, int16 beyond) give the painter's result: paint
+    the lowest-scored mask first, the best last."""
+    gen = torch.Generator().manual_seed(n)
+    m = torch.rand(n, 12, 16, generator=gen) > 0.97
+    ref = torch.zeros(12, 16, dtype=torch.int64)
+    for k in range(n - 1, -1, -1):
+        ref[m[k]] = k + 1
+    np.testing.assert_array_equal(compose_id_map(m, 12, 16).numpy().astype(np.int64),
+                                  ref.numpy())
+
+
 @pytest.fixture(scope='module')
 def weights(tmp_path_factory):
     return make_instance_weights(tmp_path_factory.mktemp('w') / 'inst.pt')
@@ -106,3 +119,18 @@ def test_empty_frame_result(weights):
     assert len(res) == 0 and res.boxes.shape == (0, 4)
     assert res.id_map.shape == (60, 80) and not res.id_map.any()
     assert res.overlay.shape == (60, 80, 3)
+
+
+def test_blend_id_map_equals_torchvision_drawing():
+    """The overlay's masks in one pass equal draw_segmentation_masks' per-mask loop."""
+    from torchvision.utils import draw_segmentation_masks
+
+    from seg_ros.core.instances import blend_id_map
+    rng = np.random.default_rng(0)
+    img = torch.from_numpy(rng.integers(0, 256, (3, 40, 50), dtype=np.uint8))
+    ids = torch.from_numpy(rng.integers(0, 6, (40, 50)).astype(np.uint16))
+    colors = [tuple(int(v) for v in rng.integers(0, 256, 3)) for _ in range(5)]
+    masks = ids.to(torch.int64)[None] == torch.arange(1, 6).view(5, 1, 1)
+    expect = draw_segmentation_masks(img, masks, alpha=0.5, colors=colors)
+    assert torch.equal(blend_id_map(img, ids, colors, 0.5), expect)
+    assert torch.equal(blend_id_map(img, torch.zeros(40, 50, dtype=torch.uint16), [], 0.5), img)

@@ -129,6 +129,50 @@ def test_instance_model_settings():
     assert m.model.transform.min_size == (160,) and m.model.transform.max_size == 320
 
 
+@pytest.mark.parametrize('cap, own, expect', [(0, 1000, 1000), (300, 1000, 300),
+                                               (300, 150, 150), (40, 150, 40)])
+def test_max_proposals_caps_what_the_roi_heads_see(cap, own, expect):
+    """instance.max_proposals: at most that many proposals per image reach the box head
+    (0 = the architecture's own count; a cap never raises it)."""
+    name = 'maskrcnn_resnet50_fpn' if own == 1000 else 'maskrcnn_mobilenet_v3_large_fpn'
+    torch.manual_seed(0)
+    m = load_instance_model(name, 'none', num_classes=3, max_proposals=cap).model.eval()
+    assert m.rpn.post_nms_top_n() == expect
+    rois = []
+    m.roi_heads.box_roi_pool.register_forward_hook(lambda mod, inp, out: rois.append(len(out)))
+    with torch.inference_mode():
+        m([torch.rand(3, 240, 320)])
+    # random weights over 240x320 leave far more than `expect` boxes after the RPN's NMS
+    assert rois == [expect]
+
+
+def test_native_size_by_default_and_capped():
+    """instance.min_size 0: the network sees the frame at its own size (no upsampling of
+    a 640x480 frame to 1067x800); max_size then only caps a larger frame."""
+    m = load_instance_model('maskrcnn_mobilenet_v3_large_fpn', 'none', num_classes=3)
+    seen = []
+    m.model.backbone.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape))
+    with torch.inference_mode():
+        out = m.model([torch.rand(3, 120, 160)])[0]
+    assert seen[-1][-2:] == (128, 160)  # 120 padded to a multiple of 32, not resized
+    assert out['masks'].shape[-2:] == (120, 160)
+    capped = load_instance_model('maskrcnn_mobilenet_v3_large_fpn', 'none', num_classes=3,
+                                 max_size=96)
+    capped.model.backbone.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape))
+    with torch.inference_mode():
+        out = capped.model([torch.rand(3, 120, 160)])[0]
+    assert seen[-1][-1] == 96 and out['masks'].shape[-2:] == (120, 160)
+
+
+def test_version_matches_package_xml():
+    import re
+    from pathlib import Path
+
+    import seg_ros
+    xml = (Path(__file__).resolve().parents[2] / 'package.xml').read_text()
+    assert re.search(r'<version>([^<]+)</version>', xml).group(1) == seg_ros.__version__
+
+
 def test_default_weights_unavailable_gives_a_clear_error(monkeypatch, tmp_path):
     """Offline: torchvision cannot fetch its weights (simulated, nothing is downloaded)."""
     import torchvision.models._api as tv_api

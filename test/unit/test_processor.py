@@ -48,6 +48,7 @@ def settings(weights, **extra):
     values = {'device': 'cpu', 'semantic.weights': str(sem), 'semantic.num_classes': 5,
               'semantic.input_size': 0, 'semantic.backend': 'torch', 'warmup': False,
               'instance.enabled': True, 'instance.model': 'maskrcnn_resnet50_fpn',
+              'instance.backend': 'torch',
               'instance.weights': str(inst), 'instance.num_classes': 4,
               'instance.score_threshold': 0.3, 'instance.min_size': H,
               'instance.max_size': W}

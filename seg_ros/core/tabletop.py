@@ -1,0 +1,361 @@
+"""Random RGB-D tabletop scenes for training and evaluating instance models. No rclpy.
+
+:mod:`seg_ros.core.rgbd_scene` renders one fixed, axis-aligned scene seen straight from
+above (tests know its exact geometry). This module randomises everything a tabletop camera
+meets, so a model trained on its scenes holds on scenes it never saw:
+
+* objects: boxes (any yaw, standing on any face), cylinders (standing or lying, any yaw),
+  and unlabelled distractors (spheres, flat discs) of many sizes, clustered so they touch
+  and occlude each other; partly out of view at the borders;
+* surfaces: solid, striped, two-tone (label bands), speckled or checkered, random colours;
+  tables of wood grain, tiles, noise or plain colour, with an edge and a floor beyond;
+* camera: height 0.45-1.3 m, tilt 0-45 degrees, random yaw and field of view;
+* light: direction, colour, ambient level, cast shadows, a specular term, then exposure,
+  gamma, blur and sensor noise; depth with noise growing as z^2 and holes at edges.
+
+Every pixel comes with the visible object it shows (``object_map``), so masks are exact.
+Coordinates: a world frame with the table plane ``z = 0`` and ``z`` up; the camera's
+optical frame (x right, y down, z forward) as REP 103 and sensor_msgs/CameraInfo use.
+"""
+from __future__ import annotations
+
+import colorsys
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Classes the generator labels, in COCO category-id order (1, 2, ...).
+CLASSES = ('box', 'cylinder')
+
+
+@dataclass(frozen=True)
+class Solid:
+    """One object: ``kind`` in box | cylinder | sphere | disc, a pose and a size.
+
+    ``size`` is (half x, half y, half z) for a box, (radius, radius, half length) for a
+    cylinder or disc (axis = local z), (r, r, r) for a sphere. ``rot`` maps local to world.
+    """
+
+    kind: str
+    center: tuple[float, float, float]
+    rot: tuple[tuple[float, float, float], ...]
+    size: tuple[float, float, float]
+    color: tuple[float, float, float]
+    color2: tuple[float, float, float]
+    pattern: str
+    scale: float
+
+    @property
+    def label(self) -> str | None:
+        """The class the generator labels this object with (None: a distractor)."""
+        return self.kind if self.kind in CLASSES else None
+
+
+@dataclass
+class Scene:
+    """One rendered frame: ``rgb`` (H, W, 3) uint8, ``depth`` (H, W) float32 metres
+    (0 = no return), ``object_map`` (H, W) int32 (0 = background, i = ``objects[i - 1]``),
+    ``k`` the 3x3 intrinsics as CameraInfo's 9 numbers, ``objects``.
+    """
+
+    rgb: np.ndarray
+    depth: np.ndarray
+    object_map: np.ndarray
+    k: list[float]
+    objects: list[Solid]
+
+    def instances(self, min_area: int = 30) -> list[tuple[str, np.ndarray]]:
+        """(class, visible mask) of each labelled object showing at least ``min_area``
+        pixels.
+        """
+        out = []
+        for i, obj in enumerate(self.objects, start=1):
+            if obj.label is None:
+                continue
+            mask = self.object_map == i
+            if int(mask.sum()) >= min_area:
+                out.append((obj.label, mask))
+        return out
+
+
+def _rot_z(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
+
+
+def _rot_x(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[1.0, 0.0, 0.0], [0.0, c, -s], [0.0, s, c]])
+
+
+def _rgb(rng: np.random.Generator, dull: bool = False) -> tuple[float, float, float]:
+    h = rng.random()
+    s = rng.uniform(0.0, 0.5) if dull else rng.choice([rng.uniform(0, 0.25), rng.uniform(0.4, 1)])
+    v = rng.uniform(0.25, 0.85) if dull else rng.uniform(0.15, 1.0)
+    return tuple(float(c) for c in colorsys.hsv_to_rgb(h, s, v))
+
+
+def random_objects(rng: np.random.Generator, radius: float, n: int) -> list[Solid]:
+    """``n`` objects resting on the table within ``radius`` m of the origin, in clusters."""
+    objects: list[Solid] = []
+    footprints: list[tuple[float, float, float]] = []
+    centres = rng.uniform(-0.6 * radius, 0.6 * radius, (rng.integers(1, 4), 2))
+    for _ in range(n * 6):
+        if len(objects) == n:
+            break
+        kind = rng.choice(['box', 'box', 'cylinder', 'cylinder', 'sphere', 'disc'],
+                          p=[0.22, 0.22, 0.22, 0.22, 0.06, 0.06])
+        yaw = rng.uniform(0, 2 * np.pi)
+        if kind == 'box':
+            half = np.sort(rng.uniform(0.012, 0.12, 3))
+            half = rng.permutation(half) if rng.random() < 0.5 else half[[2, 1, 0]]
+            rot = _rot_z(yaw)
+            hz = half[2]
+            foot = float(np.hypot(half[0], half[1]))
+        elif kind == 'cylinder':
+            r = rng.uniform(0.015, 0.07)
+            hl = rng.uniform(max(r * 0.6, 0.02), 0.14)
+            if rng.random() < 0.35:  # lying on its side: axis horizontal
+                rot = _rot_z(yaw) @ _rot_x(np.pi / 2)
+                hz, foot = r, float(np.hypot(hl, r))
+            else:
+                rot, hz, foot = _rot_z(yaw), hl, r
+            half = np.array([r, r, hl])
+        elif kind == 'sphere':
+            r = rng.uniform(0.02, 0.06)
+            half, rot, hz, foot = np.array([r, r, r]), np.eye(3), r, r
+        else:  # a flat disc (plate, lid): a distractor, not a cylinder to pick
+            r = rng.uniform(0.04, 0.12)
+            half = np.array([r, r, rng.uniform(0.002, 0.006)])
+            rot, hz, foot = _rot_z(yaw), half[2], r
+        c = centres[rng.integers(len(centres))] + rng.normal(0, radius * 0.3, 2)
+        # touching and slightly overlapping footprints are allowed (clutter); piles are not
+        if any(np.hypot(c[0] - x, c[1] - y) < 0.8 * (foot + f) for x, y, f in footprints):
+            continue
+        footprints.append((float(c[0]), float(c[1]), foot))
+        pattern = rng.choice(['solid', 'solid', 'stripes', 'band', 'speckle', 'checker'])
+        objects.append(Solid(
+            str(kind), (float(c[0]), float(c[1]), float(hz)),
+            tuple(tuple(float(v) for v in row) for row in rot),
+            tuple(float(v) for v in half), _rgb(rng), _rgb(rng), str(pattern),
+            float(rng.uniform(60, 400))))
+    return objects
+
+
+def _hit(kind: str, o: np.ndarray, d: np.ndarray, half: np.ndarray):
+    """First hit (t, local normal) of rays o + t d (local frame, (3, N)) with a solid."""
+    n_rays = o.shape[1]
+    t_best = np.full(n_rays, np.inf)
+    normal = np.zeros((3, n_rays))
+    with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
+        if kind == 'box':
+            t0 = np.full(n_rays, -np.inf)
+            t1 = np.full(n_rays, np.inf)
+            axis = np.zeros(n_rays, np.int64)
+            sign = np.zeros(n_rays)
+            for a in range(3):
+                lo = (-half[a] - o[a]) / d[a]
+                hi = (half[a] - o[a]) / d[a]
+                near = np.minimum(lo, hi)
+                far = np.maximum(lo, hi)
+                parallel = d[a] == 0
+                inside = np.abs(o[a]) <= half[a]
+                near = np.where(parallel, np.where(inside, -np.inf, np.inf), near)
+                far = np.where(parallel, np.where(inside, np.inf, -np.inf), far)
+                better = near > t0
+                axis = np.where(better, a, axis)
+                sign = np.where(better, -np.sign(d[a]), sign)
+                t0 = np.maximum(t0, near)
+                t1 = np.minimum(t1, far)
+            ok = (t0 <= t1) & (t0 > 1e-6)
+            t_best = np.where(ok, t0, np.inf)
+            normal[axis, np.arange(n_rays)] = sign
+        elif kind == 'sphere':
+            r = half[0]
+            b = (o * d).sum(0)
+            c = (o * o).sum(0) - r * r
+            a = (d * d).sum(0)
+            disc = b * b - a * c
+            t = (-b - np.sqrt(np.where(disc >= 0, disc, np.nan))) / a
+            t_best = np.where(np.isfinite(t) & (t > 1e-6), t, np.inf)
+            p = o + d * np.where(np.isfinite(t_best), t_best, 0)
+            normal = p / r
+        else:  # cylinder or disc: axis local z, radius half[0], half length half[2]
+            r, hl = half[0], half[2]
+            a = d[0] ** 2 + d[1] ** 2
+            b = o[0] * d[0] + o[1] * d[1]
+            c = o[0] ** 2 + o[1] ** 2 - r * r
+            disc = b * b - a * c
+            t = (-b - np.sqrt(np.where(disc >= 0, disc, np.nan))) / a
+            z = o[2] + t * d[2]
+            side = np.isfinite(t) & (t > 1e-6) & (np.abs(z) <= hl)
+            t_best = np.where(side, t, np.inf)
+            p = o + d * np.where(side, t, 0)
+            normal = np.stack([p[0] / r, p[1] / r, np.zeros(n_rays)])
+            for cap in (hl, -hl):
+                tc = (cap - o[2]) / d[2]
+                x, y = o[0] + tc * d[0], o[1] + tc * d[1]
+                on = (tc > 1e-6) & (x * x + y * y <= r * r) & (tc < t_best)
+                t_best = np.where(on, tc, t_best)
+                normal[:, on] = np.array([[0.0], [0.0], [np.sign(cap)]])
+    return t_best, normal
+
+
+def _pattern(name: str, q: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """Blend weight in [0, 1] of the second colour at local points ``q`` (3, N)."""
+    if name == 'stripes':
+        ax = rng.integers(3)
+        return (np.sin(q[ax] * scale) > 0).astype(np.float64)
+    if name == 'band':
+        ax = 2
+        w = rng.uniform(0.2, 0.6)
+        lim = np.abs(q[ax]).max() if q.shape[1] else 1.0
+        return (np.abs(q[ax]) < w * lim).astype(np.float64)
+    if name == 'speckle':
+        h = np.sin(q[0] * 12.9898 * scale + q[1] * 78.233 * scale + q[2] * 37.719 * scale)
+        return (np.abs(h * 43758.5453) % 1.0 > 0.7).astype(np.float64)
+    if name == 'checker':
+        s = scale / 3.0
+        return ((np.floor(q[0] * s) + np.floor(q[1] * s) + np.floor(q[2] * s)) % 2).astype(
+            np.float64)
+    return np.zeros(q.shape[1])
+
+
+def _surface(kind: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
+             base: tuple, other: tuple) -> np.ndarray:
+    """Albedo (N, 3) of a plane textured in its own x/y metres."""
+    base, other = np.asarray(base), np.asarray(other)
+    if kind == 'wood':
+        a = rng.uniform(0, np.pi)
+        s = x * np.cos(a) + y * np.sin(a)
+        f = rng.uniform(40, 160)
+        w = 0.5 + 0.5 * np.sin(s * f + 2.0 * np.sin((x * np.sin(a) - y * np.cos(a)) * 7.0))
+        w = w ** rng.uniform(1, 4)
+    elif kind == 'tiles':
+        s = rng.uniform(0.05, 0.3)
+        gx, gy = np.abs(((x / s) % 1) - 0.5), np.abs(((y / s) % 1) - 0.5)
+        w = ((gx > 0.47) | (gy > 0.47)).astype(np.float64)
+    elif kind == 'noise':
+        g = rng.random((32, 32))
+        s = rng.uniform(0.02, 0.15)
+        w = g[(np.floor(x / s).astype(np.int64)) % 32, (np.floor(y / s).astype(np.int64)) % 32]
+    else:
+        w = np.zeros_like(x)
+    return base[None] * (1 - w[:, None]) + other[None] * w[:, None]
+
+
+def render(rng: np.random.Generator, width: int = 640, height: int = 480,
+           n_objects: tuple[int, int] = (3, 12)) -> Scene:
+    """One random scene: camera, table, objects, light; ray-cast (vectorised numpy)."""
+    hfov = np.radians(rng.uniform(50, 75))
+    fx = (width / 2.0) / np.tan(hfov / 2.0)
+    fy = fx * rng.uniform(0.98, 1.02)
+    cx = (width - 1) / 2.0 + rng.normal(0, 4)
+    cy = (height - 1) / 2.0 + rng.normal(0, 4)
+    cam_h = rng.uniform(0.45, 1.3)
+    tilt = np.radians(rng.uniform(0, 45))
+    yaw = rng.uniform(0, 2 * np.pi)
+    # camera: optical z points down, tilted by `tilt` about its own x, turned by `yaw`
+    r_cam = _rot_z(yaw) @ np.diag([1.0, -1.0, -1.0]) @ _rot_x(-tilt)
+    look = r_cam[:, 2]
+    target = np.array([0.0, 0.0, 0.0]) + rng.normal(0, 0.05, 3) * [1, 1, 0]
+    origin = target - look * (cam_h / max(-look[2], 0.2))
+    origin[2] = cam_h
+    view_radius = cam_h * np.tan(hfov / 2) * rng.uniform(0.7, 1.1)
+    objects = random_objects(rng, view_radius, int(rng.integers(*n_objects, endpoint=True)))
+    # shift objects to where the camera looks on the table
+    ground = origin - look * (origin[2] / look[2])
+    objects = [Solid(o.kind, (o.center[0] + ground[0], o.center[1] + ground[1], o.center[2]),
+                     o.rot, o.size, o.color, o.color2, o.pattern, o.scale) for o in objects]
+
+    v, u = np.mgrid[0:height, 0:width].astype(np.float64)
+    d_cam = np.stack([((u - cx) / fx).ravel(), ((v - cy) / fy).ravel(), np.ones(u.size)])
+    d = r_cam @ d_cam  # t along d is the optical depth z
+    o = origin[:, None]
+    n_pix = u.size
+    t_best = np.full(n_pix, np.inf)
+    which = np.zeros(n_pix, np.int32)
+    normal = np.zeros((3, n_pix))
+    local_pt = np.zeros((3, n_pix))
+    # table (z = 0 within its extent) and the floor beyond (z = -table height)
+    table_half = rng.uniform(0.5, 1.5, 2)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        t_tab = -origin[2] / d[2]
+        px, py = origin[0] + t_tab * d[0], origin[1] + t_tab * d[1]
+        on_table = (t_tab > 0) & (np.abs(px - ground[0]) < table_half[0]) & (
+            np.abs(py - ground[1]) < table_half[1])
+        t_floor = (-0.75 - origin[2]) / d[2]
+    t_best = np.where(on_table, t_tab, np.where(t_floor > 0, t_floor, np.inf))
+    which[:] = np.where(on_table, -1, -2)
+    normal[2] = 1.0
+    for i, obj in enumerate(objects, start=1):
+        rot = np.asarray(obj.rot)
+        c = np.asarray(obj.center)[:, None]
+        ol = rot.T @ (o - c)
+        dl = rot.T @ d
+        t, nl = _hit(obj.kind, np.broadcast_to(ol, dl.shape), dl, np.asarray(obj.size))
+        closer = t < t_best
+        t_best[closer] = t[closer]
+        which[closer] = i
+        normal[:, closer] = (rot @ nl)[:, closer]
+        local_pt[:, closer] = (np.broadcast_to(ol, dl.shape) + dl * np.where(
+            np.isfinite(t), t, 0))[:, closer]
+    hit = o + d * np.where(np.isfinite(t_best), t_best, 0)
+
+    # albedo
+    albedo = np.zeros((n_pix, 3))
+    tab = which == -1
+    table_kind = rng.choice(['wood', 'wood', 'tiles', 'noise', 'plain'])
+    albedo[tab] = _surface(str(table_kind), hit[0, tab], hit[1, tab], rng,
+                           _rgb(rng, dull=True), _rgb(rng, dull=True))
+    flo = which == -2
+    albedo[flo] = _surface('noise', hit[0, flo], hit[1, flo], rng, _rgb(rng, dull=True),
+                           _rgb(rng, dull=True))
+    for i, obj in enumerate(objects, start=1):
+        sel = which == i
+        if not sel.any():
+            continue
+        w = _pattern(obj.pattern, local_pt[:, sel], obj.scale, rng)
+        albedo[sel] = (np.asarray(obj.color)[None] * (1 - w[:, None])
+                       + np.asarray(obj.color2)[None] * w[:, None])
+
+    # light: a directional source with shadows cast on the table and on objects
+    el = np.radians(rng.uniform(25, 85))
+    az = rng.uniform(0, 2 * np.pi)
+    to_light = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    lit = np.ones(n_pix, bool)
+    start = hit + normal * 1e-4
+    for obj in objects:
+        rot = np.asarray(obj.rot)
+        c = np.asarray(obj.center)[:, None]
+        t, _ = _hit(obj.kind, rot.T @ (start - c), np.broadcast_to(
+            (rot.T @ to_light)[:, None], start.shape), np.asarray(obj.size))
+        lit &= ~np.isfinite(t)
+    lam = np.clip((normal * to_light[:, None]).sum(0), 0, 1) * lit
+    ambient = rng.uniform(0.25, 0.6)
+    light_col = np.array(_rgb(rng, dull=True)) * 0.4 + 0.6
+    shade = ambient + (1 - ambient) * lam
+    view = -d / np.linalg.norm(d, axis=0)
+    half_vec = (to_light[:, None] + view)
+    half_vec /= np.linalg.norm(half_vec, axis=0)
+    spec = rng.uniform(0, 0.5) * np.clip((normal * half_vec).sum(0), 0, 1) ** 30 * lit
+    rgb = albedo * shade[:, None] * light_col[None] + spec[:, None]
+    rgb = rgb.reshape(height, width, 3) * rng.uniform(0.6, 1.4)
+    rgb = np.clip(rgb, 0, 1) ** rng.uniform(0.8, 1.25)
+    if rng.random() < 0.4:  # a little defocus
+        k = int(rng.integers(1, 3))
+        pad = np.pad(rgb, ((k, k), (k, k), (0, 0)), mode='edge')
+        rgb = sum(pad[dy:dy + height, dx:dx + width] for dy in range(2 * k + 1)
+                  for dx in range(2 * k + 1)) / (2 * k + 1) ** 2
+    rgb = rgb * 255 + rng.normal(0, rng.uniform(1, 6), rgb.shape)
+    rgb8 = np.clip(rgb, 0, 255).astype(np.uint8)
+
+    depth = np.where(np.isfinite(t_best), t_best, 0.0).reshape(height, width)
+    depth = depth + rng.normal(0, 1, depth.shape) * 0.0015 * depth ** 2
+    omap = np.where(which > 0, which, 0).reshape(height, width).astype(np.int32)
+    edge = np.zeros_like(omap, bool)
+    edge[:, 1:] |= omap[:, 1:] != omap[:, :-1]
+    edge[1:] |= omap[1:] != omap[:-1]
+    depth[edge & (rng.random(depth.shape) < 0.5)] = 0.0
+    k9 = [float(fx), 0.0, float(cx), 0.0, float(fy), float(cy), 0.0, 0.0, 1.0]
+    return Scene(rgb8, depth.astype(np.float32), omap, k9, objects)
