@@ -62,8 +62,22 @@ class Proc:
             self._log.close()
 
 
-def ros2(domain: int, *args: str, timeout: float = 30.0, tries: int = 4) -> str:
-    """Run a ros2 verb without the daemon; retry while the graph is still being discovered.
+def _spin(args: tuple[str, ...], attempt: int) -> list[str]:
+    """``args`` with a ``--spin-time`` that grows by 2 s per earlier attempt (at most 10 s):
+    without the daemon the CLI knows only what DDS discovered during its own spin, which
+    took longer than 3 s for a whole minute once on a loaded machine under Jazzy.
+    """
+    out = list(args)
+    if '--spin-time' in out:
+        i = out.index('--spin-time') + 1
+        out[i] = str(min(10.0, float(out[i]) + 2.0 * attempt))
+    return out
+
+
+def ros2(domain: int, *args: str, timeout: float = 30.0, tries: int = 4,
+         attempt: int = 0) -> str:
+    """Run a ros2 verb without the daemon; retry while the graph is still being discovered,
+    each time spinning longer for discovery (``_spin``; ``attempt`` = earlier tries).
 
     A call that hangs is retried too: `ros2 param` and `ros2 lifecycle` wait for the service's
     answer with no timeout (`spin_until_future_complete(node, future)`), so a request sent
@@ -72,9 +86,10 @@ def ros2(domain: int, *args: str, timeout: float = 30.0, tries: int = 4) -> str:
     """
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain))
     out = ''
-    for _ in range(tries):
+    for i in range(tries):
+        call = ['ros2', *_spin(args, attempt + i)]
         try:
-            res = subprocess.run(['ros2', *args], env=env, capture_output=True, text=True,
+            res = subprocess.run(call, env=env, capture_output=True, text=True,
                                  timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             out = f'timed out after {timeout} s: {exc.stdout or ""}{exc.stderr or ""}'
@@ -83,7 +98,7 @@ def ros2(domain: int, *args: str, timeout: float = 30.0, tries: int = 4) -> str:
         if res.returncode == 0 and 'not found' not in out.lower():
             return out
         time.sleep(1.0)
-    raise AssertionError(f'ros2 {" ".join(args)} failed:\n{out}')
+    raise AssertionError(f'{" ".join(call)} failed:\n{out}')
 
 
 def test_ros2_launch_serves_and_ctrl_c_exits_cleanly(tmp_path):
@@ -137,28 +152,32 @@ def test_ros2_run_and_param_reads(tmp_path):
     assert code == 0, node.text()
 
 
-def lifecycle_set(domain: int, transition: str, state: str, tries: int = 8) -> None:
+def lifecycle_set(domain: int, transition: str, state: str, tries: int = 10) -> None:
     """`ros2 lifecycle set`, which is not idempotent: a call that hung (its answer lost, see
     `ros2`) may still have reached the node, so the state is read back before re-sending.
-    "Node not found" (the CLI has not discovered the node yet) sent nothing: retried as is.
+    "Node not found" (the CLI has not discovered the node yet) sent nothing: retried as is,
+    spinning longer each time. On failure the message shows what the CLI could discover.
     """
     out = ''
-    for _ in range(tries):
+    for attempt in range(tries):
         try:
             out = ros2(domain, 'lifecycle', 'set', '/segmentation', transition, '--no-daemon',
-                       '--spin-time', '3', tries=1)
+                       '--spin-time', '3', tries=1, attempt=attempt)
         except AssertionError as exc:
             out = str(exc)
         if 'Transitioning successful' in out:
             return
         if 'not found' in out.lower():
-            time.sleep(1.0)
             continue
         now = ros2(domain, 'lifecycle', 'get', '/segmentation', '--no-daemon',
-                   '--spin-time', '3')
+                   '--spin-time', '3', attempt=attempt)
         if now.startswith(state):
             return
-    raise AssertionError(f'lifecycle {transition} did not reach {state}:\n{out}')
+    graph = subprocess.run(['ros2', 'node', 'list', '-a', '--no-daemon', '--spin-time', '10'],
+                           env=dict(os.environ, ROS_DOMAIN_ID=str(domain)),
+                           capture_output=True, text=True, timeout=60)
+    raise AssertionError(f'lifecycle {transition} did not reach {state}:\n{out}\n'
+                         f'ros2 node list -a (10 s of discovery): {graph.stdout}{graph.stderr}')
 
 
 def test_ros2_lifecycle_drives_the_managed_node(tmp_path):
