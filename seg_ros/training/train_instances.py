@@ -133,6 +133,22 @@ def freeze_norms(model: torch.nn.Module) -> None:
             m.eval()
 
 
+def freeze_trunk(model: torch.nn.Module, blocks: int) -> int:
+    """Stop training the first ``blocks`` blocks of the backbone's trunk (the
+    high-resolution stages, the dearest in backward on a CPU); returns the number of
+    tensors frozen.
+    """
+    children = list(model.backbone.body.children())
+    if not 0 <= blocks <= len(children):
+        raise TrainError(f'--freeze-trunk {blocks}: the trunk has {len(children)} blocks')
+    frozen = 0
+    for child in children[:blocks]:
+        for p in child.parameters():
+            p.requires_grad_(False)
+            frozen += 1
+    return frozen
+
+
 @torch.inference_mode()
 def validate(model: torch.nn.Module, dataset: CocoSet, limit: int = 0) -> dict[str, float]:
     """Mask AP/AP50/AP75 of the model on a dataset (masks at probability 0.5)."""
@@ -172,6 +188,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument('--init', default='none', help='coco (torchvision weights in the local '
                     'torch cache) | camvid (light model: the shipped CamVid trunk) | tabletop '
                     '(the shipped instance model: fine-tune it) | none | FILE')
+    ap.add_argument('--freeze-trunk', type=int, default=0, metavar='N',
+                    help='do not train the first N blocks of a trained trunk (needs --init '
+                    'other than none; saves their backward; default 0)')
     ap.add_argument('--size', type=int, default=480, help='training shorter side (jittered '
                     '0.75-1.25x)')
     ap.add_argument('--batch', type=int, default=4)
@@ -205,6 +224,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            f'training set\'s {train.class_names[1:]}')
     device = torch.device(args.device)
     model, how, trained_trunk = build(args.model, train.class_names, args.size, args.init)
+    if args.freeze_trunk:
+        if not trained_trunk:
+            raise TrainError('--freeze-trunk needs a trained trunk (--init camvid, coco, '
+                             'tabletop or a file), not a random one')
+        how += f'; first {args.freeze_trunk} trunk blocks frozen ' \
+               f'({freeze_trunk(model, args.freeze_trunk)} tensors)'
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
@@ -216,6 +241,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if ck.get('model_name') != args.model or ck.get('class_names') != train.class_names:
             raise TrainError(f'--resume: {ckpt_path} was trained as {ck.get("model_name")} on '
                              f'{ck.get("class_names")}, not {args.model} on {train.class_names}')
+        if int(ck.get('freeze_trunk', 0)) != args.freeze_trunk:
+            raise TrainError(f'--resume: {ckpt_path} was trained with --freeze-trunk '
+                             f'{int(ck.get("freeze_trunk", 0))}, not {args.freeze_trunk}')
         model.load_state_dict(ck['model'])
         opt.load_state_dict(ck['optimizer'])
         state = json.loads(ck['state'])
@@ -242,7 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tmp = ckpt_path.with_name(ckpt_path.name + '.tmp')
         torch.save({'model': model.state_dict(), 'optimizer': opt.state_dict(),
                     'model_name': args.model, 'class_names': train.class_names,
-                    'state': json.dumps(state)}, tmp)
+                    'freeze_trunk': args.freeze_trunk, 'state': json.dumps(state)}, tmp)
         tmp.replace(ckpt_path)
 
     def end_epoch(partial: bool, partial_steps: int = 0) -> None:
@@ -305,7 +333,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         signal.signal(signal.SIGINT, previous)
     summary = {'out': str(out), 'model': args.model, 'classes': train.class_names[1:],
-               'init': args.init, 'train_images': len(train),
+               'init': args.init, 'freeze_trunk': args.freeze_trunk, 'train_images': len(train),
                'val_images': len(val) if val else 0, 'size': args.size, 'batch': args.batch,
                'epochs': state['epoch'], 'steps': state['step'],
                'minutes': round(state['elapsed'] / 60, 2), 'best': state['best'],

@@ -157,6 +157,9 @@ def test_init_refusals(tiny_set, tmp_path, capsys):
     assert rc == 2 and len(err) == 1 and 'weights file not found' in err[0]
     rc = train_instances.main(base + ['--model', 'maskrcnn_resnet50_fpn', '--init', 'camvid'])
     assert rc == 2 and 'MobileNetV3 trunk' in capsys.readouterr().err
+    rc = train_instances.main(base + ['--freeze-trunk', '4'])  # --init none: a random trunk
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and 'needs a trained trunk' in err[0]
 
 
 def test_camvid_trunk_fits_the_light_model():
@@ -165,3 +168,12 @@ def test_camvid_trunk_fits_the_light_model():
     assert trained and 'CamVid' in how
     n_trunk = sum(1 for k in model.state_dict() if k.startswith('backbone.body.'))
     assert f'{n_trunk}/' in how  # every trunk tensor came from the shipped file
+    frozen = train_instances.freeze_trunk(model, 7)
+    grad = {k: p.requires_grad for k, p in model.named_parameters()}
+    assert frozen == sum(1 for k in grad if k.split('.')[2] in set('0123456')
+                         and k.startswith('backbone.body.'))
+    assert not any(v for k, v in grad.items() if k.startswith('backbone.body.6.'))
+    assert all(v for k, v in grad.items() if k.startswith(('backbone.body.7.', 'backbone.fpn',
+                                                           'roi_heads', 'rpn')))
+    with pytest.raises(train_instances.TrainError, match='the trunk has 17 blocks'):
+        train_instances.freeze_trunk(model, 18)
