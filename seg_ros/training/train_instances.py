@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from torchvision import tv_tensors
+from torchvision.models import detection
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 
@@ -91,8 +92,7 @@ def build(name: str, class_names: list[str], size: int, init: str) -> tuple[torc
         return model, 'random initialisation', False
     if init == 'coco':
         source = (spec.weights_enum.DEFAULT if spec.weights_enum is not None else
-                  __import__('torchvision').models.detection.
-                  FasterRCNN_MobileNet_V3_Large_FPN_Weights.DEFAULT)
+                  detection.FasterRCNN_MobileNet_V3_Large_FPN_Weights.DEFAULT)
         cached = Path(torch.hub.get_dir()) / 'checkpoints' / Path(source.url).name
         if not cached.is_file():
             raise TrainError(f'--init coco: torchvision weights {source} are not in the local '
