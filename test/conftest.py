@@ -12,6 +12,11 @@ _OWNED: list[str] = []  # the backend cache this session made (removed at its en
 
 
 def pytest_configure(config):
+    # Under pytest-xdist (scripts/test runs two workers on two cores), each worker computes
+    # on one intra-op thread, as the node processes the tests start already do: two pools
+    # of two threads on two cores would keep preempting each other.
+    if int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1') or 1) > 1:
+        torch.set_num_threads(1)
     # Backend exports (ONNX, compiled models) of this run's nodes go to one fresh cache:
     # tests never write into the user's ~/.cache, and a cache hit is one of this run's own.
     if 'SEG_ROS_TEST_CACHE' not in os.environ:
@@ -22,12 +27,52 @@ def pytest_configure(config):
     config.addinivalue_line('markers', 'ros: test starts ROS 2 nodes over real DDS')
 
 
+@pytest.fixture(autouse=True)
+def _own_environment():
+    """Each test's changes to os.environ end with it. A test that set, say,
+    FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (eval_instances does, as the demo does) would
+    otherwise switch every later test of the process, and the nodes they start, to Fast DDS's
+    TCP transport: seen here as a node that never discovered its client, then a client whose
+    participant hung on destruction."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 def pytest_unconfigure(config):
     for cache in _OWNED:
         shutil.rmtree(cache, ignore_errors=True)
 
 
+#: Seconds a module took on one worker (2026-12-02, 2 AVX-512 cores): with two workers
+#: (scripts/test: pytest-xdist, --dist loadfile, one module per worker at a time) the
+#: longest start first, so that no long module is left to run alone at the end.
+MODULE_SECONDS = {
+    'test/ros/test_segment_bag.py': 227, 'test/ros/test_shutdown.py': 110,
+    'test/unit/test_backends.py': 108, 'test/ros/test_startup.py': 105,
+    'test/ros/test_demo.py': 99, 'test/launch/test_ros2_cli.py': 98,
+    'test/unit/test_instance_backends.py': 89, 'test/ros/test_backend_node.py': 65,
+    'test/ros/test_depth_node.py': 55, 'test/ros/test_reliability.py': 53,
+    'test/ros/test_custom_instances.py': 51, 'test/ros/test_lifecycle.py': 35,
+    'test/ros/test_tf_node.py': 33, 'test/ros/test_instance_node.py': 31,
+    'test/launch/test_segment_launch.py': 28, 'test/ros/test_cameras_node.py': 27,
+    'test/ros/test_silence.py': 25, 'test/ros/test_tracking_node.py': 24,
+    'test/ros/test_humble_imports.py': 21, 'test/ros/test_semantic_node.py': 20,
+    'test/launch/test_multi_camera_launch.py': 19, 'test/unit/test_instances.py': 16,
+    'test/unit/test_processor.py': 16, 'test/unit/test_batching.py': 15,
+}
+
+
+def _module_seconds(item) -> int:
+    path = os.path.relpath(str(item.path), os.path.dirname(os.path.dirname(__file__)))
+    return MODULE_SECONDS.get(path.replace(os.sep, '/'), 0)
+
+
 def pytest_collection_modifyitems(config, items):
+    # longest modules first; a module's own tests keep their order (stable sort)
+    items.sort(key=lambda item: -_module_seconds(item))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason='CUDA not available on this machine')

@@ -71,12 +71,23 @@ def make_instance_weights(path: Path, name: str = 'maskrcnn_resnet50_fpn',
     return path
 
 
-_domain = itertools.count((os.getpid() % 50) + 30)
+def _worker_index() -> tuple[int, int]:
+    """(index, count) of this pytest-xdist worker ((0, 1) without xdist)."""
+    worker = os.environ.get('PYTEST_XDIST_WORKER', '')
+    count = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1') or 1)
+    return (int(worker[2:]) if worker.startswith('gw') else 0), max(count, 1)
+
+
+_domain = itertools.count(os.getpid() % 50)
 
 
 def fresh_domain_id() -> int:
-    """A ROS_DOMAIN_ID for this test (0-101), distinct per call within a run."""
-    return 30 + (next(_domain) - 30) % 70
+    """A ROS_DOMAIN_ID for this test, distinct per call within a run: domains 30-99 are
+    split between the pytest-xdist workers (each test talks DDS in its own domain, so two
+    workers never hear each other's nodes)."""
+    index, count = _worker_index()
+    span = 70 // count
+    return 30 + index * span + next(_domain) % span
 
 
 def NodeProcess(args: list[str], domain_id: int, log_path: Path,
@@ -95,17 +106,27 @@ def start_node(tmp_dir: Path, args: list[str], executable: str = 'segment_node',
     """A node process (waited until ready) and a client in a fresh ROS domain."""
     domain = fresh_domain_id()
     node = NodeProcess(args, domain, Path(tmp_dir) / 'node.log', executable)
-    node.wait_ready(marker=ready_marker)
-    return node, RosClient(domain)
+    try:
+        node.wait_ready(marker=ready_marker)
+        return node, RosClient(domain)
+    except BaseException:
+        node.stop()  # never leave a node behind (it would hold a core for later tests)
+        raise
 
 
 def serve_node(tmp_dir: Path, args: list[str]):
     """Generator for module fixtures: yields ``(node, client)``, then closes the client and
-    checks that the node exits cleanly (code 0) on SIGINT."""
+    checks that the node exits cleanly (code 0) on SIGINT. The node is stopped whatever
+    happens (a failed check, an exception in the fixture, the generator closed early)."""
     node, client = start_node(tmp_dir, args)
-    yield node, client
-    client.close()
-    assert node.stop() == 0, node.log()
+    try:
+        yield node, client
+    finally:
+        try:
+            client.close()
+        finally:
+            code = node.stop()
+    assert code == 0, node.log()
 
 
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)

@@ -16,7 +16,6 @@ from pathlib import Path
 import launch_testing
 import numpy as np
 import pytest
-from rcl_interfaces.srv import GetParameters
 from sensor_msgs.msg import CameraInfo, Image
 from vision_msgs.msg import Detection2DArray, Detection3DArray
 
@@ -28,7 +27,9 @@ from helpers import (
     camera_info_msg,
     depth_msg,
     fresh_domain_id,
+    get_parameters,
     image_msg,
+    image_to_array,
     included_launch,
     make_instance_weights,
 )
@@ -81,6 +82,7 @@ class TestPickAndPlace(LaunchClientCase, unittest.TestCase):
                                   timeout=120, stream='stderr')
         client = self.client
         dets = client.collect(Detection2DArray, f'{NS}/{NODE_NAME}/instances/detections')
+        masks = client.collect(Image, f'{NS}/{NODE_NAME}/instances/masks')
         det3d = client.collect(Detection3DArray, f'{NS}/{NODE_NAME}/instances/detections_3d')
         pubs = {'image': client.node.create_publisher(Image, TOPICS['image'], 1),
                 'depth': client.node.create_publisher(Image, TOPICS['depth'], 1),
@@ -110,24 +112,38 @@ class TestPickAndPlace(LaunchClientCase, unittest.TestCase):
                 pubs['depth'].publish(frames[1])
                 client.spin_until(lambda: False, 0.05)
                 pubs['image'].publish(frames[2])
-        assert client.spin_until(lambda: stamp in det3d and stamp in dets, 90, step)
+        assert client.spin_until(
+            lambda: stamp in det3d and stamp in dets and stamp in masks, 90, step)
         d2, d3 = dets[stamp][0], det3d[stamp][0]
         assert d2.header.frame_id == 'cam' and d3.header.frame_id == 'base_link'
         assert d3.header.stamp == d2.header.stamp
         assert d2.detections, 'no detection: the test would not mean much'
+        assert d3.detections, 'no detection in 3D: the test would not mean much'
         ids2 = [d.id for d in d2.detections]
         assert [d.id for d in d3.detections] == [i for i in ids2 if i in
                                                  {d.id for d in d3.detections}]
-        for d in d3.detections:  # the table is 0.8 m below the camera: 0.2 m above base_link
-            z = d.results[0].pose.pose.position.z
-            assert 0.19 < z < 0.5 and np.isfinite(z)
+        # each position is the median of its mask's rendered points, moved into base_link
+        # (camera 1 m above, looking down: x' = x, y' = -y, z' = 1 - z), to 1 mm
+        ids = image_to_array(masks[stamp][0])[:, :, 0]
+        fx, cx, fy, cy = scene.p[0], scene.p[2], scene.p[5], scene.p[6]
+        for d in d3.detections:
+            v, u = np.nonzero(ids == int(d.id))
+            z = scene.depth[v, u].astype(np.float64)
+            pts = np.stack([(u - cx) * z / fx, -(v - cy) * z / fy, 1.0 - z], 1)
+            p = d.results[0].pose.pose.position
+            assert np.allclose([p.x, p.y, p.z], np.median(pts, 0), atol=1e-3), d.id
+            # and it lies on the table (0.2 m above base_link) or on an object (<= 0.2 m tall)
+            assert 0.2 - 1e-3 <= p.z <= 0.4 + 1e-3
 
     def test_the_launch_files_settings_hold(self, proc_output):
         proc_output.assertWaitFor('listening on', timeout=120, stream='stderr')
         client = self.client
-        cli = client.node.create_client(GetParameters, f'{NS}/{NODE_NAME}/get_parameters')
-        assert cli.wait_for_service(timeout_sec=30)
-
+        values = get_parameters(client, f'{NS}/{NODE_NAME}',
+                                ['instance.enabled', 'depth.enabled', 'instance.tracking',
+                                 'semantic.enabled', 'depth.min_points', 'device'], timeout=30)
+        # the launch file's own settings win over the params file (instance, depth: false;
+        # semantic: true); the params file's other values reach the node
+        assert values == [True, True, True, False, 5, 'cpu'], values
 
 
 @launch_testing.post_shutdown_test()

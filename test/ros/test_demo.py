@@ -11,6 +11,8 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
+from seg_ros.core.rgbd_scene import default_objects
+
 from helpers import fresh_domain_id, synthetic_image
 
 pytestmark = pytest.mark.ros
@@ -82,8 +84,17 @@ def test_instance_demo_is_honest_and_writes_viewable_pictures(tmp_path):
         ids = np.asarray(PILImage.open(out / f'{name}_instances.png'))
         color = np.asarray(PILImage.open(out / f'{name}_instances_color.png'))
         assert color.shape == (60, 80, 3) and color.dtype == np.uint8
+        assert (ids > 0).any(), 'no instance pixel: the check below would hold vacuously'
         assert ((ids > 0) == color.any(-1)).all()  # coloured exactly where an instance is
     assert not (out / 'f1_labels.png').exists()
+
+
+def footprint(obj, x: float, y: float, margin: float = 0.01) -> bool:
+    """(x, y) in the camera frame lies over ``obj`` (seen from above, with a margin)."""
+    from seg_ros.core.rgbd_scene import Box
+    if isinstance(obj, Box):
+        return abs(x - obj.x) <= obj.sx / 2 + margin and abs(y - obj.y) <= obj.sy / 2 + margin
+    return (x - obj.x) ** 2 + (y - obj.y) ** 2 <= (obj.radius + margin) ** 2
 
 
 def test_depth_mode_writes_3d_outputs_and_a_picture(tmp_path):
@@ -110,6 +121,10 @@ def test_depth_mode_writes_3d_outputs_and_a_picture(tmp_path):
     dets = json.loads((out / 'rgbd_0000_detections_3d.json').read_text())
     # the scene: two boxes and two cylinders standing on a table 0.8 m below the camera
     assert len(dets) >= 2 and {d['class'] for d in dets} <= {'box', 'cylinder'}
-    for d in dets:  # on or above the table, nothing farther
-        assert 0.55 < d['position_m'][2] <= 0.81
+    for d in dets:  # over a rendered object: between its top and the table, to 1 cm
+        x, y, z = d['position_m']
+        under = [o for o in default_objects() if footprint(o, x, y)]
+        assert under, (d, 'is over no object of the scene')
+        top = 0.8 - max(o.height for o in under)
+        assert top - 0.01 <= z <= 0.8 + 0.001, (d, top)
     assert ' at (' in res.stdout  # the console names each object's 3D position

@@ -104,6 +104,39 @@ def drops(rig, reason, at_least=1, timeout=5.0):
     return count()
 
 
+def exchange_fresh(rig, stamp, rgb, depth, want=('dets', 'masks', 'labels'), timeout=60.0):
+    """As :func:`exchange`, but every re-send is a new frame (``stamp + k`` ns): the frame
+    answered was processed before anything this test sends afterwards (a later re-sent
+    copy may meet a camera_info sent since, and rightly get 3D). Returns (stamp, answers)."""
+    node, client, pubs, boxes, *_ = rig
+    sent, last = [], [0.0]
+
+    def step():
+        if time.perf_counter() - last[0] > 1.5:
+            last[0] = time.perf_counter()
+            pubs['depth'].publish(depth)
+            client.spin_until(lambda: False, 0.05)  # let depth arrive before the colour
+            sent.append(stamp + len(sent))
+            pubs['image'].publish(image_msg(rgb, 'rgb8', sent[-1]))
+
+    def done():
+        return next((s for s in sent if all(s in boxes[b] for b in want)), None)
+    assert client.spin_until(lambda: done() is not None, timeout, step), node.log()[-3000:]
+    got = done()
+    return got, {b: boxes[b][got][0] for b in boxes if got in boxes[b]}
+
+
+def no_3d_for(rig, stamp):
+    """True when ``stamp`` got no 3D answer: a later frame with good depth and camera_info
+    is answered in 3D first (one publisher per topic delivers in order, so a late 3D
+    message of ``stamp`` would have come before it)."""
+    later = stamp + 50_000_000
+    z = np.full((H, W), 1000, np.uint16)
+    exchange(rig, later, synthetic_image(H, W, seed=1), depth_msg(z, '16UC1', later),
+             camera_info_msg(K, P, W, H, later), want=('dets', 'det3d'))
+    return stamp not in rig[3]['det3d'] and stamp not in rig[3]['ipts']
+
+
 def scene_depth(seed=0, h=H, w=W):
     """Metres: a tilted plane with noise, and invalid / out-of-range pixels sprinkled."""
     rng = np.random.default_rng(seed)
@@ -178,9 +211,10 @@ def check_3d(got, z_m, rgb):
 def test_without_camera_info_2d_continues_and_3d_is_counted(rig):
     rgb = synthetic_image(H, W, seed=1)
     z = scene_depth()
-    got = exchange(rig, BASE, rgb, depth_msg(np.rint(z * 1000), '16UC1', BASE))
+    stamp, got = exchange_fresh(rig, BASE, rgb, depth_msg(np.rint(z * 1000), '16UC1', BASE))
     assert 'det3d' not in got
     assert drops(rig, 'no_camera_info') >= 1
+    assert no_3d_for(rig, stamp)
 
 
 def test_16uc1_millimetres(rig):
@@ -229,11 +263,13 @@ def test_unregistered_depth_refused_and_no_depth_counted(rig):
     assert 'det3d' not in got
     assert drops(rig, 'depth_not_registered') >= 1
     assert 'depth_image_proc' in node.log()
+    assert no_3d_for(rig, stamp)
     stamp += 10**8
     far = depth_msg(np.full((H, W), 1000, np.uint16), '16UC1', stamp + 10**8)  # 0.1 s off
     got = exchange(rig, stamp, rgb, far)
     assert 'det3d' not in got
     assert drops(rig, 'no_depth') >= 1
+    assert no_3d_for(rig, stamp)
 
 
 def test_hostile_depth_and_camera_info_survive(rig):

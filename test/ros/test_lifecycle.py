@@ -58,6 +58,27 @@ def transition(client, tid, timeout=300.0):
         client.node.destroy_client(cli)
 
 
+def answer(client, tid, tries=3, timeout=60.0):
+    """The node's own answer (``success``) to a transition expected to fail, or None when no
+    answer came: a lost reply is not a refusal. Asked again only while the node is still in
+    the state it was asked from (a failed configure leaves it unconfigured: the same
+    question again), never after it moved."""
+    start = state(client)
+    cli = client.node.create_client(ChangeState, '/segmentation/change_state')
+    assert cli.wait_for_service(timeout_sec=20.0)
+    try:
+        for _ in range(tries):
+            fut = cli.call_async(ChangeState.Request(transition=Transition(id=tid)))
+            if client.spin_until(fut.done, timeout):
+                return fut.result().success
+            cli.remove_pending_request(fut)
+            if state(client) != start:
+                return None
+        return None
+    finally:
+        client.node.destroy_client(cli)
+
+
 def state(client):
     res = call(client, GetState, '/segmentation/get_state', GetState.Request(), timeout=300)
     return res.current_state.label
@@ -108,7 +129,7 @@ def test_transitions(tmp_path):
 def test_configure_fails_when_the_model_cannot_load(tmp_path):
     node, client = start(tmp_path, tmp_path / 'missing.pt')
     try:
-        assert not transition(client, Transition.TRANSITION_CONFIGURE)
+        assert answer(client, Transition.TRANSITION_CONFIGURE) is False  # refused, not lost
         assert state(client) == 'unconfigured'
         assert 'weights file not found' in node.log()
         assert node.alive()

@@ -42,12 +42,28 @@ def serve(tmp_path_factory, weights, *extra):
 
 @pytest.fixture(scope='module')
 def raw(tmp_path_factory, weights):
-    yield from serve(tmp_path_factory, weights, '-p', 'diagnostics_period:=0.5')
+    # diagnostics every 50 ms: the fuzz tests wait for each example to be counted
+    yield from serve(tmp_path_factory, weights, '-p', 'diagnostics_period:=0.05')
 
 
 @pytest.fixture(scope='module')
 def compressed(tmp_path_factory, weights):
-    yield from serve(tmp_path_factory, weights, '-p', 'input_transport:=compressed')
+    yield from serve(tmp_path_factory, weights, '-p', 'input_transport:=compressed',
+                     '-p', 'diagnostics_period:=0.05')
+
+
+def received(client) -> int | None:
+    """The node's ``received`` counter in its latest /diagnostics (None before any)."""
+    diags = getattr(client, '_rel_diags', None)
+    if diags is None:
+        diags = client._rel_diags = []
+        client.node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 10)
+    for d in reversed(diags):
+        for status in d.status:
+            for kv in status.values:
+                if kv.key == 'received':
+                    return int(kv.value)
+    return None
 
 
 def Answers(client):
@@ -72,6 +88,41 @@ def compressed_msg(rgb, fmt, stamp):
     return msg
 
 
+#: fuzz bookkeeping per node: the publisher, the node's received count, examples sent
+FUZZ: dict[str, dict] = {}
+
+
+def fuzz_start(name, client, pub, good):
+    """Before the first example: the publisher is matched (a good frame answered) and the
+    node's received count is known (the same in ten diagnostics in a row: every copy of
+    the good frame is in)."""
+    received(client)  # subscribe to /diagnostics
+    assert answered(client, pub, good, Answers(client))
+    last, same = None, 0
+    while same < 10:
+        seq = len(client._rel_diags)
+        assert client.spin_until(lambda n=seq: len(client._rel_diags) > n, 5)
+        now = received(client)
+        same = same + 1 if now == last else 0
+        last = now
+    FUZZ[name] = {'pub': pub, 'count': last, 'sent': 0}
+
+
+def fuzz_send(name, client, node, msg):
+    """Publish one example and wait until the node counted it (its subscription keeps the
+    newest frame only: one example in flight at a time, so none is overwritten); then it
+    must still be alive."""
+    state = FUZZ[name]
+    state['pub'].publish(msg)
+    state['sent'] += 1
+    want = state['count'] + 1
+    assert client.spin_until(lambda: (received(client) or 0) >= want, 10), \
+        (state, received(client), node.log()[-2000:])
+    assert received(client) == want, (state, received(client))
+    state['count'] = want
+    assert node.alive(), node.log()
+
+
 def test_compressed_jpeg_png_and_broken_payloads(compressed):
     node, client = compressed
     answers = Answers(client)
@@ -88,7 +139,8 @@ def test_compressed_jpeg_png_and_broken_payloads(compressed):
         if reason == 'unsupported_format':
             msg.format = 'rgb8; tiff compressed'
         pub.publish(msg)
-        client.spin_until(lambda: False, 0.3)
+        # one at a time (the subscription keeps the newest frame only): until it is dropped
+        assert client.spin_until(lambda r=reason: f'({r}:' in node.log(), 20), node.log()
     garbage = compressed_msg(rgb, 'png', 20 * 10**9)
     garbage.data = b'\x89PNG\r\n\x1a\n' + b'garbage' * 50
     pub.publish(garbage)
@@ -109,7 +161,7 @@ def test_max_age_and_backwards_time(raw):
     assert set_parameters(client, '/segmentation', {'max_age': 5.0})[0].successful
     old = image_msg(rgb, 'rgb8', now_stamp(client) - 60 * 10**9)
     pub.publish(old)
-    client.spin_until(lambda: False, 1.0)
+    assert client.spin_until(lambda: '(too_old:' in node.log(), 20), node.log()
     fresh = image_msg(rgb, 'rgb8', now_stamp(client))
     assert answered(client, pub, fresh, answers)
     assert (old.header.stamp.sec * 10**9 + old.header.stamp.nanosec) not in answers
@@ -170,21 +222,21 @@ def hostile_images(draw):
 @given(msg=hostile_images())
 def test_fuzz_random_images_never_crash_the_node(raw, msg):
     node, client = raw
-    pub = getattr(test_fuzz_random_images_never_crash_the_node, '_pub', None)
-    if pub is None:
+    if 'raw' not in FUZZ:
         pub = client.node.create_publisher(Image, '/cam/image', 10)
-        test_fuzz_random_images_never_crash_the_node._pub = pub
-    pub.publish(msg)
-    client.spin_until(lambda: False, 0.02)
-    assert node.alive(), node.log()
+        fuzz_start('raw', client, pub, image_msg(synthetic_image(H, W), 'rgb8', 554 * 10**9))
+    fuzz_send('raw', client, node, msg)
 
 
 def test_still_answers_after_fuzzing(raw):
+    """Every example of the fuzz test reached the node (counted one by one there) and
+    none killed it; a good frame is still answered afterwards."""
     node, client = raw
+    state = FUZZ['raw']
+    assert state['sent'] == 60, state
     answers = Answers(client)
-    pub = client.node.create_publisher(Image, '/cam/image', 10)
-    assert answered(client, pub, image_msg(synthetic_image(H, W), 'rgb8', 555 * 10**9),
-                    answers)
+    assert answered(client, state['pub'], image_msg(synthetic_image(H, W), 'rgb8',
+                                                    555 * 10**9), answers)
     assert node.alive()
 
 
@@ -195,16 +247,26 @@ def test_still_answers_after_fuzzing(raw):
        prefix=st.sampled_from([b'', b'\xff\xd8\xff', b'\x89PNG\r\n\x1a\n']))
 def test_fuzz_compressed(compressed, data, fmt, prefix):
     node, client = compressed
-    pub = getattr(test_fuzz_compressed, '_pub', None)
-    if pub is None:
+    if 'compressed' not in FUZZ:
         pub = client.node.create_publisher(CompressedImage, '/cam/image/compressed', 10)
-        test_fuzz_compressed._pub = pub
+        fuzz_start('compressed', client, pub,
+                   compressed_msg(synthetic_image(H, W), 'png', 556 * 10**9))
     msg = CompressedImage()
     msg.format = fmt
     msg.data = prefix + data
-    pub.publish(msg)
-    client.spin_until(lambda: False, 0.02)
-    assert node.alive(), node.log()
+    fuzz_send('compressed', client, node, msg)
+
+
+def test_still_answers_after_compressed_fuzzing(compressed):
+    """As for raw images: every compressed example reached the node, a good frame is still
+    answered afterwards."""
+    node, client = compressed
+    state = FUZZ['compressed']
+    assert state['sent'] == 30, state
+    answers = client.collect(Image, '/segmentation/semantic/labels', 50)
+    assert answered(client, state['pub'], compressed_msg(synthetic_image(H, W), 'png',
+                                                         557 * 10**9), answers)
+    assert node.alive()
 
 
 def test_exception_in_processing_is_logged_and_the_node_continues(weights, tmp_path):

@@ -15,6 +15,7 @@ from vision_msgs.msg import Detection2DArray, LabelInfo
 from helpers import (
     fresh_domain_id,
     image_msg,
+    image_to_array,
     make_instance_weights,
     make_semantic_weights,
     read_bag,
@@ -199,9 +200,21 @@ def test_depth_3d_offline(tmp_path):
           for _, _, raw in out['/segmentation/instances/detections_3d']]
     assert [d.header.stamp.nanosec for d in d3] == [0, 200_000_000]
     assert any(d.detections for d in d3)
+    # each position is the median of its mask's points from the depth sent (mm), to 1 mm
+    masks = {m.header.stamp.nanosec: m for m in (
+        deserialize_message(raw, Image) for _, _, raw in out['/segmentation/instances/masks'])}
+    z_m = sc.depth_16uc1().astype(np.float32) * np.float32(0.001)
+    fx, cx, fy, cy = sc.p[0], sc.p[2], sc.p[5], sc.p[6]
     for d in d3:
-        for det in d.detections:  # the table is 0.8 m away
-            assert 0.5 < det.results[0].pose.pose.position.z <= 0.81
+        ids = image_to_array(masks[d.header.stamp.nanosec])[:, :, 0]
+        for det in d.detections:
+            v, u = np.nonzero(ids == int(det.id))
+            z = z_m[v, u].astype(np.float64)
+            pts = np.stack([(u - cx) * z / fx, (v - cy) * z / fy, z], 1)
+            pos = det.results[0].pose.pose.position
+            assert np.allclose([pos.x, pos.y, pos.z], np.median(pts, 0), atol=1e-3)
+            # on the table (0.8 m away) or on an object standing on it (<= 0.2 m tall)
+            assert 0.6 - 1e-3 <= pos.z <= 0.8 + 1e-3
     assert len(out['/segmentation/instances/points']) == 2
     assert len(out['/cam/depth']) == 2 and len(out['/cam/info']) == 3  # --copy-input
 

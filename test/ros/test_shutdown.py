@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState
 from rclpy.executors import SingleThreadedExecutor
@@ -70,14 +71,20 @@ def restart_cycles(tmp_path, cycles: int, batch_s: float, grace_s: float | None)
             assert fut.result().success, tid
         change(Transition.TRANSITION_CONFIGURE)
         real = node.engine.processor.pipeline
+        batches = {'started': 0, 'ended': 0}
+        delay = [batch_s]  # the slow model's extra time per batch (0 for the last checks)
 
         class Slow:
             def __getattr__(self, name):
                 return getattr(real, name)
 
             def run_many(self, *a, **kw):
-                time.sleep(batch_s)
-                return real.run_many(*a, **kw)
+                batches['started'] += 1
+                try:
+                    time.sleep(delay[0])  # a slow model (the thing under test is the engine)
+                    return real.run_many(*a, **kw)
+                finally:
+                    batches['ended'] += 1
         node.engine.processor.pipeline = Slow()
         client.node.create_subscription(
             Image, '/segmentation/semantic/labels',
@@ -86,25 +93,44 @@ def restart_cycles(tmp_path, cycles: int, batch_s: float, grace_s: float | None)
         pub = client.node.create_publisher(Image, '/cam/image', 10)
         rgb = synthetic_image(48, 64)
         change(Transition.TRANSITION_ACTIVATE)
-        sent = 0
-        for _cycle in range(cycles):
-            sent += 1
-            msg = image_msg(rgb, 'rgb8', sent * 10**9)
-            # until the node has the frame (its batch is then running)
-            client.spin_until(lambda: node.engine.cameras[0].slot is None and any(
-                t.name == 'seg_ros_inference' for t in threading.enumerate()), 0.3,
-                lambda m=msg: pub.publish(m))
-            client.spin_until(lambda: False, 0.1)
+        last = [0.0]
+
+        def publish_every(msg, period=2.0):  # re-sent only when a copy was lost (a second
+            # copy taken would start a second batch, or be a second answer)
+            def step():
+                if time.perf_counter() - last[0] > period:
+                    last[0] = time.perf_counter()
+                    pub.publish(msg)
+            return step
+        for cycle in range(cycles):
+            msg = image_msg(rgb, 'rgb8', (cycle + 1) * 10**9)
+            # the activated node subscribes again: publish once it is matched
+            assert client.spin_until(lambda: pub.get_subscription_count() > 0, 20)
+            # until the node's worker has taken the frame: its batch is then running
+            assert client.spin_until(lambda c=cycle: batches['started'] > c, 30,
+                                     publish_every(msg)), (cycle, batches)
+            assert batches['ended'] < batches['started'], 'the batch must still be running'
             change(Transition.TRANSITION_DEACTIVATE)
             change(Transition.TRANSITION_ACTIVATE)
-        client.spin_until(lambda: False, 2 * batch_s)  # the left-behind batches end
-        workers = [t for t in threading.enumerate()
-                   if t.name == 'seg_ros_inference' and t.is_alive()]
-        assert len(workers) == 1, workers
-        assert all(n == 1 for n in answers.values()), answers
-        # and the node still answers
-        msg = image_msg(rgb, 'rgb8', 999 * 10**9)
-        assert client.spin_until(lambda: 999 in answers, 30, lambda: pub.publish(msg))
+        # the left-behind batches end (slower than the grace), then their workers exit
+        assert client.spin_until(lambda: batches['ended'] == batches['started'], 3 * batch_s
+                                 + 30), batches
+        assert batches['started'] == cycles, batches  # no stopped batch ran again
+
+        def workers():
+            return [t for t in threading.enumerate()
+                    if t.name == 'seg_ros_inference' and t.is_alive()]
+        client.spin_until(lambda: len(workers()) <= 1, 10)
+        assert len(workers()) == 1, workers()
+        # the node still answers, each frame once (1000 answered after 999: a duplicate of
+        # 999 would be in by then); a re-sent copy of a cycle's frame may be answered by
+        # the new worker, but never twice (a stopped batch publishes nothing). The model is
+        # fast again here, so that a re-send (after 2 s) means a lost copy, not a slow one.
+        delay[0] = 0.0
+        for stamp in (999, 1000):
+            assert client.spin_until(lambda s=stamp: s in answers, 30,
+                                     publish_every(image_msg(rgb, 'rgb8', stamp * 10**9)))
+        assert answers[999] == 1 and all(n == 1 for n in answers.values()), answers
     finally:
         Engine.STOP_GRACE_S = old_grace
         client.close()
@@ -122,6 +148,30 @@ def _wait_for(predicate, timeout):
     return False
 
 
+def _last_values(diags) -> dict:
+    if not diags or not diags[-1].status:
+        return {}
+    return {kv.key: kv.value for kv in diags[-1].status[0].values}
+
+
+def received_any(diags) -> bool:
+    """The node's last diagnostics count a received frame."""
+    return int(_last_values(diags).get('received', '0')) >= 1
+
+
+def under_way(diags) -> bool:
+    """The node's last diagnostics: a frame received, none processed yet."""
+    return received_any(diags) and _last_values(diags).get('processed') == '0'
+
+
+def importing(pid: int) -> bool:
+    """The process has begun importing torch (its libraries are mapped)."""
+    try:
+        return 'libtorch' in Path(f'/proc/{pid}/maps').read_text()
+    except OSError:
+        return False
+
+
 def test_ctrl_c_in_the_middle_of_a_long_forward_pass_exits_promptly(tmp_path):
     """Mask R-CNN at 2000 px on this CPU takes several seconds a frame: SIGINT during it
     ends the process within 3 s, exit code 0, no traceback."""
@@ -131,15 +181,26 @@ def test_ctrl_c_in_the_middle_of_a_long_forward_pass_exits_promptly(tmp_path):
                         '-p', 'instance.backend:=torch', '-p', 'instance.weights:=none',
                         '-p', 'instance.model:=maskrcnn_resnet50_fpn',
                         '-p', 'instance.min_size:=2000', '-p', 'instance.max_size:=3000',
-                        '-p', 'warmup:=false', '-r', 'image:=/cam/image'],
+                        '-p', 'warmup:=false', '-p', 'diagnostics_period:=0.2',
+                        '-r', 'image:=/cam/image'],
                        domain, Path(tmp_path) / 'node.log')
     client = RosClient(domain)
+    diags = []
+    client.node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 10)
     try:
         node.wait_ready()
         pub = client.node.create_publisher(Image, '/cam/image', 10)
         assert client.spin_until(lambda: pub.get_subscription_count() > 0, 20)
-        pub.publish(image_msg(synthetic_image(480, 640), 'rgb8', 10**9))
-        client.spin_until(lambda: False, 2.0)  # the forward pass is under way
+        frame = image_msg(synthetic_image(480, 640), 'rgb8', 10**9)
+        last = [0.0]
+
+        def send():  # until the node has one (a copy sent before it matched us is lost)
+            if time.perf_counter() - last[0] > 1.0 and not received_any(diags):
+                last[0] = time.perf_counter()
+                pub.publish(frame)
+        # a frame was received and nothing processed yet: its forward pass is under way
+        # (several seconds at 2000 px; the worker takes a frame as soon as it arrives)
+        assert client.spin_until(lambda: under_way(diags), 30, send), diags[-1:]
         assert node.alive()
         t0 = time.time()
         os.killpg(node.proc.pid, signal.SIGINT)
@@ -158,8 +219,9 @@ def test_ctrl_c_while_starting_is_quiet(tmp_path):
     KeyboardInterrupt traceback."""
     node = NodeProcess(['-p', 'device:=cpu'], fresh_domain_id(), Path(tmp_path) / 'node.log')
     try:
-        time.sleep(1.0)
-        assert node.alive()
+        # torch is being imported, and the node is not up yet (it logs nothing before)
+        assert _wait_for(lambda: importing(node.pid) or not node.alive(), 30), node.log()
+        assert node.alive() and 'listening on' not in node.log(), node.log()
         os.killpg(node.proc.pid, signal.SIGINT)
         assert _wait_for(lambda: not node.alive(), 10.0), node.log()
         assert node.proc.returncode == 0, node.log()

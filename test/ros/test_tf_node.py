@@ -208,6 +208,16 @@ def test_no_transform_means_2d_only_and_a_counter(rig):
     client = rig['client']
     assert client.spin_until(lambda: drops(rig, 'no_transform') >= 1, 10)
     assert 'no transform from unknown_camera to base_link' in rig['node'].log()
+    # a later frame in 'cam' (transforms known) is answered in 3D: one publisher per topic
+    # delivers in order, so a late 3D answer of the unknown frame would have come first
+
+    def broadcast():
+        rig['moving'].sendTransform([transform('base_link', 'wrist', BASE + k * 10**9,
+                                               base_at(k), BASE_Q) for k in (0, 2)])
+        client.spin_until(lambda: False, 0.2)
+    later = BASE + 1_500_000_000
+    exchange(rig, later, rgb, scene_depth(1), want=('dets', 'det3d'), before=broadcast)
+    assert stamp not in rig['boxes']['det3d'] and stamp not in rig['boxes']['ipts']
 
 
 def test_a_bag_with_tf_gives_the_live_outputs(rig):

@@ -89,7 +89,9 @@ def test_bad_fields_are_refused_with_a_reason(fields, reason):
 def test_max_pixels_limit():
     with pytest.raises(ImageConversionError, match='max_image_pixels'):
         buffer_to_frame('mono8', 10, 10, 10, False, b'\0' * 100, max_pixels=99)
-    assert buffer_to_frame('mono8', 10, 10, 10, False, b'\0' * 100, max_pixels=100)
+    at_limit = buffer_to_frame('mono8', 10, 10, 10, False, bytes(range(100)), max_pixels=100)
+    assert at_limit.encoding == 'mono8' and at_limit.array.shape[:2] == (10, 10)
+    assert int(at_limit.array[9, 9].ravel()[0]) == 99  # the data, not a placeholder
 
 
 def test_encoder_refuses_mismatched_arrays():

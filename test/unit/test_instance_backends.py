@@ -99,15 +99,53 @@ def test_compiled_instances_equal_eager_fp32(backend, model_name, r50_weights, l
     assert any('reused from cache' in ln for ln in lines2), lines2
 
 
+def _raw_instances(loaded, image):
+    """The model's own output (before the published id map is composed): labels, scores,
+    boxes and each instance's mask at 0.5."""
+    x = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    with torch.inference_mode():
+        out = loaded.model([x])[0]
+    return (out['labels'].numpy(), out['scores'].numpy(), out['boxes'].numpy(),
+            (out['masks'][:, 0] > 0.5).numpy())
+
+
+def _mask_iou_matched(ref_labels, ref_masks, got_labels, got_masks):
+    """Best one-to-one assignment by mask IoU (0 across classes): the matched IoUs."""
+    a, b = ref_masks.astype(np.float32), got_masks.astype(np.float32)
+    inter = np.einsum('ahw,bhw->ab', a, b)
+    union = a.sum((1, 2))[:, None] + b.sum((1, 2))[None] - inter
+    iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+    iou[ref_labels[:, None] != got_labels[None]] = 0.0
+    from scipy.optimize import linear_sum_assignment
+    r, c = linear_sum_assignment(-iou)
+    return iou[r, c]
+
+
 @pytest.mark.skipif(not _bf16_cpu(), reason='this CPU has no BF16 (OpenVINO)')
-def test_openvino_bf16_instances_close(r50_weights, tmp_path):
-    image = synthetic_image(H, W, seed=3)
-    ref, ref_m, _ = _instances('maskrcnn_resnet50_fpn', r50_weights, 'torch', 'fp32',
-                               tmp_path, image, 0.7)
-    got, got_m, _ = _instances('maskrcnn_resnet50_fpn', r50_weights, 'openvino', 'bf16',
-                               tmp_path, image, 0.7)
-    assert len(ref) >= 3
-    assert _matched_fraction(ref, ref_m, got, got_m, 0.9) >= 0.9
+def test_openvino_bf16_instances_close(tmp_path):
+    """bf16 OpenVINO against eager fp32 on a trained model (the shipped tabletop model on a
+    generated table scene at its training size), instance by instance on the model's own
+    masks. Measured on an AVX-512 BF16 CPU over 6 such scenes: 54 of 54 instances matched,
+    mask IoU 0.947-0.999, scores within 0.007. The random-weight R50 this test used before
+    has ~100 near-tied detections (scores 0.86-0.93 capped at 100): bf16 rounding changes
+    which of them make the cut, so 0.3 of them matched; that measured the model's
+    fragility, not the bf16 path, and a composed id map (an overlap goes to the higher
+    score) swaps whole regions between near-duplicates on the smallest change."""
+    from seg_ros.core import tabletop
+    scene = tabletop.render(np.random.default_rng([7, 0]), 640, 480)
+    eager = load_instance_model('', 'tabletop', score_threshold=0.3, max_detections=100)
+    ref = _raw_instances(eager, scene.rgb)
+    compiled = load_instance_model('', 'tabletop', score_threshold=0.3, max_detections=100)
+    compile_instance_model(compiled.model, 'openvino', compiled.name, torch.device('cpu'),
+                           'bf16', str(tmp_path), report=lambda _: None)
+    assert isinstance(compiled.model.backbone, CompiledBackbone)
+    got = _raw_instances(compiled, scene.rgb)
+    assert len(ref[0]) >= 5, 'the comparison needs instances'
+    assert abs(len(got[0]) - len(ref[0])) <= 1
+    ious = _mask_iou_matched(ref[0], ref[3], got[0], got[3])
+    assert (ious >= 0.9).sum() >= 0.9 * len(ref[0]), np.round(ious, 3)
+    n = min(len(ref[1]), len(got[1]))
+    np.testing.assert_allclose(got[1][:n], ref[1][:n], atol=0.02)
 
 
 @pytest.mark.parametrize('backend', COMPILED)

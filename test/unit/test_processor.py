@@ -107,7 +107,9 @@ def test_batch_of_cameras_with_tracks_and_a_settings_change(weights):
     assert proc.pipeline.instance.score_threshold == 0.3
     none = proc.process([FrameInput('b', frame(rgb), 3 * 10**9)])[0].result.instances
     assert len(none) == 0 and proc.pipeline.instance.model.roi_heads.score_thresh == 1.0
-    assert proc.check(s.with_changes({'instance.classes': ['zebra']})) is not None
+    why = proc.check(s.with_changes({'instance.classes': ['zebra']}))
+    assert why is not None and 'instance.classes' in why and "'zebra'" in why, why
+    assert proc.check(s.with_changes({'instance.classes': []})) is None  # a valid change
 
 
 def test_a_failing_frame_fails_alone(weights):
