@@ -121,6 +121,18 @@ def test_depth_mode_writes_3d_outputs_and_a_picture(tmp_path):
     dets = json.loads((out / 'rgbd_0000_detections_3d.json').read_text())
     # the scene: two boxes and two cylinders standing on a table 0.8 m below the camera
     assert len(dets) >= 2 and {d['class'] for d in dets} <= {'box', 'cylinder'}
+    # each position is the median of its mask's points (the written id image, the rendered
+    # depth in mm as the demo sends it), to 1 mm
+    from seg_ros.core.rgbd_scene import render
+    scene = render(480, 360, default_objects(), seed=0)
+    ids = np.asarray(PILImage.open(out / 'rgbd_0000_instances.png')).astype(np.int64)
+    z_m = scene.depth_16uc1().astype(np.float32) * np.float32(0.001)
+    fx, cx, fy, cy = scene.p[0], scene.p[2], scene.p[5], scene.p[6]
+    for d in dets:
+        v, u = np.nonzero(ids == int(d['id']))
+        z = z_m[v, u].astype(np.float64)
+        pts = np.stack([(u - cx) * z / fx, (v - cy) * z / fy, z], 1)
+        assert np.allclose(d['position_m'], np.median(pts, 0), atol=1e-3), d
     for d in dets:  # over a rendered object: between its top and the table, to 1 cm
         x, y, z = d['position_m']
         under = [o for o in default_objects() if footprint(o, x, y)]
