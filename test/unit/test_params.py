@@ -44,3 +44,16 @@ def test_yaml_documents_every_parameter():
         else:
             assert values[p.name] == p.default, p.name
     assert set(values) <= set(BY_NAME)
+
+
+def test_parameters_page_is_generated_from_the_table():
+    """docs/parameters.md is what tools/params_doc.py renders from the table, and every
+    declared parameter has its row (the page is never edited by hand)."""
+    from pathlib import Path
+
+    from seg_ros.core.params_doc import markdown
+    page = Path(__file__).resolve().parents[2] / 'docs' / 'parameters.md'
+    text = page.read_text(encoding='utf-8')
+    assert text == markdown(), 'docs/parameters.md is stale: run tools/params_doc.py'
+    for p in PARAMS:
+        assert f'| `{p.name}` |' in text, p.name
