@@ -10,7 +10,7 @@ colour image), ``params_file`` (default: the installed config/segment.yaml), ``d
 that persist while the arm occludes objects), ``semantic`` (default false: a tabletop
 rarely needs per-pixel classes), ``target_frame`` (default empty: 3D in the colour
 image's frame; e.g. ``base_link``: every 3D output in that frame through tf2, at the image's
-stamp), ``instance_weights`` / ``instance_model`` (empty: the params file's; README:
+stamp), ``instance_weights`` / ``instance_model`` (empty: the params file's; docs/3d_and_tf.md:
 "Pick-and-place offline"). ``instance.enabled`` and ``depth.enabled`` are always on.
 """
 from launch.actions import DeclareLaunchArgument, OpaqueFunction

@@ -169,7 +169,7 @@ PARAMS: list[Param] = [
           'torch | openvino | onnxruntime | auto: the Mask R-CNN backbone, FPN and RPN head '
           'compiled per input size, box and mask heads once (cached in backend.cache_dir); '
           'proposals, ROI align, NMS and mask pasting in torch; auto = the fastest installed '
-          'for the device and precision (README: Backends)',
+          'for the device and precision (docs/backends_performance.md)',
           check=_one_of(*BACKENDS)),
     Param('instance.weights', 'DEFAULT', 'string',
           'DEFAULT (torchvision COCO weights: downloads ~180 MB on first use) | tabletop '

@@ -116,5 +116,5 @@ def large_data_hint(nbytes: int) -> str | None:
             'shared-memory segment; with the default transports such messages travel as UDP '
             'fragments that default socket buffers drop (late or lost frames). Set '
             'FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in every process (camera driver, this node, '
-            'every consumer), or raise net.core.rmem_max / rmem_default (README: Large images '
-            'and DDS)')
+            'every consumer), or raise net.core.rmem_max / rmem_default '
+            '(docs/backends_performance.md: Large images and DDS)')
