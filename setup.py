@@ -32,6 +32,8 @@ setup(
             'train_instances = seg_ros.training.train_instances:main',
             'eval_instances = seg_ros.training.eval_instances:main',
             'make_tabletop = seg_ros.training.make_tabletop:main',
+            'train_camvid = seg_ros.training.train_camvid:main',
+            'eval_camvid = seg_ros.training.eval_camvid:main',
         ],
     },
 )

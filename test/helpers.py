@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seg_ros.core.models import INSTANCE_MODELS, SEMANTIC_MODELS
-from seg_ros.ros import remote
+from seg_ros.core.models.registry import INSTANCE_MODELS, SEMANTIC_MODELS
+from seg_ros.testing import remote
 
 
 def synthetic_image(h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -178,7 +178,7 @@ def image_msg(arr: np.ndarray, encoding: str, stamp_ns: int, frame_id: str = 'ca
 
     from sensor_msgs.msg import Image
 
-    from seg_ros.core.imaging import array_to_buffer
+    from seg_ros.core.spatial.imaging import array_to_buffer
     msg = Image()
     msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 10**9)
     msg.header.frame_id = frame_id

@@ -19,13 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import ROOT, machine_facts, pct
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ROOT, machine_facts, pct  # noqa: E402
-
-from seg_ros.core import backends  # noqa: E402
-from seg_ros.core.instance_backends import CompiledFeatures  # noqa: E402
-from seg_ros.core.models import load_instance_model  # noqa: E402
+from seg_ros.core.models import backends
+from seg_ros.core.models.instance_backends import CompiledFeatures
+from seg_ros.core.models.registry import load_instance_model
 
 
 def main() -> int:

@@ -24,15 +24,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_common import machine_facts, scene
 from PIL import Image as PILImage
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'tools'))
-from bench_common import machine_facts, scene  # noqa: E402
+from seg_ros.offline.bagfile import write_bag
+from seg_ros.testing.remote import frame_msg
 
-from seg_ros.offline.bagfile import write_bag  # noqa: E402
-from seg_ros.ros.remote import frame_msg  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 CAMVID_VAL = ROOT.parent / 'shared' / 'data' / 'camvid' / 'val'
 WRAPPER = ('import json, resource, subprocess, sys\n'

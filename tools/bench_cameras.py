@@ -20,9 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (  # noqa: E402
+from bench_common import (
     ROOT,
     SIZES,
     machine_facts,
@@ -32,7 +30,7 @@ from bench_common import (  # noqa: E402
     scene,
 )
 
-from seg_ros.core.pipeline import resolve_device  # noqa: E402
+from seg_ros.core.inference.pipeline import resolve_device
 
 
 def cameras_run(n: int, mode: str, weights: Path, rgb: np.ndarray, seconds: float,
@@ -43,7 +41,7 @@ def cameras_run(n: int, mode: str, weights: Path, rgb: np.ndarray, seconds: floa
     """
     from sensor_msgs.msg import Image
 
-    from seg_ros.ros.remote import frame_msg, served
+    from seg_ros.testing.remote import frame_msg, served
     domain = 60 + os.getpid() % 40
     base = ['-p', 'device:=' + ('cuda' if torch.cuda.is_available() else 'cpu'),
             '-p', f'semantic.weights:={weights}', '-p', 'semantic.input_size:=0',

@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import os
 import platform
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from seg_ros.core.models.registry import load_instance_model, load_semantic_model
+from seg_ros.testing.remote import large_data_transport
+
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-from seg_ros.core.models import load_instance_model, load_semantic_model  # noqa: E402
-from seg_ros.ros.remote import large_data_transport  # noqa: E402
 
 SIZES = {'320x240': (240, 320), '640x480': (480, 640), '1920x1080': (1080, 1920)}
 #: the CPU flags that decide which kernels run (VNNI / BF16 / AMX for OpenVINO's bf16)
@@ -91,3 +89,33 @@ def machine_facts(device) -> dict:
     if torch.cuda.is_available():
         machine['gpu'] = torch.cuda.get_device_name(device)
     return machine
+
+
+def tabletop_scene(h: int, w: int, seed: int = 7) -> np.ndarray:
+    """A generated tabletop (seg_ros.synthetic.tabletop), one the tabletop model never saw."""
+    from seg_ros.synthetic import tabletop
+    return tabletop.render(np.random.default_rng([seed, 0]), w, h).rgb
+
+
+def print_table(results: list[dict]) -> None:
+    print('\n| config | size | backend | node p50 | node p99 | forward in node p50 | rest p50 '
+          '(in node / transport) | **e2e / forward** (median per frame) | bare eager forward '
+          'p50 | e2e / bare eager (median per pair) |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    for r in results:
+        ms = lambda v: f'{1000 * v:.1f} ms'  # noqa: E731
+        print(f'| {r["config"]} | {r["size"]} | {r["backend"]} | {ms(r["e2e_s"]["p50"])} | '
+              f'{ms(r["e2e_s"]["p99"])} | {ms(r["forward_in_node_s"]["p50"])} | '
+              f'{ms(r["rest_s"]["p50"])} ({ms(r["rest_s"]["in_node_p50"])} / '
+              f'{ms(r["rest_s"]["transport_p50"])}) | '
+              f'**{r["ratio_e2e_over_forward"]["median"]:.3f}** | '
+              f'{ms(r["bare_forward_s"]["p50"])} | {r["ratio_e2e_over_bare"]["median"]:.3f} |')
+    stages = sorted({k for r in results for k in r.get('node_stages_p50_s', {})})
+    if stages:
+        print('\n| config | size | backend | ' + ' | '.join(stages) + ' |')
+        print('|---|---|---|' + '---|' * len(stages))
+        for r in results:
+            st = r.get('node_stages_p50_s', {})
+            print(f'| {r["config"]} | {r["size"]} | {r["backend"]} | ' + ' | '.join(
+                f'{1000 * st[k]:.2f} ms' if k in st else '' for k in stages) + ' |')
+

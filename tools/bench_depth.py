@@ -4,7 +4,7 @@
     scripts/with_env python tools/bench_depth.py [--configs lraspp+maskrcnn_v2 lraspp]
         [--instances 20] [--n 0] [--json out/bench_depth.json]
 
-One process, one rendered RGB-D tabletop (seg_ros.core.rgbd_scene) at 640x480, random
+One process, one rendered RGB-D tabletop (seg_ros.synthetic.rgbd_scene) at 640x480, random
 weights. For every sample, after a quiet gap, it times alternately on the same frame:
 
 1. *frame*: the pipeline from a raw rgb8 buffer to ready-to-publish host arrays (what the
@@ -28,19 +28,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_common import machine_facts
+
+from seg_ros.core.inference.instances import InstanceSegmenter
+from seg_ros.core.inference.pipeline import Pipeline, resolve_device
+from seg_ros.core.inference.semantic import SemanticSegmenter
+from seg_ros.core.models.registry import load_instance_model, load_semantic_model
+from seg_ros.core.spatial import geometry
+from seg_ros.core.spatial.imaging import buffer_to_frame
+from seg_ros.synthetic.rgbd_scene import render
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'tools'))
-from bench_common import machine_facts  # noqa: E402
-
-from seg_ros.core import geometry  # noqa: E402
-from seg_ros.core.imaging import buffer_to_frame  # noqa: E402
-from seg_ros.core.instances import InstanceSegmenter  # noqa: E402
-from seg_ros.core.models import load_instance_model, load_semantic_model  # noqa: E402
-from seg_ros.core.pipeline import Pipeline, resolve_device  # noqa: E402
-from seg_ros.core.rgbd_scene import render  # noqa: E402
-from seg_ros.core.semantic import SemanticSegmenter  # noqa: E402
 
 CONFIGS = {'lraspp+maskrcnn_v2': ('lraspp_mobilenet_v3_large', 'maskrcnn_resnet50_fpn_v2'),
            'lraspp': ('lraspp_mobilenet_v3_large', None),

@@ -16,15 +16,12 @@ import queue
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import machine_facts
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import machine_facts  # noqa: E402
-
-from seg_ros.core.models import load_semantic_model  # noqa: E402
+from seg_ros.core.models.registry import load_semantic_model
 
 
 def main() -> int:

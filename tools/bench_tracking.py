@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from seg_ros.core.inference.instances import motion_thumbnail
+from seg_ros.core.inference.tracking import Tracker
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from seg_ros.core.instances import motion_thumbnail  # noqa: E402
-from seg_ros.core.tracking import Tracker  # noqa: E402
 
 
 def main() -> int:

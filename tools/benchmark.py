@@ -55,23 +55,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import (  # noqa: E402
+from bench_common import (
     ROOT,
     SIZES,
     machine_facts,
     pct,
+    print_table,
     random_weights,
     rss_mb,
     scene,
+    tabletop_scene,
 )
 
-from seg_ros.core import backends  # noqa: E402
-from seg_ros.core.models import load_instance_model, load_semantic_model  # noqa: E402
-from seg_ros.core.params import BY_NAME  # noqa: E402
-from seg_ros.core.pipeline import resolve_device  # noqa: E402
-from seg_ros.core.semantic import SemanticSegmenter  # noqa: E402
+from seg_ros.core.config.params import BY_NAME
+from seg_ros.core.inference.pipeline import resolve_device
+from seg_ros.core.inference.semantic import SemanticSegmenter
+from seg_ros.core.models import backends
+from seg_ros.core.models.registry import load_instance_model, load_semantic_model
 
 CONFIGS = {
     'lraspp': {'semantic': 'lraspp_mobilenet_v3_large'},
@@ -170,7 +170,7 @@ def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: f
     from std_msgs.msg import Float64MultiArray
     from vision_msgs.msg import Detection2DArray
 
-    from seg_ros.ros.remote import frame_msg, served
+    from seg_ros.testing.remote import frame_msg, served
     domain = 60 + os.getpid() % 40
     out: dict = {}
     h, w = rgb.shape[:2]
@@ -257,7 +257,7 @@ def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: f
 
 def stream(client, pub, boxes, rgb, seconds: float, pid: int, rate: float = 30.0) -> dict:
     """Publish at ``rate`` Hz for ``seconds``; collect answers, latency and RSS over time."""
-    from seg_ros.ros.remote import frame_msg
+    from seg_ros.testing.remote import frame_msg
     for b in boxes:
         b.clear()
     base = 10**12
@@ -394,35 +394,6 @@ def main() -> int:
     print_table(results)
     print(f'wrote {args.json}')
     return 0
-
-
-def tabletop_scene(h: int, w: int, seed: int = 7) -> np.ndarray:
-    """A generated tabletop (seg_ros.core.tabletop), one the tabletop model never saw."""
-    from seg_ros.core import tabletop
-    return tabletop.render(np.random.default_rng([seed, 0]), w, h).rgb
-
-
-def print_table(results: list[dict]) -> None:
-    print('\n| config | size | backend | node p50 | node p99 | forward in node p50 | rest p50 '
-          '(in node / transport) | **e2e / forward** (median per frame) | bare eager forward '
-          'p50 | e2e / bare eager (median per pair) |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
-    for r in results:
-        ms = lambda v: f'{1000 * v:.1f} ms'  # noqa: E731
-        print(f'| {r["config"]} | {r["size"]} | {r["backend"]} | {ms(r["e2e_s"]["p50"])} | '
-              f'{ms(r["e2e_s"]["p99"])} | {ms(r["forward_in_node_s"]["p50"])} | '
-              f'{ms(r["rest_s"]["p50"])} ({ms(r["rest_s"]["in_node_p50"])} / '
-              f'{ms(r["rest_s"]["transport_p50"])}) | '
-              f'**{r["ratio_e2e_over_forward"]["median"]:.3f}** | '
-              f'{ms(r["bare_forward_s"]["p50"])} | {r["ratio_e2e_over_bare"]["median"]:.3f} |')
-    stages = sorted({k for r in results for k in r.get('node_stages_p50_s', {})})
-    if stages:
-        print('\n| config | size | backend | ' + ' | '.join(stages) + ' |')
-        print('|---|---|---|' + '---|' * len(stages))
-        for r in results:
-            st = r.get('node_stages_p50_s', {})
-            print(f'| {r["config"]} | {r["size"]} | {r["backend"]} | ' + ' | '.join(
-                f'{1000 * st[k]:.2f} ms' if k in st else '' for k in stages) + ' |')
 
 
 if __name__ == '__main__':

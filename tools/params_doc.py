@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from seg_ros.core.params_doc import markdown
+from seg_ros.core.config.params_doc import markdown
 
 PAGE = Path(__file__).resolve().parents[1] / 'docs' / 'parameters.md'
 

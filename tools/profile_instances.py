@@ -17,16 +17,13 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from bench_common import ROOT, machine_facts, scene
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import ROOT, machine_facts, scene  # noqa: E402
-
-from seg_ros.core.instance_backends import compile_instance_model  # noqa: E402
-from seg_ros.core.models import load_instance_model  # noqa: E402
+from seg_ros.core.models.instance_backends import compile_instance_model
+from seg_ros.core.models.registry import load_instance_model
 
 
 def _timed(times: dict[str, list[float]], obj, attr: str, key: str) -> None:

@@ -15,10 +15,8 @@ import json
 import sys
 from pathlib import Path
 
+import benchmark
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import benchmark  # noqa: E402
 
 
 def main() -> int:

@@ -105,7 +105,7 @@ def camera_topics(args: argparse.Namespace) -> None:
     Raises:
         BagError: mixed forms, a repeated camera or topic, a camera without its image.
     """
-    from seg_ros.core.params import validate
+    from seg_ros.core.config.params import validate
 
     def parse(flag: str, values: list[str] | None) -> dict[str, str]:
         values = values or []
@@ -147,7 +147,7 @@ def values_of(args: argparse.Namespace) -> dict[str, Any]:
     Raises:
         BagError: a missing or malformed params file, a malformed ``-p``.
     """
-    from seg_ros.core.settings import SettingsError, resolve_values, unknown_names
+    from seg_ros.core.config.settings import SettingsError, resolve_values, unknown_names
 
     if args.params_file is not None and not args.params_file.is_file():
         raise BagError(f'segment_bag: --params-file {args.params_file}: no such file')

@@ -1,6 +1,6 @@
 """One pass over a bag in time order: colour frames paired as the live node pairs them.
 
-Depth and camera_info go into a :class:`~seg_ros.ros.pairing.Pairing` per camera (the live
+Depth and camera_info go into a :class:`~seg_ros.core.spatial.pairing.Pairing` per camera (the live
 node's rule: validated messages only, a bounded cache, the depth nearest in stamp within
 ``depth.slop``, the newest valid camera_info). A colour frame waits in a short queue until
 its pairing is decided: the camera's depth stream has passed its stamp by the slop, or
@@ -13,8 +13,8 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterator
 
+from seg_ros.core.spatial.pairing import Pairing
 from seg_ros.offline.worker import Item
-from seg_ros.ros.pairing import Pairing
 
 #: how long (bag receive time) a colour frame may wait for a depth image
 LOOKAHEAD_NS = 1_000_000_000

@@ -1,7 +1,7 @@
 """The offline worker: the live node's processor and message builder, without a node.
 
 :class:`BagWorker` turns parameter values into the same :class:`Settings`, models
-(:func:`~seg_ros.core.loading.load_pipeline`), :class:`~seg_ros.core.processor.
+(:func:`~seg_ros.core.models.loading.load_pipeline`), :class:`~seg_ros.core.inference.processor.
 FrameProcessor` and :class:`~seg_ros.ros.outputs.Outputs` the live node uses, and answers an
 :class:`Item` (a serialised frame with the depth and camera model the driver paired it with)
 with the serialised messages the node would publish. One per process, or one per Ray actor.
@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from seg_ros.core.processor import Paired
+from seg_ros.core.inference.processor import Paired
 from seg_ros.offline.bagfile import type_name
 
 #: seconds between two warnings of one reason
@@ -73,9 +73,9 @@ class BagWorker:
     """
 
     def __init__(self, values: dict[str, Any], quiet: bool = False) -> None:
-        from seg_ros.core.loading import LoadError, load_pipeline
-        from seg_ros.core.processor import FrameProcessor
-        from seg_ros.core.settings import Settings, SettingsError
+        from seg_ros.core.config.settings import Settings, SettingsError
+        from seg_ros.core.inference.processor import FrameProcessor
+        from seg_ros.core.models.loading import LoadError, load_pipeline
         from seg_ros.ros.outputs import Outputs
 
         def info(text: str) -> None:
@@ -106,10 +106,10 @@ class BagWorker:
         from rclpy.serialization import deserialize_message, serialize_message
         from sensor_msgs.msg import CompressedImage, Image
 
-        from seg_ros.core.imaging import ImageConversionError, decode_compressed
-        from seg_ros.core.processor import FrameInput
+        from seg_ros.core.inference.processor import FrameInput
+        from seg_ros.core.spatial.imaging import ImageConversionError, decode_compressed
+        from seg_ros.core.spatial.pairing import stamp_text
         from seg_ros.ros import messages
-        from seg_ros.ros.pairing import stamp_text
 
         out = Result(item.index)
         prefix = f'{item.camera}/' if item.camera else ''

@@ -5,7 +5,7 @@ The single-camera node has one camera named ``''`` (topics ``image``, ``~/semant
 ``~/front/semantic/labels``, ...). The image callback only validates and converts, then puts
 the frame into a one-slot mailbox (newest wins, superseded frames counted) shared with the
 worker through the engine's condition variable. Depth and camera_info go to the camera's
-:class:`~seg_ros.ros.pairing.Pairing` (validated messages only).
+:class:`~seg_ros.core.spatial.pairing.Pairing` (validated messages only).
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from seg_ros.core.imaging import Frame, ImageConversionError, decode_compressed
-from seg_ros.core.stats import FrameStats
+from seg_ros.core.spatial.imaging import Frame, ImageConversionError, decode_compressed
+from seg_ros.core.spatial.pairing import Pairing, stamp_text
 from seg_ros.ros import messages
-from seg_ros.ros.pairing import Pairing, stamp_text
+from seg_ros.ros.stats import FrameStats
 
 # Subscription "matched" events exist from Iron on; Humble falls back to the 1 s poll.
 HAS_MATCHED_EVENT = 'matched' in inspect.signature(SubscriptionEventCallbacks).parameters

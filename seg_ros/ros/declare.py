@@ -1,6 +1,6 @@
 """Parameters of the node: declaration with descriptors, the on-set gate, the snapshot.
 
-Every parameter of :data:`seg_ros.core.params.PARAMS` is declared with its description,
+Every parameter of :data:`seg_ros.core.config.params.PARAMS` is declared with its description,
 ``read_only`` flag and range (``ros2 param describe`` shows them). Values given at start-up
 are validated first (one sentence of ours, not rclpy's); later changes pass through
 :class:`ParameterGate`, which validates each value and the set together, asks the frame
@@ -22,8 +22,8 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from seg_ros.core.params import BY_NAME, PARAMS, validate
-from seg_ros.core.settings import Settings, SettingsError, unknown_names
+from seg_ros.core.config.params import BY_NAME, PARAMS, validate
+from seg_ros.core.config.settings import Settings, SettingsError, unknown_names
 
 _ROS_TYPES = {
     'bool': ParameterType.PARAMETER_BOOL,

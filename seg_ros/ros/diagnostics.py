@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
-from seg_ros.core.pipeline import Pipeline
+from seg_ros.core.inference.pipeline import Pipeline
 
 
 def diagnostics(node_name: str, cameras: Sequence, pipeline: Pipeline | None,

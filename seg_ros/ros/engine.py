@@ -2,10 +2,11 @@
 and the worker loop.
 
 The rooms around it, each with one job: :mod:`~seg_ros.ros.declare` (parameters and the
-on-set gate that builds :class:`~seg_ros.core.settings.Settings` snapshots),
+on-set gate that builds :class:`~seg_ros.core.config.settings.Settings` snapshots),
 :mod:`~seg_ros.ros.camera` (per camera: subscriptions, QoS following, mailbox, counters),
-:mod:`~seg_ros.ros.pairing` (depth + camera_info), :mod:`~seg_ros.core.processor` (the
-frames' computation, ROS-free), :mod:`~seg_ros.ros.outputs` (results -> messages) and
+:mod:`~seg_ros.core.spatial.pairing` (depth + camera_info),
+:mod:`~seg_ros.core.inference.processor` (the frames' computation, ROS-free),
+:mod:`~seg_ros.ros.outputs` (results -> messages) and
 :mod:`~seg_ros.ros.diagnostics`.
 
 One frame's way: ``Camera.on_image`` (executor thread: validate, convert, slot) -> the worker
@@ -36,10 +37,11 @@ from std_msgs.msg import Float64MultiArray, Header
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 from visualization_msgs.msg import MarkerArray
 
-from seg_ros.core.loading import LoadError, load_pipeline
-from seg_ros.core.pipeline import Pipeline
-from seg_ros.core.processor import FrameInput, FrameOutput, FrameProcessor, Paired
-from seg_ros.core.settings import Settings
+from seg_ros.core.config.settings import Settings
+from seg_ros.core.inference.pipeline import Pipeline
+from seg_ros.core.inference.processor import FrameInput, FrameOutput, FrameProcessor, Paired
+from seg_ros.core.models.loading import LoadError, load_pipeline
+from seg_ros.core.spatial.pairing import stamp_text
 from seg_ros.ros import messages
 from seg_ros.ros.camera import RELIABILITY, Camera, Job, age_s, warn_incompatible_qos
 from seg_ros.ros.declare import (
@@ -51,7 +53,6 @@ from seg_ros.ros.declare import (
 )
 from seg_ros.ros.diagnostics import diagnostics
 from seg_ros.ros.outputs import Outputs, large_data_hint, latency_msg, timing_msg
-from seg_ros.ros.pairing import stamp_text
 from seg_ros.ros.transforms import LiveTransforms
 
 __all__ = ['Engine', 'StartupError', 'declare']

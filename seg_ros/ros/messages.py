@@ -1,7 +1,7 @@
 """Results <-> ROS messages (sensor_msgs, vision_msgs). Thin wrappers over core.imaging.
 
 cv_bridge is not installable outside a ROS distribution, so images are converted by
-:mod:`seg_ros.core.imaging` (validated, zero-copy in, one bulk copy out).
+:mod:`seg_ros.core.spatial.imaging` (validated, zero-copy in, one bulk copy out).
 """
 from __future__ import annotations
 
@@ -23,10 +23,10 @@ from vision_msgs.msg import (
 )
 from visualization_msgs.msg import Marker, MarkerArray
 
-from seg_ros.core.colors import voc_palette
-from seg_ros.core.geometry import InstanceGeometry, SemanticPoints
-from seg_ros.core.imaging import DEFAULT_MAX_PIXELS, Frame, buffer_to_frame
-from seg_ros.core.results import InstanceResult
+from seg_ros.core.inference.results import InstanceResult
+from seg_ros.core.spatial.colors import voc_palette
+from seg_ros.core.spatial.geometry import InstanceGeometry, SemanticPoints
+from seg_ros.core.spatial.imaging import DEFAULT_MAX_PIXELS, Frame, buffer_to_frame
 
 
 def stamp_ns(header: Header) -> int:
@@ -38,7 +38,7 @@ def image_to_frame(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
     """Validate an Image and view its data as an array (no copy for native byte order).
 
     Raises:
-        seg_ros.core.imaging.ImageConversionError: see ``buffer_to_frame``.
+        seg_ros.core.spatial.imaging.ImageConversionError: see ``buffer_to_frame``.
     """
     return buffer_to_frame(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian,
                            msg.data, max_pixels)

@@ -11,9 +11,9 @@ from typing import Any
 
 from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
 
-from seg_ros.core.pipeline import Pipeline
-from seg_ros.core.processor import FrameOutput
-from seg_ros.core.settings import Settings
+from seg_ros.core.config.settings import Settings
+from seg_ros.core.inference.pipeline import Pipeline
+from seg_ros.core.inference.processor import FrameOutput
 from seg_ros.ros import messages
 
 FASTDDS_SHM_SEGMENT = 512 * 1024  # Fast DDS's default shared-memory segment (bytes)

@@ -5,14 +5,14 @@ on ``/tf`` and ``/tf_static`` (the node's clock, so simulated time works) and lo
 ``lookup_transform(target_frame, image frame_id, image stamp, timeout)``: tf2's
 interpolation at that stamp, never the latest transform. Offline: :class:`BagTransforms`
 keeps a ``tf2_py.BufferCore`` filled from the bag's ``/tf`` and ``/tf_static`` messages (no
-node). Both answer a :class:`~seg_ros.core.geometry.RigidTransform` or the tf2 error.
+node). Both answer a :class:`~seg_ros.core.spatial.geometry.RigidTransform` or the tf2 error.
 tf2 is imported only when a target frame is set.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from seg_ros.core.geometry import GeometryError, RigidTransform
+from seg_ros.core.spatial.geometry import GeometryError, RigidTransform
 
 
 def rigid(transform_stamped: Any) -> RigidTransform:

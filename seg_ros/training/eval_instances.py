@@ -3,7 +3,7 @@
     ros2 run seg_ros eval_instances --weights my_parts.pt --coco VAL.json --images DIR
 
 Direct: the node's own computation (the weights loaded as ``instance.weights`` loads them,
-the frame through :class:`~seg_ros.core.pipeline.Pipeline`) in this process. Node: a
+the frame through :class:`~seg_ros.core.inference.pipeline.Pipeline`) in this process. Node: a
 ``segment_node`` over DDS is sent every image and its ``~/instances/detections`` and
 ``~/instances/masks`` are scored. Both score the masks as the node publishes them (the id
 image: where two masks overlap, the higher-scored instance keeps the pixel) with
@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seg_ros.core.imaging import buffer_to_frame
-from seg_ros.core.models import ModelLoadError
+from seg_ros.core.models.registry import ModelLoadError
+from seg_ros.core.spatial.imaging import buffer_to_frame
 from seg_ros.training.coco import CocoSet, DatasetError, evaluate, load_coco, prediction
 
 #: Detections per image and score threshold of COCO's evaluation protocol.
@@ -47,9 +47,9 @@ def _to_predictions(dataset: CocoSet, image_id: int, id_map: np.ndarray,
 def direct(weights: str, dataset: CocoSet, threshold: float, device: str = 'cpu'
            ) -> dict[int, list[dict]]:
     """Predictions of the node's computation in this process, per image id."""
-    from seg_ros.core.instances import InstanceSegmenter
-    from seg_ros.core.models import load_instance_model
-    from seg_ros.core.pipeline import Pipeline
+    from seg_ros.core.inference.instances import InstanceSegmenter
+    from seg_ros.core.inference.pipeline import Pipeline
+    from seg_ros.core.models.registry import load_instance_model
     loaded = load_instance_model('', weights, device=device, score_threshold=threshold,
                                  max_detections=MAX_DETECTIONS)
     _check_classes(loaded.class_names, dataset)
@@ -81,7 +81,7 @@ def through_node(weights: str, dataset: CocoSet, threshold: float, log: Path
     from sensor_msgs.msg import Image
     from vision_msgs.msg import Detection2DArray
 
-    from seg_ros.ros.remote import decode, frame_msg, served
+    from seg_ros.testing.remote import decode, frame_msg, served
     domain = 50 + os.getpid() % 50
     args = ['-p', 'device:=cpu', '-p', 'semantic.enabled:=false',
             '-p', 'instance.enabled:=true', '-p', f'instance.weights:={weights}',
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(overlapping; COCO's usual protocol), directly")
     ap.add_argument('--json', type=Path, help='write the figures here too')
     args = ap.parse_args(argv)
-    from seg_ros.ros.remote import large_data_transport
+    from seg_ros.testing.remote import large_data_transport
     transports = large_data_transport()
     try:
         dataset = load_coco(args.coco, args.images)
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
               'score_threshold': args.score_threshold, 'dds_transports': transports,
               'direct': d_scores}
     if args.coco_masks:
-        from seg_ros.core.models import load_instance_model
+        from seg_ros.core.models.registry import load_instance_model
         from seg_ros.training.train_instances import validate
         model = load_instance_model('', args.weights, score_threshold=args.score_threshold,
                                     max_detections=MAX_DETECTIONS).model

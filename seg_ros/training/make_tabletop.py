@@ -9,9 +9,9 @@ camera intrinsics under each image's ``k``). Scene ``i`` is rendered from seed
 ``(seed, i)``, so a set is reproducible and two seeds give disjoint sets. Scenes are
 rendered by ``--workers`` processes (default: the CPU count).
 
-``--renderer random`` (default) is :mod:`seg_ros.core.tabletop` (randomised camera, light,
+``--renderer random`` (default) is :mod:`seg_ros.synthetic.tabletop` (randomised camera, light,
 textures, shapes); ``--renderer simple`` is the other renderer of the package,
-:mod:`seg_ros.core.rgbd_scene` (the demo's: straight down, flat colours, axis-aligned
+:mod:`seg_ros.synthetic.rgbd_scene` (the demo's: straight down, flat colours, axis-aligned
 boxes and upright cylinders at random places), a look the models were never trained on.
 """
 from __future__ import annotations
@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from seg_ros.core import rgbd_scene, tabletop
+from seg_ros.synthetic import rgbd_scene, tabletop
 from seg_ros.training.coco import annotation, write_coco
 
 
 def simple_scene(rng: np.random.Generator, width: int, height: int) -> tabletop.Scene:
-    """A scene of :mod:`seg_ros.core.rgbd_scene`: 2-8 boxes and upright cylinders of random
+    """A scene of :mod:`seg_ros.synthetic.rgbd_scene`: 2-8 boxes and upright cylinders of random
     sizes and colours, not overlapping, on its striped table 0.6-1.0 m below.
     """
     table_z = float(rng.uniform(0.6, 1.0))

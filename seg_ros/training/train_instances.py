@@ -29,7 +29,8 @@ from torchvision.models import detection
 from torchvision.ops import masks_to_boxes
 from torchvision.transforms import v2
 
-from seg_ros.core import light_maskrcnn, models
+from seg_ros.core.models import light_maskrcnn
+from seg_ros.core.models import registry as models
 from seg_ros.training.coco import CocoSet, DatasetError, evaluate, load_coco, prediction
 
 

@@ -19,7 +19,7 @@ import pytest
 from sensor_msgs.msg import CameraInfo, Image
 from vision_msgs.msg import Detection2DArray, Detection3DArray
 
-from seg_ros.core.rgbd_scene import render
+from seg_ros.synthetic.rgbd_scene import render
 
 from helpers import (
     LaunchClientCase,

@@ -13,7 +13,7 @@ import time
 import pytest
 from sensor_msgs.msg import Image
 
-from seg_ros.ros.remote import Client, frame_msg
+from seg_ros.testing.remote import Client, frame_msg
 
 from helpers import fresh_domain_id, synthetic_image
 

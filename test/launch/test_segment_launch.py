@@ -14,7 +14,7 @@ import pytest
 from rcl_interfaces.srv import GetParameters
 from sensor_msgs.msg import Image
 
-from seg_ros.ros.remote import frame_msg
+from seg_ros.testing.remote import frame_msg
 
 from helpers import (
     LaunchClientCase,
@@ -57,7 +57,7 @@ def camvid_reference(rgb):
     (semantic.input_size: 0), computed here with eager torch."""
     import torch
 
-    from seg_ros.core.models import load_semantic_model
+    from seg_ros.core.models.registry import load_semantic_model
     loaded = load_semantic_model('', 'camvid', device=torch.device('cpu'))
     x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
     mean = torch.tensor(loaded.mean).view(1, 3, 1, 1)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sensor_msgs.msg import Image
 
-from seg_ros.core import backends
+from seg_ros.core.models import backends
 
 from helpers import (
     get_parameters,

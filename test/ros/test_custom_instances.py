@@ -7,8 +7,8 @@ import pytest
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from seg_ros.core import tabletop
-from seg_ros.ros.remote import LATCHED
+from seg_ros.synthetic import tabletop
+from seg_ros.testing.remote import LATCHED
 from seg_ros.training import make_tabletop, train_instances
 
 from helpers import image_msg, image_to_array, run_node_to_exit, serve_node

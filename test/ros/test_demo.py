@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image as PILImage
 
-from seg_ros.core.rgbd_scene import default_objects
+from seg_ros.synthetic.rgbd_scene import default_objects
 
 from helpers import fresh_domain_id, synthetic_image
 
@@ -91,7 +91,7 @@ def test_instance_demo_is_honest_and_writes_viewable_pictures(tmp_path):
 
 def footprint(obj, x: float, y: float, margin: float = 0.01) -> bool:
     """(x, y) in the camera frame lies over ``obj`` (seen from above, with a margin)."""
-    from seg_ros.core.rgbd_scene import Box
+    from seg_ros.synthetic.rgbd_scene import Box
     if isinstance(obj, Box):
         return abs(x - obj.x) <= obj.sx / 2 + margin and abs(y - obj.y) <= obj.sy / 2 + margin
     return (x - obj.x) ** 2 + (y - obj.y) ** 2 <= (obj.radius + margin) ** 2
@@ -123,7 +123,7 @@ def test_depth_mode_writes_3d_outputs_and_a_picture(tmp_path):
     assert len(dets) >= 2 and {d['class'] for d in dets} <= {'box', 'cylinder'}
     # each position is the median of its mask's points (the written id image, the rendered
     # depth in mm as the demo sends it), to 1 mm
-    from seg_ros.core.rgbd_scene import render
+    from seg_ros.synthetic.rgbd_scene import render
     scene = render(480, 360, default_objects(), seed=0)
     ids = np.asarray(PILImage.open(out / 'rgbd_0000_instances.png')).astype(np.int64)
     z_m = scene.depth_16uc1().astype(np.float32) * np.float32(0.001)

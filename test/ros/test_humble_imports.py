@@ -8,7 +8,7 @@ import sys
 import pytest
 from sensor_msgs.msg import Image
 
-from seg_ros.ros.remote import NodeProcess, frame_msg
+from seg_ros.testing.remote import NodeProcess, frame_msg
 
 from helpers import RosClient, fresh_domain_id, synthetic_image
 

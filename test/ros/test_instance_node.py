@@ -4,7 +4,7 @@ import pytest
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
-from seg_ros.ros.remote import LATCHED
+from seg_ros.testing.remote import LATCHED
 
 from helpers import (
     image_msg,

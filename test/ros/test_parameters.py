@@ -4,7 +4,7 @@ import pytest
 from rcl_interfaces.msg import ParameterType
 from rcl_interfaces.srv import GetParameters, ListParameters
 
-from seg_ros.core.params import PARAMS
+from seg_ros.core.config.params import PARAMS
 
 from helpers import serve_node
 

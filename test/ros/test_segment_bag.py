@@ -167,7 +167,7 @@ def test_ros2_run_finds_it():
 def test_depth_3d_offline(tmp_path):
     from vision_msgs.msg import Detection3DArray
 
-    from seg_ros.core.rgbd_scene import render
+    from seg_ros.synthetic.rgbd_scene import render
 
     from helpers import camera_info_msg, depth_msg
     sc = render(W, H)

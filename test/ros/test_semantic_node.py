@@ -5,7 +5,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from vision_msgs.msg import LabelInfo
 
-from seg_ros.core.colors import voc_palette
+from seg_ros.core.spatial.colors import voc_palette
 from seg_ros.ros.messages import stamp_ns
 
 from helpers import (

@@ -4,7 +4,7 @@ import pytest
 from sensor_msgs.msg import Image
 from vision_msgs.msg import Detection2DArray
 
-from seg_ros.core.tracking import box_iou
+from seg_ros.core.inference.tracking import box_iou
 
 from helpers import image_msg, image_to_array, make_instance_weights, serve_node, synthetic_image
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from seg_ros.core import backends
-from seg_ros.core.backends import BackendError
-from seg_ros.core.imaging import buffer_to_frame, frame_to_rgb8, frame_to_tensor
-from seg_ros.core.models import load_semantic_model
-from seg_ros.core.semantic import SemanticSegmenter
+from seg_ros.core.inference.semantic import SemanticSegmenter
+from seg_ros.core.models import backends
+from seg_ros.core.models.backends import BackendError
+from seg_ros.core.models.registry import load_semantic_model
+from seg_ros.core.spatial.imaging import buffer_to_frame, frame_to_rgb8, frame_to_tensor
 
 from helpers import make_semantic_weights, synthetic_image
 

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from seg_ros.core import backends
-from seg_ros.core.imaging import buffer_to_frame
-from seg_ros.core.instances import InstanceSegmenter
-from seg_ros.core.models import load_instance_model, load_semantic_model
-from seg_ros.core.pipeline import Pipeline
-from seg_ros.core.semantic import SemanticSegmenter
-from seg_ros.core.tracking import Tracker
+from seg_ros.core.inference.instances import InstanceSegmenter
+from seg_ros.core.inference.pipeline import Pipeline
+from seg_ros.core.inference.semantic import SemanticSegmenter
+from seg_ros.core.inference.tracking import Tracker
+from seg_ros.core.models import backends
+from seg_ros.core.models.registry import load_instance_model, load_semantic_model
+from seg_ros.core.spatial.imaging import buffer_to_frame
 
 from helpers import make_instance_weights, make_semantic_weights, synthetic_image
 

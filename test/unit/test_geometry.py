@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from seg_ros.core import geometry as g
-from seg_ros.core.results import FrameResult, InstanceResult, SemanticResult
-from seg_ros.core.rgbd_scene import Box, Cylinder, render
+from seg_ros.core.inference.results import FrameResult, InstanceResult, SemanticResult
+from seg_ros.core.spatial import geometry as g
+from seg_ros.synthetic.rgbd_scene import Box, Cylinder, render
 
 K = [500.0, 0, 319.5, 0, 510.0, 239.5, 0, 0, 1]
 P = [520.0, 0, 320.0, 0, 0, 530.0, 241.0, 0, 0, 0, 1, 0]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from seg_ros.core.imaging import (
+from seg_ros.core.spatial.imaging import (
     ENCODINGS,
     ImageConversionError,
     array_to_buffer,
@@ -105,7 +105,7 @@ def test_encoder_refuses_mismatched_arrays():
 
 @pytest.mark.needs_cuda
 def test_pinned_staging_uploads_exactly():
-    from seg_ros.core.imaging import PinnedStaging
+    from seg_ros.core.spatial.imaging import PinnedStaging
     a = _random('rgb8')
     h, w, step, data = array_to_buffer(a, 'rgb8', step=32)
     frame = buffer_to_frame('rgb8', h, w, step, False, data)
@@ -123,7 +123,7 @@ def test_decode_compressed_png_jpeg_and_errors():
 
     from PIL import Image
 
-    from seg_ros.core.imaging import decode_compressed
+    from seg_ros.core.spatial.imaging import decode_compressed
     a = _random('rgb8', 16, 24)
     for fmt in ('PNG', 'JPEG'):
         buf = io.BytesIO()

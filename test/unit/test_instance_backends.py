@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from seg_ros.core import backends
-from seg_ros.core.instance_backends import (
+from seg_ros.core.inference.instances import InstanceSegmenter
+from seg_ros.core.models import backends
+from seg_ros.core.models.instance_backends import (
     CompiledBackbone,
     CompiledHead,
     CompiledRPNHead,
     compile_instance_model,
 )
-from seg_ros.core.instances import InstanceSegmenter
-from seg_ros.core.models import load_instance_model
+from seg_ros.core.models.registry import load_instance_model
 
 from helpers import make_instance_weights, synthetic_image
 
@@ -131,7 +131,7 @@ def test_openvino_bf16_instances_close(tmp_path):
     which of them make the cut, so 0.3 of them matched; that measured the model's
     fragility, not the bf16 path, and a composed id map (an overlap goes to the higher
     score) swaps whole regions between near-duplicates on the smallest change."""
-    from seg_ros.core import tabletop
+    from seg_ros.synthetic import tabletop
     scene = tabletop.render(np.random.default_rng([7, 0]), 640, 480)
     eager = load_instance_model('', 'tabletop', score_threshold=0.3, max_detections=100)
     ref = _raw_instances(eager, scene.rgb)

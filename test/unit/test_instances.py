@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from seg_ros.core.instances import InstanceSegmenter, compose_id_map
-from seg_ros.core.models import load_instance_model
+from seg_ros.core.inference.instances import InstanceSegmenter, compose_id_map
+from seg_ros.core.models.registry import load_instance_model
 
 from conftest import cpu_and_cuda
 from helpers import make_instance_weights, synthetic_image, torchvision_maskrcnn
@@ -125,7 +125,7 @@ def test_blend_id_map_equals_torchvision_drawing():
     """The overlay's masks in one pass equal draw_segmentation_masks' per-mask loop."""
     from torchvision.utils import draw_segmentation_masks
 
-    from seg_ros.core.instances import blend_id_map
+    from seg_ros.core.inference.instances import blend_id_map
     rng = np.random.default_rng(0)
     img = torch.from_numpy(rng.integers(0, 256, (3, 40, 50), dtype=np.uint8))
     ids = torch.from_numpy(rng.integers(0, 6, (40, 50)).astype(np.uint16))

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from seg_ros.core.models import (
+from seg_ros.core.models.registry import (
     SEMANTIC_MODELS,
     ModelLoadError,
     load_instance_model,
@@ -192,7 +192,7 @@ def test_shipped_camvid_model():
     import numpy as np
     from PIL import Image
 
-    from seg_ros.core.semantic import SemanticSegmenter
+    from seg_ros.core.inference.semantic import SemanticSegmenter
     m = load_semantic_model('ignored_for_shipped', 'camvid')
     assert m.name == 'lraspp_mobilenet_v3_large' and m.input_size == 360
     assert m.class_names[0] == 'Sky' and len(m.class_names) == 11 and len(m.palette) == 11

@@ -1,7 +1,7 @@
 """Parameter table validation (no ROS)."""
 import yaml
 
-from seg_ros.core.params import BY_NAME, PARAMS, names, validate
+from seg_ros.core.config.params import BY_NAME, PARAMS, names, validate
 
 
 def test_valid_defaults():
@@ -51,7 +51,7 @@ def test_parameters_page_is_generated_from_the_table():
     declared parameter has its row (the page is never edited by hand)."""
     from pathlib import Path
 
-    from seg_ros.core.params_doc import markdown
+    from seg_ros.core.config.params_doc import markdown
     page = Path(__file__).resolve().parents[2] / 'docs' / 'parameters.md'
     text = page.read_text(encoding='utf-8')
     assert text == markdown(), 'docs/parameters.md is stale: run tools/params_doc.py'

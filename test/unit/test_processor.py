@@ -6,25 +6,25 @@ import pytest
 import torch
 from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
-from seg_ros.core.geometry import RigidTransform
-from seg_ros.core.imaging import buffer_to_frame
-from seg_ros.core.loading import LoadError, load_pipeline
-from seg_ros.core.processor import (
-    CameraModel,
-    DepthInput,
-    FrameInput,
-    FrameProcessor,
-    Paired,
-)
-from seg_ros.core.rgbd_scene import render
-from seg_ros.core.settings import (
+from seg_ros.core.config.settings import (
     Settings,
     SettingsError,
     params_file_values,
     resolve_values,
     unknown_names,
 )
-from seg_ros.ros.pairing import Pairing
+from seg_ros.core.inference.processor import (
+    CameraModel,
+    DepthInput,
+    FrameInput,
+    FrameProcessor,
+    Paired,
+)
+from seg_ros.core.models.loading import LoadError, load_pipeline
+from seg_ros.core.spatial.geometry import RigidTransform
+from seg_ros.core.spatial.imaging import buffer_to_frame
+from seg_ros.core.spatial.pairing import Pairing
+from seg_ros.synthetic.rgbd_scene import render
 
 from helpers import make_instance_weights, make_semantic_weights, synthetic_image
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from seg_ros.core.colors import make_palette, voc_palette
-from seg_ros.core.imaging import array_to_buffer, buffer_to_frame
-from seg_ros.core.models import load_semantic_model
-from seg_ros.core.pipeline import Pipeline, resolve_device
-from seg_ros.core.semantic import SemanticSegmenter, resize_shorter
+from seg_ros.core.inference.pipeline import Pipeline, resolve_device
+from seg_ros.core.inference.semantic import SemanticSegmenter, resize_shorter
+from seg_ros.core.models.registry import load_semantic_model
+from seg_ros.core.spatial.colors import make_palette, voc_palette
+from seg_ros.core.spatial.imaging import array_to_buffer, buffer_to_frame
 
 from conftest import cpu_and_cuda
 from helpers import (

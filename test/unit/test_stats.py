@@ -1,5 +1,5 @@
 """Diagnostics counters (no ROS)."""
-from seg_ros.core.stats import FrameStats
+from seg_ros.ros.stats import FrameStats
 
 
 def test_rates_drops_and_percentiles():

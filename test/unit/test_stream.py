@@ -6,7 +6,7 @@ import numpy as np
 from rclpy.serialization import serialize_message
 
 from seg_ros.offline.stream import LOOKAHEAD_NS, stream_items
-from seg_ros.ros.remote import camera_info_msg, frame_msg
+from seg_ros.testing.remote import camera_info_msg, frame_msg
 
 MS = 1_000_000
 

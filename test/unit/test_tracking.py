@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from seg_ros.core.instances import InstanceSegmenter
-from seg_ros.core.models import load_instance_model
-from seg_ros.core.tracking import MAX_ID, Tracker, box_iou
+from seg_ros.core.inference.instances import InstanceSegmenter
+from seg_ros.core.inference.tracking import MAX_ID, Tracker, box_iou
+from seg_ros.core.models.registry import load_instance_model
 
 MS = 1_000_000  # ns
 
@@ -122,7 +122,7 @@ def test_segmenter_publishes_track_ids_in_the_id_map(tmp_path):
 
 
 def test_phase_correlation_finds_the_shift():
-    from seg_ros.core.tracking import estimate_shift
+    from seg_ros.core.inference.tracking import estimate_shift
 
     from helpers import synthetic_image
     grey = synthetic_image(120, 160, seed=3).mean(-1)

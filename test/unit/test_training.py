@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from seg_ros.core import tabletop
-from seg_ros.core.models import ModelLoadError, load_instance_model, read_weights_file
+from seg_ros.core.models.registry import ModelLoadError, load_instance_model, read_weights_file
+from seg_ros.synthetic import tabletop
 from seg_ros.training import coco, make_tabletop, train_instances
 
 W, H = 64, 48

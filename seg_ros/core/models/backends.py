@@ -3,9 +3,9 @@
 The torch backend runs the model as it is. The others run one compiled graph per input
 shape: the loaded torch model, wrapped with our normalisation, its input resize, the
 upsampling back to the image size and the class maximum
-(:class:`~seg_ros.core.semantic.LabelGraph`), is exported to ONNX once, cached on disk under
-a key of the weights' content, the model, the input shape
-and the exporter's version, and compiled by the backend. The frame goes in as the float
+(:class:`~seg_ros.core.inference.semantic.LabelGraph`), is exported to ONNX once, cached on
+disk under a key of the weights' content, the model, the input shape and the exporter's
+version, and compiled by the backend. The frame goes in as the float
 [0, 1] RGB tensor the pipeline makes anyway; the labels come out as uint8/uint16, so only
 one small image crosses back from the backend.
 
@@ -134,7 +134,7 @@ class CompiledLabels:
     Args:
         backend: ``openvino`` or ``onnxruntime``.
         graph: the graph to export (on the CPU: export traces it there): a
-            :class:`~seg_ros.core.semantic.LabelGraph` (subclasses: their own).
+            :class:`~seg_ros.core.inference.semantic.LabelGraph` (subclasses: their own).
         name: the model's registry name (part of the cache key).
         device: where input tensors live and labels are returned.
         precision: ``fp32`` | ``fp16`` | ``bf16``; applied by the backend's own mechanism
@@ -181,7 +181,7 @@ class CompiledLabels:
                             'mode on the CPU; running fp32 (use backend openvino)')
         return precision, ''
 
-    # -- what differs between graphs (overridden by seg_ros.core.instance_backends) ---------
+    # -- what differs between graphs (overridden by models.instance_backends) -------------
     def key_extra(self) -> str:
         """What else than weights, model, shape and versions tells two exports apart."""
         return str(self.graph.label_dtype)

@@ -6,11 +6,17 @@ from collections.abc import Sequence
 
 import torch
 
-from .imaging import Frame, PinnedStaging, buffer_to_frame, frame_to_rgb8, frame_to_tensor
-from .instances import InstanceSegmenter
-from .results import FrameResult
-from .semantic import SemanticSegmenter
-from .tracking import Tracker
+from seg_ros.core.inference.instances import InstanceSegmenter
+from seg_ros.core.inference.results import FrameResult
+from seg_ros.core.inference.semantic import SemanticSegmenter
+from seg_ros.core.inference.tracking import Tracker
+from seg_ros.core.spatial.imaging import (
+    Frame,
+    PinnedStaging,
+    buffer_to_frame,
+    frame_to_rgb8,
+    frame_to_tensor,
+)
 
 
 def resolve_device(spec: str) -> torch.device:

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from seg_ros.core.params import BY_NAME, PARAMS, names, validate, validate_together
+from seg_ros.core.config.params import BY_NAME, PARAMS, names, validate, validate_together
 
 
 class SettingsError(ValueError):

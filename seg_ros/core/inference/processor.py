@@ -4,18 +4,18 @@ One processor serves the live node and ``segment_bag`` alike, so a frame's resul
 depend on who asked. For each frame of a batch it runs the enabled models (frames of one
 size share a forward pass), gives instances their ids (a tracker per camera lives here),
 and, with ``depth.enabled``, computes the 3D of the frame from its registered depth and
-camera model. Parameters come as an immutable :class:`~seg_ros.core.settings.Settings`
+camera model. Parameters come as an immutable :class:`~seg_ros.core.config.settings.Settings`
 snapshot; :meth:`FrameProcessor.update` hands in a new one, taken before the next batch.
 
 Contract of :meth:`FrameProcessor.process`:
     in: ``FrameInput`` per frame: ``camera`` (a name the processor was built with),
-        ``frame`` (a validated :class:`~seg_ros.core.imaging.Frame`), ``stamp_ns`` (its
+        ``frame`` (a validated :class:`~seg_ros.core.spatial.imaging.Frame`), ``stamp_ns`` (its
         image stamp), ``want_color`` / ``want_overlay``, and optionally ``depth``
         (:class:`DepthInput`), ``camera_model`` (:class:`CameraModel`) and, with
-        ``depth.target_frame``, ``transform`` (:class:`~seg_ros.core.geometry.
+        ``depth.target_frame``, ``transform`` (:class:`~seg_ros.core.spatial.geometry.
         RigidTransform` from the camera's frame into the target frame at the stamp).
     out: ``FrameOutput`` per frame, in input order: ``result`` (labels, instances with
-        ids; None when the frame failed), ``geometry`` (:class:`~seg_ros.core.geometry.
+        ids; None when the frame failed), ``geometry`` (:class:`~seg_ros.core.spatial.geometry.
         Frame3D`, in the target frame when one is set; None without 3D), ``drops``
         ((reason, detail) pairs: why the frame or its 3D was not produced), ``error`` (the
         exception of a failed frame).
@@ -32,13 +32,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from seg_ros.core import geometry
-from seg_ros.core.geometry import Frame3D, GeometryError, RigidTransform
-from seg_ros.core.imaging import Frame
-from seg_ros.core.pipeline import Pipeline
-from seg_ros.core.results import FrameResult
-from seg_ros.core.settings import Settings
-from seg_ros.core.tracking import Tracker
+from seg_ros.core.config.settings import Settings
+from seg_ros.core.inference.pipeline import Pipeline
+from seg_ros.core.inference.results import FrameResult
+from seg_ros.core.inference.tracking import Tracker
+from seg_ros.core.spatial import geometry
+from seg_ros.core.spatial.geometry import Frame3D, GeometryError, RigidTransform
+from seg_ros.core.spatial.imaging import Frame
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class FrameProcessor:
     """Runs batches of frames of named cameras with one set of loaded models.
 
     Args:
-        pipeline: the loaded models (:func:`seg_ros.core.loading.load_pipeline`).
+        pipeline: the loaded models (:func:`seg_ros.core.models.loading.load_pipeline`).
         settings: the parameter snapshot to start with.
         cameras: the camera names (``''`` for the single-camera node).
 

@@ -1,7 +1,7 @@
 """Depth and camera_info for a colour frame: one rule for the live node and for bags.
 
 Only validated messages are kept: a depth image enters the cache when its encoding, size,
-step and data pass :func:`seg_ros.core.geometry.depth_array`; a camera_info when its
+step and data pass :func:`seg_ros.core.spatial.geometry.depth_array`; a camera_info when its
 intrinsics are usable. A colour frame takes the cached depth whose stamp is nearest to its
 own within ``depth.slop`` (ties: the one received first) and the newest valid camera_info.
 The cache is bounded (the last ``capacity`` depth images, as message_filters.Cache keeps
@@ -15,10 +15,10 @@ import threading
 from collections import deque
 from typing import Any
 
-from seg_ros.core import geometry
-from seg_ros.core.geometry import GeometryError
-from seg_ros.core.imaging import DEFAULT_MAX_PIXELS
-from seg_ros.core.processor import CameraModel, DepthInput
+from seg_ros.core.inference.processor import CameraModel, DepthInput
+from seg_ros.core.spatial import geometry
+from seg_ros.core.spatial.geometry import GeometryError
+from seg_ros.core.spatial.imaging import DEFAULT_MAX_PIXELS
 from seg_ros.ros.messages import stamp_ns
 
 #: depth images kept per camera (1 s at 30 Hz)

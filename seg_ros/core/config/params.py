@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from seg_ros.core.backends import BACKENDS, DEFAULT_CACHE_DIR
-from seg_ros.core.models import (
+from seg_ros.core.models.backends import BACKENDS, DEFAULT_CACHE_DIR
+from seg_ros.core.models.registry import (
     DEFAULT_INSTANCE_MODEL,
     INSTANCE_MODELS,
     SEMANTIC_MODELS,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Train a torchvision semantic model from scratch on CamVid (CPU), resumable.
 
-    scripts/with_env python tools/train_camvid.py --data ../shared/data/camvid \
+    scripts/with_env train_camvid --data ../shared/data/camvid \
         --out runs/camvid --steps 6000
 
 Recipe (no pretrained backbone can be had offline): lraspp_mobilenet_v3_large, random
@@ -27,9 +27,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from seg_ros.core.metrics import confusion_matrix, iou_from_confusion  # noqa: E402
-from seg_ros.core.models import IMAGENET_MEAN, IMAGENET_STD, SEMANTIC_MODELS  # noqa: E402
+from seg_ros.core.models.registry import IMAGENET_MEAN, IMAGENET_STD, SEMANTIC_MODELS
+from seg_ros.training.metrics import confusion_matrix, iou_from_confusion
 
 NUM_CLASSES = 11
 IGNORE = 11

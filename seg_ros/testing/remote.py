@@ -21,7 +21,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 
-from seg_ros.core.imaging import buffer_to_frame
+from seg_ros.core.spatial.imaging import buffer_to_frame
 from seg_ros.ros.messages import array_to_image, stamp_ns
 
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,

@@ -1,6 +1,6 @@
 """Random RGB-D tabletop scenes for training and evaluating instance models. No rclpy.
 
-:mod:`seg_ros.core.rgbd_scene` renders one fixed, axis-aligned scene seen straight from
+:mod:`seg_ros.synthetic.rgbd_scene` renders one fixed, axis-aligned scene seen straight from
 above (tests know its exact geometry). This module randomises everything a tabletop camera
 meets, so a model trained on its scenes holds on scenes it never saw:
 

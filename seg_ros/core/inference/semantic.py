@@ -12,10 +12,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import backends
-from .colors import make_palette
-from .models import LoadedModel
-from .results import SemanticResult
+from seg_ros.core.inference.results import SemanticResult
+from seg_ros.core.models import backends
+from seg_ros.core.models.registry import LoadedModel
+from seg_ros.core.spatial.colors import make_palette
 
 PRECISIONS = ('fp32', 'fp16', 'bf16')
 
@@ -83,7 +83,8 @@ class SemanticSegmenter:
     """Runs a semantic model on one frame at a time.
 
     Args:
-        loaded: the model and its metadata (:func:`seg_ros.core.models.load_semantic_model`).
+        loaded: the model and its metadata
+            (:func:`~seg_ros.core.models.registry.load_semantic_model`).
         device: the model's device.
         input_size: shorter side fed to the model; ``-1`` = the weights' preferred size
             (``loaded.input_size``), ``0`` = the image's own resolution.
@@ -93,7 +94,7 @@ class SemanticSegmenter:
         compile: wrap the model in ``torch.compile`` (compiles on the first frame, so
             warm up before serving).
         backend: ``torch`` (eager) | ``openvino`` | ``onnxruntime`` (a compiled graph of
-            normalise + model + upsample + class maximum, :mod:`seg_ros.core.backends`);
+            normalise + model + upsample + class maximum, :mod:`seg_ros.core.models.backends`);
             ``auto`` = the fastest installed for the device.
         cache_dir: on-disk cache of the ONNX exports and compiled models.
         report: called with one line per export / compile / precision fallback.

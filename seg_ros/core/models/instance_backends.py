@@ -11,7 +11,7 @@ export is every convolution, which is nearly all of a frame's time on a CPU:
   one graph each, with the ROI count a dynamic dimension (no re-export as counts change).
 
 Exports are cached like the semantic ones (same keys, same bounded caches:
-:class:`~seg_ros.core.backends.CompiledLabels`' machinery). Compiled modules stand in for
+:class:`~seg_ros.core.models.backends.CompiledLabels`' machinery). Compiled modules stand in for
 the eager ones inside the torchvision model; anchors, proposal selection, ROI align, the box
 predictor, NMS and mask pasting stay torchvision's, in torch, so boxes, masks and scores
 follow from the same code.
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seg_ros.core.backends import DEFAULT_CACHE_DIR, CompiledLabels, log
+from seg_ros.core.models.backends import DEFAULT_CACHE_DIR, CompiledLabels, log
 
 #: Largest ROI count the head graphs accept (a batch of 64 frames of 1000 proposals).
 MAX_ROIS = 64_000

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 from torchvision.utils import draw_bounding_boxes
 
-from .colors import voc_palette
-from .instance_backends import CompiledHead
-from .models import LoadedModel
-from .results import InstanceResult
-from .semantic import autocast_context
-from .tracking import Tracker
+from seg_ros.core.inference.results import InstanceResult
+from seg_ros.core.inference.semantic import autocast_context
+from seg_ros.core.inference.tracking import Tracker
+from seg_ros.core.models.instance_backends import CompiledHead
+from seg_ros.core.models.registry import LoadedModel
+from seg_ros.core.spatial.colors import voc_palette
 
 MAX_INSTANCES = 65535  # the id map is uint16
 
@@ -85,7 +85,8 @@ class InstanceSegmenter:
     """Runs a Mask R-CNN model on one frame at a time.
 
     Args:
-        loaded: from :func:`seg_ros.core.models.load_instance_model` (its ROI heads already
+        loaded: from :func:`~seg_ros.core.models.registry.load_instance_model` (its ROI
+            heads already
             apply ``score_threshold`` and ``max_detections``).
         device: the model's device.
         score_threshold: instances scoring below are dropped.

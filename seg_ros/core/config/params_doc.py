@@ -1,5 +1,5 @@
 """The parameter reference page (``docs/parameters.md``), rendered from the one parameter
-table (:data:`seg_ros.core.params.PARAMS`). No rclpy.
+table (:data:`seg_ros.core.config.params.PARAMS`). No rclpy.
 
 ``tools/params_doc.py`` writes it; ``test/unit/test_params.py`` fails when the file in the
 repository differs from what the table renders (the page is never edited by hand).
@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from seg_ros.core.params import PARAMS, Param
+from seg_ros.core.config.params import PARAMS, Param
 
 HEADER = """\
 # Parameters of `segment_node` (and `segment_lifecycle_node`, `segment_bag`)
 
-Generated from the parameter table (`seg_ros/core/params.py`) by `tools/params_doc.py`;
+Generated from the parameter table (`seg_ros/core/config/params.py`) by `tools/params_doc.py`;
 do not edit by hand (`test/unit/test_params.py` fails when this page is stale).
 `config/segment.yaml` holds every parameter with its default, ready to copy.
 

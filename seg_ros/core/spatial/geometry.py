@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .imaging import DEFAULT_MAX_PIXELS, ImageConversionError, buffer_to_array
+from seg_ros.core.spatial.imaging import DEFAULT_MAX_PIXELS, ImageConversionError, buffer_to_array
 
 #: depth encoding -> (numpy dtype, metres per unit)
 DEPTH_ENCODINGS: dict[str, tuple[type, float]] = {
@@ -351,7 +351,7 @@ class Frame3D:
 
 def frame_3d(res, depth: np.ndarray, scale: float, intr: Intrinsics, z_min: float,
              z_max: float, stride: int, transform: RigidTransform | None = None) -> Frame3D:
-    """3D of a :class:`~seg_ros.core.results.FrameResult` from its registered depth.
+    """3D of a :class:`~seg_ros.core.inference.results.FrameResult` from its registered depth.
 
     Args:
         res: the pipeline's result for the colour frame (``res.image`` on the device).

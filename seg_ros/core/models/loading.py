@@ -8,15 +8,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from seg_ros.core import backends
-from seg_ros.core.backends import BackendError
-from seg_ros.core.instance_backends import compile_instance_model
-from seg_ros.core.instances import InstanceSegmenter
-from seg_ros.core.models import ModelLoadError, load_instance_model, load_semantic_model
-from seg_ros.core.params import names
-from seg_ros.core.pipeline import Pipeline, resolve_device
-from seg_ros.core.semantic import SemanticSegmenter
-from seg_ros.core.settings import Settings
+from seg_ros.core.config.params import names
+from seg_ros.core.config.settings import Settings
+from seg_ros.core.inference.instances import InstanceSegmenter
+from seg_ros.core.inference.pipeline import Pipeline, resolve_device
+from seg_ros.core.inference.semantic import SemanticSegmenter
+from seg_ros.core.models import backends
+from seg_ros.core.models.backends import BackendError
+from seg_ros.core.models.instance_backends import compile_instance_model
+from seg_ros.core.models.registry import ModelLoadError, load_instance_model, load_semantic_model
 
 
 class LoadError(RuntimeError):

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Mean IoU of a semantic weights file on CamVid-style data, directly and through the node.
 
-    scripts/with_env python tools/eval_camvid.py --weights camvid \
+    scripts/with_env eval_camvid --weights camvid \
         --images ../shared/data/camvid/val --labels ../shared/data/camvid/valannot
 
 1. Directly: the model (seg_ros.core, no ROS) labels every image.
@@ -30,15 +30,16 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-ROOT = Path(__file__).resolve().parent.parent
+from seg_ros.core.inference.pipeline import Pipeline
+from seg_ros.core.inference.semantic import SemanticSegmenter
+from seg_ros.core.models.registry import load_semantic_model
+from seg_ros.core.spatial.imaging import buffer_to_frame
+from seg_ros.testing.remote import large_data_transport
+from seg_ros.training.metrics import confusion_matrix, iou_from_confusion
+
+#: the repository (scripts/with_env sets SEG_ROS_ROOT), else the working directory
+ROOT = Path(os.environ.get('SEG_ROS_ROOT') or Path.cwd())
 CACHE = ROOT / 'out' / 'backend_cache'  # exports stay inside the repository (git-ignored)
-sys.path.insert(0, str(ROOT))
-from seg_ros.core.imaging import buffer_to_frame  # noqa: E402
-from seg_ros.core.metrics import confusion_matrix, iou_from_confusion  # noqa: E402
-from seg_ros.core.models import load_semantic_model  # noqa: E402
-from seg_ros.core.pipeline import Pipeline  # noqa: E402
-from seg_ros.core.semantic import SemanticSegmenter  # noqa: E402
-from seg_ros.ros.remote import large_data_transport  # noqa: E402
 
 NUM_CLASSES, IGNORE = 11, 11
 
@@ -68,7 +69,7 @@ def through_node(weights: str, model: str, items, input_size: int, log: Path,
                  backend: str = 'torch', precision: str = 'fp32') -> list[np.ndarray | None]:
     from sensor_msgs.msg import Image
 
-    from seg_ros.ros.remote import decode, frame_msg, served
+    from seg_ros.testing.remote import decode, frame_msg, served
     domain = 50 + os.getpid() % 50
     args = ['-p', 'device:=cpu', '-p', f'semantic.model:={model}',
             '-p', f'semantic.weights:={weights}', '-p', f'semantic.num_classes:={NUM_CLASSES}',
@@ -119,7 +120,7 @@ def main() -> int:
     items = pairs(args.images, args.labels, args.limit)
     import yaml
 
-    from seg_ros.core.models import shipped_config_path
+    from seg_ros.core.models.registry import shipped_config_path
     names = (yaml.safe_load(shipped_config_path('camvid.yaml').read_text())['class_names'])
 
     backend, _, precision = args.backend.partition(':')

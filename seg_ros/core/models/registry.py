@@ -27,8 +27,8 @@ import yaml
 from torchvision.models import detection, segmentation
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from seg_ros.core import light_maskrcnn
-from seg_ros.core.weights_io import (  # noqa: F401  (re-exported: one place to import from)
+from seg_ros.core.models import light_maskrcnn
+from seg_ros.core.models.weights_io import (  # noqa: F401  (re-exported: one place to import from)
     INSTANCE_FORMAT,
     ModelLoadError,
     read_state_dict,
@@ -39,7 +39,7 @@ from seg_ros.core.weights_io import (  # noqa: F401  (re-exported: one place to 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / 'weights'
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / 'weights'
 
 
 @dataclass(frozen=True)
@@ -138,7 +138,7 @@ def shipped_config_path(filename: str) -> Path:
         candidates.append(Path(get_package_share_directory('seg_ros')) / 'config' / filename)
     except Exception:  # not installed through ament (plain checkout, unit tests)
         pass
-    candidates.append(Path(__file__).resolve().parents[2] / 'config' / filename)
+    candidates.append(Path(__file__).resolve().parents[3] / 'config' / filename)
     for c in candidates:
         if c.is_file():
             return c
