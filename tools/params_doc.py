@@ -1,7 +1,8 @@
-"""Write docs/parameters.md from the parameter table (or --check that it is current).
+"""Write docs/parameters.md and config/segment.yaml from the parameter table (or --check
+that they are current).
 
-    scripts/with_env python tools/params_doc.py          # rewrite docs/parameters.md
-    scripts/with_env python tools/params_doc.py --check  # exit 1 when it is stale
+    scripts/with_env python tools/params_doc.py          # rewrite both
+    scripts/with_env python tools/params_doc.py --check  # exit 1 when one is stale
 """
 from __future__ import annotations
 
@@ -9,25 +10,28 @@ import argparse
 import sys
 from pathlib import Path
 
-from seg_ros.core.config.params_doc import markdown
+from seg_ros.core.config.params_doc import markdown, yaml_text
 
-PAGE = Path(__file__).resolve().parents[1] / 'docs' / 'parameters.md'
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = {ROOT / 'docs' / 'parameters.md': markdown, ROOT / 'config' / 'segment.yaml': yaml_text}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    ap.add_argument('--check', action='store_true', help='exit 1 when the page is stale')
+    ap.add_argument('--check', action='store_true', help='exit 1 when a file is stale')
     args = ap.parse_args(argv)
-    text = markdown()
-    if args.check:
-        current = PAGE.read_text(encoding='utf-8') if PAGE.exists() else ''
-        if current != text:
-            print(f'{PAGE} is stale: run tools/params_doc.py', file=sys.stderr)
-            return 1
-        return 0
-    PAGE.write_text(text, encoding='utf-8')
-    print(f'wrote {PAGE}')
-    return 0
+    stale = 0
+    for path, render in PAGES.items():
+        text = render()
+        if args.check:
+            current = path.read_text(encoding='utf-8') if path.exists() else ''
+            if current != text:
+                print(f'{path} is stale: run tools/params_doc.py', file=sys.stderr)
+                stale = 1
+            continue
+        path.write_text(text, encoding='utf-8')
+        print(f'wrote {path}')
+    return stale
 
 
 if __name__ == '__main__':

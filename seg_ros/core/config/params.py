@@ -10,11 +10,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from seg_ros.core.models.backends import BACKENDS, DEFAULT_CACHE_DIR
-from seg_ros.core.models.registry import (
+from seg_ros.core.config.names import (
+    BACKENDS,
+    DEFAULT_CACHE_DIR,
     DEFAULT_INSTANCE_MODEL,
-    INSTANCE_MODELS,
-    SEMANTIC_MODELS,
+    INSTANCE_MODEL_NAMES,
+    SEMANTIC_MODEL_NAMES,
     SHIPPED_SEMANTIC,
 )
 
@@ -128,12 +129,15 @@ PARAMS: list[Param] = [
           f'must be WIDTHxHEIGHT[,WIDTHxHEIGHT...] (e.g. 640x480), got {v!r}'),
     Param('semantic.enabled', True, 'bool', 'run semantic segmentation'),
     Param('semantic.model', 'lraspp_mobilenet_v3_large', 'string',
-          f'semantic architecture: {", ".join(SEMANTIC_MODELS)} (ignored for shipped weights)',
-          check=_one_of(*SEMANTIC_MODELS)),
+          f'semantic architecture: {", ".join(SEMANTIC_MODEL_NAMES)} (ignored for shipped '
+          'weights)',
+          check=_one_of(*SEMANTIC_MODEL_NAMES)),
     Param('semantic.weights', 'camvid', 'string',
           'DEFAULT (torchvision pretrained, fetched into its cache on a connected machine) | '
-          'camvid (shipped CamVid model: architecture, classes, colours, input size) | '
-          'path to a state-dict file (weights_only load) | none (random init, tests only)',
+          'camvid (shipped CamVid model: architecture, classes, colours, input size; licence '
+          'CC BY-NC inherited from CamVid, unlike the Apache-2.0 code: use your own weights '
+          'for commercial work) | path to a state-dict file (weights_only load) | none '
+          '(random init, tests only)',
           check=_weights),
     Param('semantic.num_classes', 0, 'int',
           'classes of a weights file or random model (0 = from the file, else 21)',
@@ -162,9 +166,9 @@ PARAMS: list[Param] = [
           f'must be a directory path, got {v!r}'),
     Param('instance.enabled', False, 'bool', 'run instance segmentation (Mask R-CNN)'),
     Param('instance.model', '', 'string',
-          f'instance architecture: {", ".join(INSTANCE_MODELS)}; empty = the one the weights '
+          f'instance architecture: {", ".join(INSTANCE_MODEL_NAMES)}; empty = the one the weights '
           f'file names (train_instances files, tabletop), else {DEFAULT_INSTANCE_MODEL}',
-          check=_one_of('', *INSTANCE_MODELS)),
+          check=_one_of('', *INSTANCE_MODEL_NAMES)),
     Param('instance.backend', 'auto', 'string',
           'torch | openvino | onnxruntime | auto: the Mask R-CNN backbone, FPN and RPN head '
           'compiled per input size, box and mask heads once (cached in backend.cache_dir); '

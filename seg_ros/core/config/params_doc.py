@@ -62,3 +62,79 @@ def markdown() -> str:
             out.append(f'| `{p.name}` | {p.type} | {_cell(_value(p.default))} | '
                        f'{_range(p)} | {when} | {_cell(p.description)} |')
     return '\n'.join(out) + '\n'
+
+
+YAML_HEADER = """\
+# Parameters of seg_ros segment_node (default node name: segmentation), every one with its
+# default. Generated from the parameter table (seg_ros/core/config/params.py) by
+# tools/params_doc.py: do not edit by hand; copy it and change what you need.
+# ros2 launch seg_ros segment.launch.py params_file:=/path/to/your_copy.yaml
+# The wildcard applies to any node name / namespace the launch file gives.
+# Every parameter: docs/parameters.md.
+/**:
+  ros__parameters:
+"""
+
+
+def _yaml_value(v: Any) -> str:
+    import json
+    if isinstance(v, bool):
+        return 'true' if v else 'false'
+    if isinstance(v, tuple):
+        return '[' + ', '.join(json.dumps(x) for x in v) + ']'
+    if isinstance(v, str):
+        plain = v and v.strip() == v and not any(c in v for c in ':#{}[],&*!|>\'"%@`') \
+            and v.lower() not in ('true', 'false', 'yes', 'no', 'on', 'off', 'null', '~') \
+            and not _number(v)
+        return v if plain else json.dumps(v)
+    return repr(v)
+
+
+def _number(v: str) -> bool:
+    try:
+        float(v)
+    except ValueError:
+        return False
+    return True
+
+
+def _comment(p: Param, indent: str) -> list[str]:
+    import textwrap
+    text = p.description.rstrip('.') + '.'
+    rng = _range(p)
+    text += f' Range {rng}.' if rng else ''
+    text += ' Read-only.' if p.read_only else ' Dynamic.'
+    if p.type == 'string_array' and not p.default:
+        text += (' Declared as an empty list; rcl\'s YAML parser refuses an empty sequence,'
+                 ' so it is left out here.')
+    return textwrap.wrap(text, 95 - len(indent), initial_indent=indent + '# ',
+                         subsequent_indent=indent + '# ')
+
+
+def yaml_text() -> str:
+    """``config/segment.yaml``: every parameter with its default and its description, nested
+    by the dotted name (a string array with an empty default is shown commented out).
+    """
+    tree: dict[str, Any] = {}
+    for p in PARAMS:
+        node = tree
+        for part in p.name.split('.')[:-1]:
+            node = node.setdefault(part, {})
+        node[p.name.split('.')[-1]] = p
+    out = [YAML_HEADER.rstrip('\n')]
+
+    def emit(node: dict[str, Any], depth: int) -> None:
+        indent = '  ' * depth
+        leaves = [(k, v) for k, v in node.items() if isinstance(v, Param)]
+        groups = [(k, v) for k, v in node.items() if not isinstance(v, Param)]
+        for key, p in leaves:
+            out.extend(_comment(p, indent))
+            line = f'{key}: {_yaml_value(p.default)}'
+            out.append(indent + ('# ' + line if p.type == 'string_array' and not p.default
+                                 else line))
+        for key, sub in groups:
+            out.append('')
+            out.append(f'{indent}{key}:')
+            emit(sub, depth + 1)
+    emit(tree, 2)
+    return '\n'.join(out) + '\n'

@@ -32,13 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-BACKENDS = ('torch', 'openvino', 'onnxruntime', 'auto')
+from seg_ros.core.config.names import BACKENDS, DEFAULT_CACHE_DIR  # noqa: F401  (re-exported)
+
 #: the Python module each backend needs, and the pip package that brings it
 _MODULES = {'openvino': ('openvino', 'openvino'), 'onnxruntime': ('onnxruntime', 'onnxruntime')}
 OPSET = 18
 DISK_ENTRIES = 32
 SHAPES_IN_MEMORY = 4
-DEFAULT_CACHE_DIR = '~/.cache/seg_ros'
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-NAME = 'maskrcnn_mobilenet_v3_large_fpn'
+from seg_ros.core.config.names import LIGHT_MASKRCNN
+
+NAME = LIGHT_MASKRCNN
 FPN_CHANNELS = 128
 BOX_WIDTH = 256
 MASK_LAYERS = (128, 128)

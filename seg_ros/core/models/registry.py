@@ -27,6 +27,11 @@ import yaml
 from torchvision.models import detection, segmentation
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
+from seg_ros.core.config.names import (  # noqa: F401  (re-exported with the registry)
+    DEFAULT_INSTANCE_MODEL,
+    SHIPPED_INSTANCE,
+    SHIPPED_SEMANTIC,
+)
 from seg_ros.core.models import light_maskrcnn
 from seg_ros.core.models.weights_io import (  # noqa: F401  (re-exported: one place to import from)
     INSTANCE_FORMAT,
@@ -78,19 +83,9 @@ INSTANCE_MODELS: dict[str, ModelSpec] = {
         light_maskrcnn.maskrcnn_mobilenet_v3_large_fpn, None, 'instance'),
 }
 
-#: The instance architecture of ``DEFAULT``, ``none`` and plain state-dict files when
-#: ``instance.model`` is empty (a self-describing file names its own).
-DEFAULT_INSTANCE_MODEL = 'maskrcnn_resnet50_fpn_v2'
-
-#: Bundled instance weights selectable by name (``instance.weights:=tabletop``); the file
-#: describes itself (architecture, classes, training size).
-SHIPPED_INSTANCE = {'tabletop': 'tabletop_maskrcnn_mobilenet_v3.pt'}
 
 
-#: Bundled weights selectable by name (``semantic.weights:=camvid``).
-SHIPPED_SEMANTIC = {
-    'camvid': {'file': 'camvid_lraspp.pt', 'config': 'camvid.yaml'},
-}
+
 
 
 @dataclass
