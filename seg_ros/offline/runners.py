@@ -1,12 +1,10 @@
 """How ``segment_bag`` runs the frames: in this process, or in chunks on Ray actors."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections import deque
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from seg_ros.offline.worker import BagError, BagWorker, Item, Result
@@ -33,9 +31,11 @@ def _chunks(items: Iterator[Item], size: int) -> Iterator[list[Item]]:
 
 
 def run_ray(values: dict[str, Any], items: Iterator[Item], address: str | None, workers: int,
-            progress, chunk: int = CHUNK) -> Iterator[tuple[Item, Result]]:
+            progress, chunk: int = CHUNK, worker_class: type[BagWorker] = BagWorker
+            ) -> Iterator[tuple[Item, Result]]:
     """Chunks of frames over Ray actors, at most two chunks per actor in flight (memory
-    stays bounded), results in input order.
+    stays bounded), results in input order. Each actor holds a ``worker_class`` (a
+    :class:`BagWorker`; :mod:`seg_ros.testing.faults` passes one that dies on a chunk).
     """
     import ray
     from ray.util import ActorPool
@@ -48,17 +48,10 @@ def run_ray(values: dict[str, Any], items: Iterator[Item], address: str | None, 
     @ray.remote(max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS)
     class Worker:
         def __init__(self, values: dict[str, Any]) -> None:
-            self.worker = BagWorker(values, quiet=True)
+            self.worker = worker_class(values, quiet=True)
 
         def process_chunk(self, chunk_index: int, chunk: list[Item]) -> list[Result]:
-            # test hooks: the worker handling chunk 1 dies once / every time
-            fail = os.environ.get('SEG_ROS_BAG_FAIL_ONCE')
-            if fail and chunk_index == 1 and not os.path.exists(fail):
-                Path(fail).write_text(str(os.getpid()))
-                os._exit(1)
-            if os.environ.get('SEG_ROS_BAG_FAIL_ALWAYS') and chunk_index == 1:
-                os._exit(1)
-            return [self.worker.process(item) for item in chunk]
+            return self.worker.process_chunk(chunk_index, chunk)
 
     try:
         pool = ActorPool([Worker.remote(values) for _ in range(workers)])

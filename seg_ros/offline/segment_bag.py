@@ -162,9 +162,10 @@ def values_of(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, worker_class: type[BagWorker] = BagWorker) -> int:
+    """The command; ``worker_class`` is what each Ray actor runs (tests pass one that fails)."""
     try:
-        return _main(parse_args(sys.argv[1:] if argv is None else argv))
+        return _main(parse_args(sys.argv[1:] if argv is None else argv), worker_class)
     except BagError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
@@ -214,7 +215,7 @@ def _first_header(item: Item):
         return Header()
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, worker_class: type[BagWorker] = BagWorker) -> int:
     try:
         from rosbags.rosbag2 import Reader, StoragePlugin, Writer
     except ImportError:
@@ -245,7 +246,8 @@ def _main(args: argparse.Namespace) -> int:
         t_start = time.monotonic()
         worker = BagWorker(values)  # validates parameters, loads the models
         _check_worker(args, worker)
-        summary = _run(args, reader, topics, values, worker, StoragePlugin, Writer)
+        summary = _run(args, reader, topics, values, worker, StoragePlugin, Writer,
+                       worker_class)
         summary['seconds'] = round(time.monotonic() - t_start, 3)
         summary['frames_per_s'] = (round(summary['frames_in'] / summary['seconds'], 3)
                                    if summary['seconds'] > 0 else None)
@@ -259,7 +261,8 @@ def _main(args: argparse.Namespace) -> int:
         reader.close()
 
 
-def _run(args, reader, topics, values, worker: BagWorker, StoragePlugin, Writer) -> dict:  # noqa: N803
+def _run(args, reader, topics, values, worker: BagWorker, StoragePlugin, Writer,  # noqa: N803
+         worker_class: type[BagWorker] = BagWorker) -> dict:
     """Stream the bag through the worker(s) into the output bag; the summary."""
     from seg_ros.offline.stream import stream_items
 
@@ -297,7 +300,7 @@ def _run(args, reader, topics, values, worker: BagWorker, StoragePlugin, Writer)
         if args.ray is not None:
             worker = None
             results = run_ray(values, items, args.ray or None, args.workers, progress,
-                              args.chunk)
+                              args.chunk, worker_class)
         else:
             results = run_local(worker, items, progress)
         for item, res in results:

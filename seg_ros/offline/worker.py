@@ -101,6 +101,12 @@ class BagWorker:
         return [(t, type_name(m), bytes(serialize_message(m)))
                 for t, m in self.outputs.label_infos(header, self.settings)]
 
+    def process_chunk(self, chunk_index: int, chunk: list[Item]) -> list[Result]:
+        """:meth:`process` for each item of a Ray chunk (``chunk_index``: its place in the
+        run).
+        """
+        return [self.process(item) for item in chunk]
+
     def process(self, item: Item) -> Result:
         """What the node publishes for this frame (or the reasons it was dropped)."""
         from rclpy.serialization import deserialize_message, serialize_message

@@ -63,6 +63,10 @@ def declare(node: Node) -> None:
     Raises:
         StartupError: a value given at start-up is refused (the reason says why).
     """
+    # The values given at start-up (--ros-args -p, params files) before declaration: rclpy
+    # (Humble through Kilted) keeps them only in Node._parameter_overrides and has no public
+    # getter (rclcpp's NodeOptions::parameter_overrides() has no rclpy twin); declaring
+    # first would let rclpy apply a bad value before our check could name the reason.
     overrides = dict(getattr(node, '_parameter_overrides', {}) or {})
     for spec in PARAMS:
         given = overrides.get(spec.name)

@@ -86,7 +86,6 @@ class Engine:
         self._pubs: list = []
         self._large_data_hinted = False
         self.pub_diag = None
-        self._stale: threading.Thread | None = None  # a worker left inside a forward pass
         self.tf = None  # LiveTransforms with depth.target_frame
         self.gate = ParameterGate(node, lambda: self.settings, self._check, self._accept)
 
@@ -206,7 +205,6 @@ class Engine:
             worker.join(timeout=self.STOP_GRACE_S if grace_s is None else grace_s)
             if worker.is_alive():
                 self.log.warning('a batch is still running; it will publish nothing')
-                self._stale = worker
                 return False
         return True
 

@@ -65,19 +65,23 @@ def setup(tmp_path_factory):
     yield tmp, params, bags, frames, live
 
 
-def segment_bag(*args, env=None, timeout=300):
+def segment_bag(*args, env=None, timeout=300, fault=()):
+    """Run segment_bag; ``fault`` (e.g. ('--die-once', MARKER)) runs it through
+    seg_ros.testing.faults, whose Ray worker of chunk 1 dies."""
     full = dict(os.environ, ROS_DOMAIN_ID=str(fresh_domain_id()), OMP_NUM_THREADS='1',
                 **(env or {}))
-    return subprocess.run([sys.executable, '-m', 'seg_ros.offline.segment_bag', *map(str, args)],
+    module = ['seg_ros.testing.faults', *map(str, fault)] if fault else \
+        ['seg_ros.offline.segment_bag']
+    return subprocess.run([sys.executable, '-m', *module, *map(str, args)],
                           capture_output=True, text=True, timeout=timeout, env=full)
 
 
-def run_ok(setup, storage, out_name, *extra, env=None):
+def run_ok(setup, storage, out_name, *extra, env=None, fault=()):
     tmp, params, bags, _, _ = setup
     out = tmp / out_name
     args = [bags[storage], out, '--image-topic', TOPIC, '--json', tmp / f'{out_name}.json',
             *[a for p in params for a in ('-p', p)], *extra]
-    res = segment_bag(*args, env=env)
+    res = segment_bag(*args, env=env, fault=fault)
     assert res.returncode == 0, res.stdout + res.stderr
     return out, json.loads((tmp / f'{out_name}.json').read_text())
 
@@ -120,7 +124,7 @@ def test_ray_two_workers_equal_output_even_when_a_worker_dies(setup):
     local, _ = run_ok(setup, 'mcap', 'ray_ref')
     marker = tmp / 'killed.pid'
     out, summary = run_ok(setup, 'mcap', 'ray_out', '--ray', '--workers', '2', '--chunk', '2',
-                          env={'SEG_ROS_BAG_FAIL_ONCE': str(marker)})
+                          fault=('--die-once', marker))
     assert marker.is_file(), 'the fault hook did not fire: the test would mean little'
     assert summary['ray'] and summary['workers'] == 2 and summary['frames_processed'] == N - 1
     ref, got = read_bag(local), read_bag(out)
@@ -247,7 +251,7 @@ def test_ray_worker_that_keeps_dying_ends_the_run_cleanly(setup):
     out = tmp / 'ray_dead'
     res = segment_bag(bags['mcap'], out, '--image-topic', TOPIC, '--ray', '--workers', '1',
                       '--chunk', '2', *[a for p in params for a in ('-p', p)],
-                      env={'SEG_ROS_BAG_FAIL_ALWAYS': '1'}, timeout=300)
+                      fault=('--die-always',), timeout=300)
     assert res.returncode == 2, res.stdout + res.stderr
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith('segment_bag:')]
     assert len(lines) == 1 and 'Ray failed' in lines[0], res.stderr

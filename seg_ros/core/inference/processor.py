@@ -244,12 +244,6 @@ class FrameProcessor:
             drops.append((exc.reason, str(exc)))
             return None
 
-    def reset_tracks(self) -> None:
-        """Forget every camera's tracks (ids continue)."""
-        for tracker in self.trackers.values():
-            if tracker is not None:
-                tracker.reset()
-
 
 def _failed(frame: FrameInput, exc: BaseException) -> FrameOutput:
     return FrameOutput(frame.camera, frame.stamp_ns, error=exc, drops=[(

@@ -181,7 +181,10 @@ class CompiledLabels:
                             'mode on the CPU; running fp32 (use backend openvino)')
         return precision, ''
 
-    # -- what differs between graphs (overridden by models.instance_backends) -------------
+    # -- what differs between graphs: the public hooks a subclass overrides --------------
+    # (models.instance_backends: float tensors in and out, several outputs): key_extra,
+    # prepare, output_names, export_options, openvino_runner, onnxruntime_runner; the
+    # runners build on openvino_request / ort_session.
     def key_extra(self) -> str:
         """What else than weights, model, shape and versions tells two exports apart."""
         return str(self.graph.label_dtype)
@@ -258,7 +261,7 @@ class CompiledLabels:
             return run
         path = self.export(shape, dtype)
         t0 = time.perf_counter()
-        make = self._openvino if self.backend == 'openvino' else self._onnxruntime
+        make = self.openvino_runner if self.backend == 'openvino' else self.onnxruntime_runner
         run = make(path, _nhw(shape, dtype), dtype)
         self.report(f'{self.backend}: compiled for input {shape} ({self.precision}) in '
                     f'{time.perf_counter() - t0:.1f}s')
@@ -273,7 +276,7 @@ class CompiledLabels:
         """
         return self.compiled(tuple(int(s) for s in image.shape), image.dtype)(image)
 
-    def _openvino_request(self, path: Path, what: str = 'backend'):
+    def openvino_request(self, path: Path, what: str = 'backend'):
         """An OpenVINO infer request of the ONNX file on the CPU, with this graph's
         precision hint and OpenVINO's compiled-blob cache in ``cache_dir``.
         """
@@ -288,8 +291,9 @@ class CompiledLabels:
             'INFERENCE_PRECISION_HINT': hint, 'PERFORMANCE_HINT': 'LATENCY'})
         return compiled.create_infer_request()
 
-    def _openvino(self, path: Path, nhw: tuple[int, int, int], dtype: torch.dtype):
-        request = self._openvino_request(path)
+    def openvino_runner(self, path: Path, nhw: tuple[int, int, int], dtype: torch.dtype):
+        """The callable that runs the compiled ONNX file at ``path`` on OpenVINO."""
+        request = self.openvino_request(path)
 
         def run(image: torch.Tensor) -> torch.Tensor:
             x = image.contiguous().numpy()
@@ -297,7 +301,7 @@ class CompiledLabels:
             return torch.from_numpy(out.copy())  # the request's buffer is reused next call
         return run
 
-    def _ort_session(self, path: Path, what: str = 'backend', spin: bool = True,
+    def ort_session(self, path: Path, what: str = 'backend', spin: bool = True,
                      tensorrt: bool = True):
         """An ONNX Runtime session of the ONNX file on ``device``: all graph optimisations,
         CUDA's provider on CUDA (and TensorRT's, engines cached, when ``tensorrt`` and
@@ -325,8 +329,9 @@ class CompiledLabels:
                     'trt_fp16_enable': self.precision == 'fp16'}))
         return ort.InferenceSession(str(path), so, providers=providers)
 
-    def _onnxruntime(self, path: Path, nhw: tuple[int, int, int], dtype: torch.dtype):
-        session = self._ort_session(path)
+    def onnxruntime_runner(self, path: Path, nhw: tuple[int, int, int], dtype: torch.dtype):
+        """The callable that runs the ONNX file at ``path`` on ONNX Runtime (IO binding)."""
+        session = self.ort_session(path)
         cuda = self.device.type == 'cuda'
         n, h, w = nhw
         in_np = np.uint8 if dtype == torch.uint8 else np.float32

@@ -74,8 +74,8 @@ class CompiledTensors(CompiledLabels):
             x = x.float()
         return self.compiled(shape or tuple(int(s) for s in x.shape), x.dtype)(x)
 
-    def _openvino(self, path: Path, nhw: tuple[int, int, int], dtype: torch.dtype):
-        request = self._openvino_request(path, 'instance.backend')
+    def openvino_runner(self, path: Path, nhw: tuple[int, int, int], dtype: torch.dtype):
+        request = self.openvino_request(path, 'instance.backend')
         n_out = len(self.outputs)
 
         def run(x: torch.Tensor) -> list[torch.Tensor]:
@@ -86,10 +86,10 @@ class CompiledTensors(CompiledLabels):
                     for i in range(n_out)]
         return run
 
-    def _onnxruntime(self, path: Path, nhw: tuple[int, int, int], dtype: torch.dtype):
+    def onnxruntime_runner(self, path: Path, nhw: tuple[int, int, int], dtype: torch.dtype):
         # torch's proposal selection and ROI align run between the graphs on the same
         # cores: ORT's threads must not keep spinning there (measured: slower than eager)
-        session = self._ort_session(path, 'instance.backend', spin=False, tensorrt=False)
+        session = self.ort_session(path, 'instance.backend', spin=False, tensorrt=False)
         device = self.device
 
         def run(x: torch.Tensor) -> list[torch.Tensor]:
@@ -130,10 +130,6 @@ class CompiledFeatures(CompiledTensors):
         k = len(self.names)
         feats = OrderedDict(zip(self.names, outs[:k], strict=True))
         return feats, ((outs[k:2 * k], outs[2 * k:]) if self.with_rpn else None)
-
-    def features(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        """The backbone's OrderedDict of feature maps for a normalised (N, 3, H, W) batch."""
-        return self.trunk(x)[0]
 
 
 class CompiledRows(CompiledTensors):

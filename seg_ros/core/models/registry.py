@@ -41,6 +41,9 @@ from seg_ros.core.models.weights_io import (  # noqa: F401  (re-exported: one pl
     save_instance_weights,
 )
 
+#: proposals torchvision's Mask R-CNN builders keep after the RPN's NMS at inference
+TORCHVISION_POST_NMS_TEST = 1000
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -306,6 +309,11 @@ def load_instance_model(name: str, weights: str, num_classes: int = 0,
             '(shipped), a file written by train_instances, or none')
     size_kw: dict[str, Any] = {'min_size': min_size or 800,
                                'max_size': max_size or round((min_size or 800) * 1333 / 800)}
+    if max_proposals > 0:  # proposals kept per image after the RPN's NMS: at most the
+        # architecture's own (torchvision's 1000; the light model's 150), through its builder
+        own = (light_maskrcnn.DEFAULTS['rpn_post_nms_top_n_test']
+               if name == light_maskrcnn.NAME else TORCHVISION_POST_NMS_TEST)
+        size_kw['rpn_post_nms_top_n_test'] = min(own, max_proposals)
     loaded = _build(spec, name, path, num_classes, class_names, default_classes=91,
                     state=state, **size_kw, box_score_thresh=score_threshold,
                     box_detections_per_img=max_detections)
@@ -313,9 +321,6 @@ def load_instance_model(name: str, weights: str, num_classes: int = 0,
         t = loaded.model.transform
         loaded.model.transform = NativeSizeTransform(max_size, t.image_mean, t.image_std,
                                                      t.size_divisible)
-    post_nms = loaded.model.rpn._post_nms_top_n
-    if max_proposals > 0:
-        post_nms['testing'] = min(post_nms['testing'], max_proposals)
     loaded.train_size = int(meta.get('train_size', 0) or 0)
     if shipped:
         loaded.source = f'shipped weights {weights.strip()!r} ({path})'
