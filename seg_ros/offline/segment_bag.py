@@ -265,6 +265,7 @@ def _run(args, reader, topics, values, worker: BagWorker, StoragePlugin, Writer,
          worker_class: type[BagWorker] = BagWorker) -> dict:
     """Stream the bag through the worker(s) into the output bag; the summary."""
     from seg_ros.offline.stream import stream_items
+    from seg_ros.ros.outputs import NODE_NAME
 
     s = worker.settings
     storage = StoragePlugin.MCAP if _storage_of(args.input) == 'mcap' else StoragePlugin.SQLITE3
@@ -296,7 +297,7 @@ def _run(args, reader, topics, values, worker: BagWorker, StoragePlugin, Writer,
         if first is not None:
             items = _prepend(first, items)
             for topic, mtype, raw in worker.label_infos(_first_header(first)):
-                write(f'/segmentation/{topic}', mtype, first.recv_ns, raw)
+                write(f'/{NODE_NAME}/{topic}', mtype, first.recv_ns, raw)
         if args.ray is not None:
             worker = None
             results = run_ray(values, items, args.ray or None, args.workers, progress,
@@ -310,9 +311,8 @@ def _run(args, reader, topics, values, worker: BagWorker, StoragePlugin, Writer,
                 topic = args.images[item.camera]
                 write(topic, topics[topic], item.recv_ns, item.image)
             for topic, mtype, raw in res.outputs:
-                write(f'/segmentation/{topic}', mtype, item.recv_ns, raw)
-            if any(t.endswith(('semantic/labels', 'instances/detections'))
-                   for t, _, _ in res.outputs):
+                write(f'/{NODE_NAME}/{topic}', mtype, item.recv_ns, raw)
+            if res.processed:
                 processed += 1
             elif res.drops:
                 dropped.append({'index': item.index, 'receive_time_ns': item.recv_ns,

@@ -65,7 +65,8 @@ def stream_items(reader, images: dict[str, str], depths: dict[str, str],
     of_image = {t: c for c, t in images.items()}
     of_depth = {t: c for c, t in depths.items()}
     of_info = {t: c for c, t in infos.items()}
-    pairing = {cam: Pairing(max_pixels) for cam in {*depths, *infos}}
+    pairing = {cam: Pairing(max_pixels, depth_topic=depths.get(cam, ''),
+                            info_topic=infos.get(cam, '')) for cam in {*depths, *infos}}
     horizon: dict[str, int] = {}  # newest depth stamp seen per camera (valid or not)
     slop = int(round(slop_s * 1e9))
     tf_topics = [t for t in ('/tf', '/tf_static') if t in conns] if target_frame and \

@@ -1,7 +1,7 @@
 """The offline worker: the live node's processor and message builder, without a node.
 
 :class:`BagWorker` turns parameter values into the same :class:`Settings`, models
-(:func:`~seg_ros.core.models.loading.load_pipeline`), :class:`~seg_ros.core.inference.processor.
+(:func:`~seg_ros.core.inference.loading.load_pipeline`), :class:`~seg_ros.core.inference.processor.
 FrameProcessor` and :class:`~seg_ros.ros.outputs.Outputs` the live node uses, and answers an
 :class:`Item` (a serialised frame with the depth and camera model the driver paired it with)
 with the serialised messages the node would publish. One per process, or one per Ray actor.
@@ -10,15 +10,12 @@ No rclpy node: messages are (de)serialised with ``rclpy.serialization``.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from seg_ros.core.inference.processor import Paired
+from seg_ros.core.spatial.pairing import Paired
+from seg_ros.core.throttle import ThrottledWarner
 from seg_ros.offline.bagfile import type_name
-
-#: seconds between two warnings of one reason
-WARN_PERIOD_S = 5.0
 
 
 class BagError(RuntimeError):
@@ -44,21 +41,21 @@ class Result:
     index: int
     outputs: list[tuple[str, str, bytes]] = field(default_factory=list)  # topic, type, CDR
     drops: dict[str, int] = field(default_factory=dict)
+    processed: bool = False  # the frame's 2D outputs were made
 
 
 class Warner:
-    """Warnings on stderr, at most one per reason every 5 s, with the count so far."""
+    """Drop warnings on stderr with the count so far, throttled as the node's are (one
+    :class:`~seg_ros.core.throttle.ThrottledWarner`).
+    """
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
-        self._last: dict[str, float] = {}
+        self._warn = ThrottledWarner(lambda text: say('WARN', text))
 
     def __call__(self, reason: str, text: str) -> None:
         self.counts[reason] = self.counts.get(reason, 0) + 1
-        now = time.monotonic()
-        if now - self._last.get(reason, -1e9) >= WARN_PERIOD_S:
-            self._last[reason] = now
-            say('WARN', f'{text} ({reason}: {self.counts[reason]} so far)')
+        self._warn(reason, f'{text} ({reason}: {self.counts[reason]} so far)')
 
 
 def say(level: str, text: str) -> None:
@@ -74,8 +71,8 @@ class BagWorker:
 
     def __init__(self, values: dict[str, Any], quiet: bool = False) -> None:
         from seg_ros.core.config.settings import Settings, SettingsError
+        from seg_ros.core.inference.loading import LoadError, load_pipeline
         from seg_ros.core.inference.processor import FrameProcessor
-        from seg_ros.core.models.loading import LoadError, load_pipeline
         from seg_ros.ros.outputs import Outputs
 
         def info(text: str) -> None:
@@ -112,8 +109,7 @@ class BagWorker:
         from rclpy.serialization import deserialize_message, serialize_message
         from sensor_msgs.msg import CompressedImage, Image
 
-        from seg_ros.core.inference.processor import FrameInput
-        from seg_ros.core.spatial.imaging import ImageConversionError, decode_compressed
+        from seg_ros.core.inference.processor import FrameInput, drop_text
         from seg_ros.core.spatial.pairing import stamp_text
         from seg_ros.ros import messages
 
@@ -129,22 +125,16 @@ class BagWorker:
         except Exception as exc:  # noqa: BLE001 - a corrupt record is a dropped frame
             drop('bad_record', f'frame {item.index}: cannot deserialise: {exc}')
             return out
-        max_pixels = self.settings.max_image_pixels
-        try:
-            frame = (decode_compressed(msg.format, msg.data, max_pixels) if item.compressed
-                     else messages.image_to_frame(msg, max_pixels))
-        except ImageConversionError as exc:
-            drop(exc.reason, f'dropped frame at {stamp_text(msg.header)}: {exc}')
+        frame, dropped = messages.ingest(msg, item.compressed, self.settings.max_image_pixels)
+        if dropped is not None:
+            drop(*dropped)
             return out
         header = msg.header
-        (res,) = self.processor.process(
-            [FrameInput(item.camera, frame, messages.stamp_ns(header))],
-            lambda _i, _got: item.paired)
+        (res,) = self.processor.process([FrameInput.paired_with(
+            item.camera, frame, messages.stamp_ns(header), item.paired)], self.settings)
         for reason, detail in res.drops:
-            drop(reason, f'frame at {stamp_text(header)}: {detail}')
-        msgs = self.outputs.frame_2d(header, res)
-        if self.settings.depth_enabled:
-            msgs += self.outputs.frame_3d(header, res, self.settings)
+            drop(reason, drop_text(f'frame at {stamp_text(header)}', reason, detail, res.error))
+        out.processed = res.result is not None
         out.outputs = [(prefix + t, type_name(m), bytes(serialize_message(m)))
-                       for t, m in msgs]
+                       for t, m in self.outputs.frame(header, res, self.settings)]
         return out

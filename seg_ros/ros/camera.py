@@ -23,16 +23,17 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from seg_ros.core.spatial.imaging import Frame, ImageConversionError, decode_compressed
+from seg_ros.core.spatial.imaging import Frame
 from seg_ros.core.spatial.pairing import Pairing, stamp_text
+from seg_ros.core.throttle import ThrottledWarner
 from seg_ros.ros import messages
+from seg_ros.ros.outputs import CAMERA_INFO, DEPTH, IMAGE
 from seg_ros.ros.stats import FrameStats
 
 # Subscription "matched" events exist from Iron on; Humble falls back to the 1 s poll.
 HAS_MATCHED_EVENT = 'matched' in inspect.signature(SubscriptionEventCallbacks).parameters
 RELIABILITY = {'reliable': ReliabilityPolicy.RELIABLE,
                'best_effort': ReliabilityPolicy.BEST_EFFORT}
-WARN_PERIOD_S = 5.0
 
 
 @dataclass
@@ -65,7 +66,8 @@ class Camera:
         self.pubs: dict[str, Any] = {}  # 'semantic/labels' -> its publisher
         self.depth_subs: list = []
         self.pairing: Pairing | None = None
-        self.last_warn: dict[str, float] = {}
+        #: warn(key, text): at most once per key every 5 s, with the camera's name
+        self.warn_throttled = ThrottledWarner(self._warn)
         self.oneshot = None
         self.batched = 0  # frames that shared their forward pass with other cameras' frames
         self._warn_incompatible = warn_incompatible
@@ -86,13 +88,8 @@ class Camera:
         pub = self.pubs.get(topic)
         return pub is not None and pub.get_subscription_count() > 0
 
-    def warn_throttled(self, key: str, text: str) -> None:
-        """Warn at most once per ``key`` every 5 s."""
-        now = time.monotonic()
-        if now - self.last_warn.get(key, -1e9) >= WARN_PERIOD_S:
-            self.last_warn[key] = now
-            where = f'camera {self.name}: ' if self.name else ''
-            self.log.warning(where + text)
+    def _warn(self, text: str) -> None:
+        self.log.warning((f'camera {self.name}: ' if self.name else '') + text)
 
     def watch(self, timeout: float, now: float | None = None) -> str | None:
         """Why this camera receives nothing (None while frames arrive, or ``timeout`` 0):
@@ -143,7 +140,7 @@ class Camera:
         self.max_pixels = settings.max_image_pixels
         self.pubs = {topic: make_pub(msg_type, f'~/{self.prefix}{topic}')
                      for msg_type, topic in outputs}
-        base = node.resolve_topic_name(self.prefix + 'image')
+        base = node.resolve_topic_name(self.prefix + IMAGE)
         self.input_topic = base + '/compressed' if self.compressed else base
         self.active = True
         self.update_subscription()
@@ -154,16 +151,17 @@ class Camera:
         import message_filters
 
         node = self.node
-        self.pairing = Pairing(settings.max_image_pixels)
-        depth_sub = message_filters.Subscriber(node, Image, self.prefix + 'depth',
+        self.depth_topics = (node.resolve_topic_name(self.prefix + DEPTH),
+                             node.resolve_topic_name(self.prefix + CAMERA_INFO))
+        self.pairing = Pairing(settings.max_image_pixels, depth_topic=self.depth_topics[0],
+                               info_topic=self.depth_topics[1])
+        depth_sub = message_filters.Subscriber(node, Image, self.prefix + DEPTH,
                                                qos_profile=qos)
-        info_sub = message_filters.Subscriber(node, CameraInfo, self.prefix + 'camera_info',
+        info_sub = message_filters.Subscriber(node, CameraInfo, self.prefix + CAMERA_INFO,
                                               qos_profile=qos)
         depth_sub.registerCallback(self._on_depth)
         info_sub.registerCallback(self._on_camera_info)
         self.depth_subs = [depth_sub, info_sub]
-        self.depth_topics = (node.resolve_topic_name(self.prefix + 'depth'),
-                             node.resolve_topic_name(self.prefix + 'camera_info'))
         self.log.info(f'3D on: depth from {self.depth_topics[0]}, intrinsics from '
                       f'{self.depth_topics[1]}')
 
@@ -256,13 +254,9 @@ class Camera:
         self.last_frame = time.monotonic()
         self.qos_problem = None
         self.stats.on_received()
-        try:
-            if self.compressed:
-                frame = decode_compressed(msg.format, msg.data, self.max_pixels)
-            else:
-                frame = messages.image_to_frame(msg, self.max_pixels)
-        except ImageConversionError as exc:
-            self.drop(exc.reason, f'dropped frame at {stamp_text(msg.header)}: {exc}')
+        frame, dropped = messages.ingest(msg, self.compressed, self.max_pixels)
+        if dropped is not None:
+            self.drop(*dropped)
             return
         if self.max_age > 0:
             age = age_s(self.node, msg.header)

@@ -9,10 +9,11 @@ on-set gate that builds :class:`~seg_ros.core.config.settings.Settings` snapshot
 :mod:`~seg_ros.ros.outputs` (results -> messages) and
 :mod:`~seg_ros.ros.diagnostics`.
 
-One frame's way: ``Camera.on_image`` (executor thread: validate, convert, slot) -> the worker
-takes every camera's waiting frame and pairs depth (``Pairing.pair``) -> ``FrameProcessor.
-process`` (models, ids, 3D; depth paired again after inference when still missing) ->
-``Outputs`` builds the messages -> the camera's publishers. Inference never runs on the
+One frame's way: ``Camera.on_image`` (executor thread: ``messages.ingest`` validates and
+converts, slot) -> the worker takes every camera's waiting frame and one settings snapshot
+-> ``FrameProcessor.process`` (models, ids, 3D: it pairs each frame through the camera's
+``Pairing`` before and after inference, and looks the transform up in ``LiveTransforms``)
+-> ``Outputs.frame`` builds the messages -> the camera's publishers. Inference never runs on the
 executor's thread. Each start begins a new worker *generation*: a worker of an earlier one
 that is still inside a forward pass when the node restarts publishes nothing and ends.
 """
@@ -21,7 +22,6 @@ from __future__ import annotations
 import functools
 import threading
 import time
-import traceback
 
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
@@ -32,15 +32,14 @@ except ImportError:  # Humble: the same classes under their old module name (rcl
     from rclpy.qos_event import PublisherEventCallbacks
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import Image, PointCloud2
-from std_msgs.msg import Float64MultiArray, Header
-from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
-from visualization_msgs.msg import MarkerArray
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+from vision_msgs.msg import LabelInfo
 
 from seg_ros.core.config.settings import Settings
+from seg_ros.core.inference.loading import LoadError, load_pipeline
 from seg_ros.core.inference.pipeline import Pipeline
-from seg_ros.core.inference.processor import FrameInput, FrameOutput, FrameProcessor, Paired
-from seg_ros.core.models.loading import LoadError, load_pipeline
+from seg_ros.core.inference.processor import FrameInput, FrameOutput, FrameProcessor, drop_text
 from seg_ros.core.spatial.pairing import stamp_text
 from seg_ros.ros import messages
 from seg_ros.ros.camera import RELIABILITY, Camera, Job, age_s, warn_incompatible_qos
@@ -52,7 +51,18 @@ from seg_ros.ros.declare import (
     settings_of,
 )
 from seg_ros.ros.diagnostics import diagnostics
-from seg_ros.ros.outputs import Outputs, large_data_hint, latency_msg, timing_msg
+from seg_ros.ros.outputs import (
+    LATENCY,
+    MARKERS,
+    OVERLAY,
+    SEMANTIC_COLOR,
+    TIMING,
+    Outputs,
+    large_data_hint,
+    latency_msg,
+    output_topics,
+    timing_msg,
+)
 from seg_ros.ros.transforms import LiveTransforms
 
 __all__ = ['Engine', 'StartupError', 'declare']
@@ -146,19 +156,8 @@ class Engine:
         for topic, msg in self.outputs.label_infos(header, s):
             make(LabelInfo, f'~/{topic}', LATCHED).publish(msg)
         self.pub_diag = make(DiagnosticArray, '/diagnostics', 10)
-        sem, inst = self.pipeline.semantic, self.pipeline.instance
-        outputs: list[tuple[type, str]] = []
-        if sem is not None:
-            outputs += [(Image, 'semantic/labels'), (Image, 'semantic/color')]
-        if inst is not None:
-            outputs += [(Detection2DArray, 'instances/detections'),
-                        (Image, 'instances/masks'), (Image, 'instances/overlay')]
-        if s.depth_enabled and inst is not None:
-            outputs += [(Detection3DArray, 'instances/detections_3d'),
-                        (PointCloud2, 'instances/points'), (MarkerArray, 'instances/markers')]
-        if s.depth_enabled and sem is not None:
-            outputs += [(PointCloud2, 'semantic/points')]
-        outputs += [(Float64MultiArray, 'latency'), (Float64MultiArray, 'timing')]
+        outputs = output_topics(self.pipeline.semantic is not None,
+                                self.pipeline.instance is not None, s.depth_enabled)
         depth_qos = None
         if s.depth_enabled:  # best effort matches every publisher
             rel = ReliabilityPolicy.RELIABLE if s['reliability'] == 'reliable' else \
@@ -269,49 +268,31 @@ class Engine:
                 self._process(jobs, gen)
             except Exception as exc:  # never lose the worker; say what and where
                 for cam, job in jobs:
-                    cam.drop('processing_error', f'frame at {stamp_text(job.msg.header)} '
-                             f'failed: {_with_traceback(exc)}')
+                    cam.drop('processing_error', drop_text(
+                        f'frame at {stamp_text(job.msg.header)}', 'processing_error', '', exc))
 
     def _process(self, jobs: list[tuple[Camera, Job]], gen: int) -> None:
         """Run one batch (one frame per camera) and publish every camera's outputs."""
         t_taken = time.perf_counter()
-        slop = self.settings.depth_slop
-        pairings = [cam.pairing for cam, _ in jobs]  # as they are now (a restart replaces them)
-        frames = []
-        for (cam, job), pairing in zip(jobs, pairings, strict=True):
-            stamp = messages.stamp_ns(job.msg.header)
-            depth, model = pairing.pair(stamp, slop) if pairing is not None else (None, None)
-            frames.append(FrameInput(cam.name, job.frame, stamp, cam.wants('semantic/color'),
-                                     cam.wants('instances/overlay'), depth, model))
-
-        tf, target, tf_timeout = self.tf, self.settings.target_frame, self.settings.tf_timeout
-
-        def late(i: int, got: Paired) -> Paired:
-            """After inference: a depth that arrived meanwhile; the transform at the stamp."""
-            pairing = pairings[i]
-            if pairing is not None and (got.depth is None or got.camera_model is None):
-                depth, model = pairing.pair(frames[i].stamp_ns, slop)
-                got = Paired(got.depth or depth, got.camera_model or model, got.transform)
-            if (tf is not None and target and got.transform is None
-                    and got.depth is not None and got.camera_model is not None):
-                got.transform, got.transform_error = tf.lookup(
-                    target, jobs[i][1].msg.header.frame_id, frames[i].stamp_ns, tf_timeout)
-            return got
+        frames = [FrameInput(cam.name, job.frame, messages.stamp_ns(job.msg.header),
+                             cam.wants(SEMANTIC_COLOR), cam.wants(OVERLAY),
+                             frame_id=job.msg.header.frame_id, pairing=cam.pairing)
+                  for cam, job in jobs]  # the pairings as they are now (a restart replaces them)
         with self._busy:  # a worker left behind by a restart finishes its batch first
             if gen != self._generation:
                 return
-            results = self.processor.process(frames, late)
-            used = self.processor.settings  # the snapshot this batch ran with
+            s = self.processor.take_settings()  # the one snapshot of this batch
+            results = self.processor.process(frames, s, self.tf)
         inference_s = time.perf_counter() - t_taken
         with self._publish_lock:
             if gen != self._generation:
                 return  # stopped or restarted meanwhile: this batch publishes nothing
             for (cam, job), out in zip(jobs, results, strict=True):
                 try:
-                    self._publish(cam, job, out, t_taken, inference_s, used)
+                    self._publish(cam, job, out, t_taken, inference_s, s)
                 except Exception as exc:  # this camera's frame only
-                    cam.drop('processing_error', f'frame at {stamp_text(job.msg.header)} '
-                             f'failed: {_with_traceback(exc)}')
+                    cam.drop('processing_error', drop_text(
+                        f'frame at {stamp_text(job.msg.header)}', 'processing_error', '', exc))
 
     def _publish(self, cam: Camera, job: Job, out: FrameOutput, t_taken: float,
                  inference_s: float, s: Settings) -> None:
@@ -320,7 +301,7 @@ class Engine:
         header = job.msg.header
         where = f'frame at {stamp_text(header)}'
         for reason, detail in out.drops:
-            cam.drop(reason, _drop_text(reason, detail, where, cam, out.error, s))
+            cam.drop(reason, drop_text(where, reason, detail, out.error))
         res = out.result
         if res is None:
             return
@@ -328,9 +309,7 @@ class Engine:
             self.log.info(f'{f"camera {cam.name}: " if cam.name else ""}stamp went backwards '
                           f'to {stamp_text(header)}: tracks reset (ids continue; a bag loop '
                           'or simulation reset?)')
-        msgs = self.outputs.frame_2d(header, out)
-        if s.depth_enabled:
-            msgs += self.outputs.frame_3d(header, out, s, cam.wants('instances/markers'))
+        msgs = self.outputs.frame(header, out, s, cam.wants(MARKERS))
         for topic, msg in msgs:
             cam.pubs[topic].publish(msg)
         if not self._large_data_hinted:
@@ -344,11 +323,11 @@ class Engine:
             cam.batched += 1
         cam.stats.on_stage({'convert_in': job.convert_s, 'wait': t_taken - job.t_queued,
                             **res.timings, 'publish': t_end - t1})
-        cam.pubs['latency'].publish(latency_msg(processing, age))
-        if cam.wants('timing'):
+        cam.pubs[LATENCY].publish(latency_msg(processing, age))
+        if cam.wants(TIMING):
             forward = (res.timings.get('semantic_forward', 0.0)
                        + res.timings.get('instance_forward', 0.0))
-            cam.pubs['timing'].publish(timing_msg(messages.stamp_ns(header) / 1e9, forward,
+            cam.pubs[TIMING].publish(timing_msg(messages.stamp_ns(header) / 1e9, forward,
                                                   processing))
 
     def _hint_large_data(self, nbytes: int) -> None:
@@ -367,27 +346,3 @@ class Engine:
     def stats(self):
         """The first camera's counters (the single-camera node's)."""
         return self.cameras[0].stats
-
-
-def _drop_text(reason: str, detail: str, where: str, cam: Camera,
-               error: BaseException | None, s: Settings) -> str:
-    """The warning line of a frame's drop reason."""
-    if reason == 'no_camera_info':
-        return (f'{where}: no 3D outputs, no camera_info received yet on '
-                f'{cam.depth_topics[1]} (2D outputs continue)')
-    if reason == 'no_depth':
-        return (f'{where}: no 3D outputs, no depth image on {cam.depth_topics[0]} within '
-                f'depth.slop={s.depth_slop}s of its stamp (2D outputs continue)')
-    if reason == 'no_transform':
-        return f'{where}: no 3D outputs: {detail} (2D outputs continue)'
-    if reason == 'out_of_memory':
-        return f'{where}: {detail}'
-    if reason == 'processing_error':
-        return f'{where} failed: ' + (_with_traceback(error) if error is not None else detail)
-    return f'{where}: no 3D outputs: {detail}'
-
-
-def _with_traceback(exc: BaseException) -> str:
-    """``Type: message`` and then the traceback (where it happened), for the log."""
-    tb = ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
-    return f'{type(exc).__name__}: {str(exc)[:300]}\n{tb}'

@@ -26,12 +26,14 @@ from visualization_msgs.msg import Marker, MarkerArray
 from seg_ros.core.inference.results import InstanceResult
 from seg_ros.core.spatial.colors import voc_palette
 from seg_ros.core.spatial.geometry import InstanceGeometry, SemanticPoints
-from seg_ros.core.spatial.imaging import DEFAULT_MAX_PIXELS, Frame, buffer_to_frame
-
-
-def stamp_ns(header: Header) -> int:
-    """A header's stamp in integer nanoseconds."""
-    return header.stamp.sec * 10**9 + header.stamp.nanosec
+from seg_ros.core.spatial.imaging import (
+    DEFAULT_MAX_PIXELS,
+    Frame,
+    ImageConversionError,
+    buffer_to_frame,
+    decode_compressed,
+)
+from seg_ros.core.spatial.pairing import stamp_ns, stamp_text  # noqa: F401  (re-exported)
 
 
 def image_to_frame(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
@@ -42,6 +44,21 @@ def image_to_frame(msg: Image, max_pixels: int = DEFAULT_MAX_PIXELS) -> Frame:
     """
     return buffer_to_frame(msg.encoding, msg.height, msg.width, msg.step, msg.is_bigendian,
                            msg.data, max_pixels)
+
+
+def ingest(msg, compressed: bool, max_pixels: int = DEFAULT_MAX_PIXELS
+           ) -> tuple[Frame | None, tuple[str, str] | None]:
+    """A colour message (Image, or CompressedImage when ``compressed``) as a validated frame,
+    or why it is dropped: ``(frame, None)`` or ``(None, (reason, warning text))``. One rule
+    for the live node and segment_bag; nothing of the data is touched before its sizes,
+    encoding and length pass.
+    """
+    try:
+        frame = (decode_compressed(msg.format, msg.data, max_pixels) if compressed
+                 else image_to_frame(msg, max_pixels))
+    except ImageConversionError as exc:
+        return None, (exc.reason, f'dropped frame at {stamp_text(msg.header)}: {exc}')
+    return frame, None
 
 
 def array_to_image(arr: np.ndarray, encoding: str, header: Header) -> Image:

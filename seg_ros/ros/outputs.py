@@ -9,16 +9,49 @@ from __future__ import annotations
 
 from typing import Any
 
+from sensor_msgs.msg import Image, PointCloud2
 from std_msgs.msg import Float64MultiArray, Header, MultiArrayDimension
+from vision_msgs.msg import Detection2DArray, Detection3DArray
+from visualization_msgs.msg import MarkerArray
 
 from seg_ros.core.config.settings import Settings
 from seg_ros.core.inference.pipeline import Pipeline
 from seg_ros.core.inference.processor import FrameOutput
 from seg_ros.ros import messages
 
+# -- the topic names, relative to the node's private namespace and the camera's prefix ------
+#: inputs, relative to the node's namespace and the camera's prefix (``front/image``)
+IMAGE, DEPTH, CAMERA_INFO = 'image', 'depth', 'camera_info'
+SEMANTIC_LABELS, SEMANTIC_COLOR = 'semantic/labels', 'semantic/color'
+SEMANTIC_LABEL_INFO, SEMANTIC_POINTS = 'semantic/label_info', 'semantic/points'
+DETECTIONS, MASKS, OVERLAY = 'instances/detections', 'instances/masks', 'instances/overlay'
+INSTANCE_LABEL_INFO = 'instances/label_info'
+DETECTIONS_3D, INSTANCE_POINTS = 'instances/detections_3d', 'instances/points'
+MARKERS = 'instances/markers'
+LATENCY, TIMING = 'latency', 'timing'
+#: the node's default name: segment_bag writes its outputs under /segmentation/
+NODE_NAME = 'segmentation'
+
 FASTDDS_SHM_SEGMENT = 512 * 1024  # Fast DDS's default shared-memory segment (bytes)
 LATENCY_LABELS = 'processing_s,stamp_to_publish_s'
 TIMING_LABELS = 'stamp_s,forward_s,processing_s'
+
+
+def output_topics(semantic: bool, instance: bool, depth: bool) -> list[tuple[type, str]]:
+    """Every per-camera output (message type, relative topic) of a node with these models
+    (label_info, latched and shared by the cameras, is not among them).
+    """
+    out: list[tuple[type, str]] = []
+    if semantic:
+        out += [(Image, SEMANTIC_LABELS), (Image, SEMANTIC_COLOR)]
+    if instance:
+        out += [(Detection2DArray, DETECTIONS), (Image, MASKS), (Image, OVERLAY)]
+    if depth and instance:
+        out += [(Detection3DArray, DETECTIONS_3D), (PointCloud2, INSTANCE_POINTS),
+                (MarkerArray, MARKERS)]
+    if depth and semantic:
+        out += [(PointCloud2, SEMANTIC_POINTS)]
+    return out + [(Float64MultiArray, LATENCY), (Float64MultiArray, TIMING)]
 
 
 class Outputs:
@@ -34,12 +67,22 @@ class Outputs:
         """The latched class maps (``semantic/label_info``, ``instances/label_info``)."""
         out = []
         if self.semantic_names is not None:
-            out.append(('semantic/label_info',
+            out.append((SEMANTIC_LABEL_INFO,
                         messages.label_info(header, self.semantic_names, 0.0)))
         if self.instance_names is not None:
-            out.append(('instances/label_info', messages.label_info(
+            out.append((INSTANCE_LABEL_INFO, messages.label_info(
                 header, self.instance_names, settings.score_threshold)))
         return out
+
+    def frame(self, header: Header, out: FrameOutput, settings: Settings,
+              want_markers: bool = False) -> list[tuple[str, Any]]:
+        """Every message of a frame, in publishing order: the 2D ones, then with
+        ``depth.enabled`` the 3D ones (markers only when ``want_markers``).
+        """
+        msgs = self.frame_2d(header, out)
+        if settings.depth_enabled:
+            msgs += self.frame_3d(header, out, settings, want_markers)
+        return msgs
 
     def frame_2d(self, header: Header, out: FrameOutput) -> list[tuple[str, Any]]:
         """The 2D messages of a frame, in publishing order (colour and overlay only when the
@@ -50,18 +93,18 @@ class Outputs:
         if res is None:
             return msgs
         if res.semantic is not None:
-            msgs.append(('semantic/labels', messages.array_to_image(
+            msgs.append((SEMANTIC_LABELS, messages.array_to_image(
                 res.semantic.labels, self.label_encoding, header)))
             if res.semantic.color is not None:
-                msgs.append(('semantic/color', messages.array_to_image(
+                msgs.append((SEMANTIC_COLOR, messages.array_to_image(
                     res.semantic.color, 'rgb8', header)))
         if res.instances is not None:
-            msgs.append(('instances/detections', messages.detections(
+            msgs.append((DETECTIONS, messages.detections(
                 header, res.instances, self.instance_names)))
-            msgs.append(('instances/masks', messages.array_to_image(
+            msgs.append((MASKS, messages.array_to_image(
                 res.instances.id_map, 'mono16', header)))
             if res.instances.overlay is not None:
-                msgs.append(('instances/overlay', messages.array_to_image(
+                msgs.append((OVERLAY, messages.array_to_image(
                     res.instances.overlay, 'rgb8', header)))
         return msgs
 
@@ -79,12 +122,12 @@ class Outputs:
         if geo.instances is not None:
             dets = messages.detections_3d(header, res.instances, geo.instances,
                                           self.instance_names, settings.depth_min_points)
-            msgs.append(('instances/detections_3d', dets))
-            msgs.append(('instances/points', messages.instance_cloud(header, geo.instances)))
+            msgs.append((DETECTIONS_3D, dets))
+            msgs.append((INSTANCE_POINTS, messages.instance_cloud(header, geo.instances)))
             if want_markers:
-                msgs.append(('instances/markers', messages.markers(header, dets)))
+                msgs.append((MARKERS, messages.markers(header, dets)))
         if geo.semantic is not None:
-            msgs.append(('semantic/points', messages.semantic_cloud(header, geo.semantic)))
+            msgs.append((SEMANTIC_POINTS, messages.semantic_cloud(header, geo.semantic)))
         return msgs
 
 

@@ -1,6 +1,6 @@
 """Write generated RGB-D tabletop scenes as a COCO instance dataset.
 
-    python tools/make_tabletop.py --out DIR --scenes 400 [--seed 0] [--size 640x480]
+    scripts/with_env make_tabletop --out DIR --scenes 400 [--seed 0] [--size 640x480]
         [--renderer random|simple]
 
 DIR/images/NNNNNN.png (RGB), DIR/depth/NNNNNN.png (16-bit millimetres, 0 = no return),

@@ -13,14 +13,13 @@ from seg_ros.core.config.settings import (
     resolve_values,
     unknown_names,
 )
+from seg_ros.core.inference.loading import LoadError, load_pipeline
 from seg_ros.core.inference.processor import (
     CameraModel,
     DepthInput,
     FrameInput,
     FrameProcessor,
-    Paired,
 )
-from seg_ros.core.models.loading import LoadError, load_pipeline
 from seg_ros.core.spatial.geometry import RigidTransform
 from seg_ros.core.spatial.imaging import buffer_to_frame
 from seg_ros.core.spatial.pairing import Pairing
@@ -130,7 +129,21 @@ def test_3d_with_depth_late_pairing_and_missing_inputs(weights):
     depth = DepthInput(sc.depth_16uc1(), 0.001, 5)
     model = CameraModel(tuple(sc.k), tuple(sc.p), W, H)
     f = frame(sc.rgb)
-    out = proc.process([FrameInput('', f, 5)], lambda i, got: Paired(depth, model))[0]
+    pairing = Pairing(depth_topic='/cam/depth', info_topic='/cam/camera_info')
+    out = proc.process([FrameInput('', f, 5, pairing=pairing)])[0]
+    assert out.geometry is None and [r for r, _ in out.drops] == ['no_camera_info']
+    assert '/cam/camera_info' in out.drops[0][1]
+    stamp = SimpleNamespace(sec=0, nanosec=5)
+    assert pairing.add_camera_info(SimpleNamespace(  # a camera_info arrived; depth later
+        header=SimpleNamespace(stamp=stamp), k=sc.k, p=sc.p, width=W, height=H)) is None
+    out = proc.process([FrameInput('', f, 5, pairing=pairing)])[0]
+    assert [r for r, _ in out.drops] == ['no_depth'] and '/cam/depth within depth.slop=' in \
+        out.drops[0][1]
+    d16 = sc.depth_16uc1()
+    assert pairing.add_depth(SimpleNamespace(
+        header=SimpleNamespace(stamp=stamp), encoding='16UC1', height=H, width=W, step=2 * W,
+        is_bigendian=0, data=d16.tobytes())) is None
+    out = proc.process([FrameInput('', f, 5, pairing=pairing)])[0]
     assert out.geometry is not None and out.geometry.instances is not None and not out.drops
     assert proc.process([FrameInput('', f, 5, camera_model=model)])[0].drops[0][0] == \
         'no_depth'
@@ -230,8 +243,20 @@ def test_3d_in_a_target_frame_is_computed_on_the_moved_points(weights):
         np.testing.assert_allclose(moved.box_min[k], np.percentile(sel, 2, 0), atol=1e-6)
         np.testing.assert_allclose(moved.box_max[k], np.percentile(sel, 98, 0), atol=1e-6)
     proc.update(s)
-    out = proc.process([FrameInput('', f, 5, depth=depth, camera_model=model)],
-                       lambda i, got: Paired(got.depth, got.camera_model, None,
-                                             'no transform from cam to base_link'))[0]
-    assert out.geometry is None and out.drops == [('no_transform',
-                                                   'no transform from cam to base_link')]
+    asked = []
+
+    class NoTransforms:
+        def lookup(self, target, source, stamp_ns, timeout_s):
+            asked.append((target, source, stamp_ns, timeout_s))
+            return None, f'no transform from {source} to {target}'
+    out = proc.process([FrameInput('', f, 5, depth=depth, camera_model=model, frame_id='cam')],
+                       transforms=NoTransforms())[0]
+    assert asked == [('base_link', 'cam', 5, s.tf_timeout)]
+    assert out.geometry is None and out.drops == [(
+        'no_transform', 'no 3D outputs: no transform from cam to base_link (2D outputs '
+        'continue)')]
+    found = proc.process([FrameInput('', f, 5, depth=depth, camera_model=model,
+                                     frame_id='cam')],
+                         transforms=type('T', (), {'lookup': lambda *_: (tr, '')})())[0]
+    assert not found.drops and np.allclose(found.geometry.instances.points,
+                                           first.geometry.instances.points)

@@ -9,11 +9,13 @@ snapshot; :meth:`FrameProcessor.update` hands in a new one, taken before the nex
 
 Contract of :meth:`FrameProcessor.process`:
     in: ``FrameInput`` per frame: ``camera`` (a name the processor was built with),
-        ``frame`` (a validated :class:`~seg_ros.core.spatial.imaging.Frame`), ``stamp_ns`` (its
-        image stamp), ``want_color`` / ``want_overlay``, and optionally ``depth``
-        (:class:`DepthInput`), ``camera_model`` (:class:`CameraModel`) and, with
-        ``depth.target_frame``, ``transform`` (:class:`~seg_ros.core.spatial.geometry.
-        RigidTransform` from the camera's frame into the target frame at the stamp).
+        ``frame`` (a validated :class:`~seg_ros.core.spatial.imaging.Frame`), ``stamp_ns``
+        (its image stamp), ``frame_id``, ``want_color`` / ``want_overlay``, and optionally
+        what it is paired with already (``depth``, ``camera_model``, ``transform``) and the
+        camera's :class:`~seg_ros.core.spatial.pairing.Pairing` to complete that from,
+        before inference and again after it; the batch's ``settings`` snapshot (taken once
+        with :meth:`FrameProcessor.take_settings`) and, with ``depth.target_frame``, the
+        :class:`~seg_ros.core.spatial.pairing.Transforms` to look the frame's transform up.
     out: ``FrameOutput`` per frame, in input order: ``result`` (labels, instances with
         ids; None when the frame failed), ``geometry`` (:class:`~seg_ros.core.spatial.geometry.
         Frame3D`, in the target frame when one is set; None without 3D), ``drops``
@@ -26,10 +28,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from seg_ros.core.config.settings import Settings
@@ -39,32 +41,13 @@ from seg_ros.core.inference.tracking import Tracker
 from seg_ros.core.spatial import geometry
 from seg_ros.core.spatial.geometry import Frame3D, GeometryError, RigidTransform
 from seg_ros.core.spatial.imaging import Frame
-
-
-@dataclass(frozen=True)
-class DepthInput:
-    """A validated depth image registered to the colour frame.
-
-    Attributes:
-        depth: (h, w) uint16 or float32, as received; ``scale`` metres per unit.
-        stamp_ns: its image stamp.
-    """
-
-    depth: np.ndarray
-    scale: float
-    stamp_ns: int = 0
-
-
-@dataclass(frozen=True)
-class CameraModel:
-    """The colour camera's calibration, as sensor_msgs/CameraInfo carries it (k: 9 values,
-    p: 12 values; width/height 0 = not stated).
-    """
-
-    k: tuple[float, ...]
-    p: tuple[float, ...]
-    width: int = 0
-    height: int = 0
+from seg_ros.core.spatial.pairing import (  # noqa: F401  (re-exported: the contract's types)
+    CameraModel,
+    DepthInput,
+    Paired,
+    Pairing,
+    Transforms,
+)
 
 
 @dataclass
@@ -79,19 +62,16 @@ class FrameInput:
     depth: DepthInput | None = None
     camera_model: CameraModel | None = None
     transform: RigidTransform | None = None
-
-
-@dataclass
-class Paired:
-    """What a frame was paired with for its 3D: depth, camera model and, with
-    ``depth.target_frame``, the transform into that frame at the frame's stamp
-    (``transform_error``: why there is none).
-    """
-
-    depth: DepthInput | None = None
-    camera_model: CameraModel | None = None
-    transform: RigidTransform | None = None
     transform_error: str = ''
+    frame_id: str = ''
+    pairing: Pairing | None = None
+
+    @classmethod
+    def paired_with(cls, camera: str, frame: Frame, stamp_ns: int, got: Paired
+                    ) -> FrameInput:
+        """A frame already paired (segment_bag's driver pairs in bag order)."""
+        return cls(camera, frame, stamp_ns, depth=got.depth, camera_model=got.camera_model,
+                   transform=got.transform, transform_error=got.transform_error)
 
 
 @dataclass
@@ -106,17 +86,11 @@ class FrameOutput:
     error: BaseException | None = None
 
 
-#: called after inference with a frame's index in the batch and what it has been paired with
-#: so far; returns the pairing completed where it can be (a depth or camera model that
-#: arrived meanwhile, the transform at the frame's stamp)
-LatePairing = Callable[[int, Paired], Paired]
-
-
 class FrameProcessor:
     """Runs batches of frames of named cameras with one set of loaded models.
 
     Args:
-        pipeline: the loaded models (:func:`seg_ros.core.models.loading.load_pipeline`).
+        pipeline: the loaded models (:func:`seg_ros.core.inference.loading.load_pipeline`).
         settings: the parameter snapshot to start with.
         cameras: the camera names (``''`` for the single-camera node).
 
@@ -154,7 +128,11 @@ class FrameProcessor:
         with self._lock:
             self._pending = settings
 
-    def _take_settings(self) -> Settings:
+    def take_settings(self) -> Settings:
+        """The snapshot the next batch runs with (a pending :meth:`update` applied now): a
+        caller that needs the batch's settings itself takes them here and hands them to
+        :meth:`process`, so the batch never mixes two snapshots.
+        """
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None:
@@ -175,12 +153,16 @@ class FrameProcessor:
                 tracker.timeout_s = s.track_timeout
 
     # -- frames --------------------------------------------------------------------------
-    def process(self, frames: Sequence[FrameInput],
-                late_pairing: LatePairing | None = None) -> list[FrameOutput]:
-        """Run ``frames`` (at most one per camera) and return one output per frame."""
-        s = self._take_settings()
+    def process(self, frames: Sequence[FrameInput], settings: Settings | None = None,
+                transforms: Transforms | None = None) -> list[FrameOutput]:
+        """Run ``frames`` (at most one per camera) and return one output per frame.
+
+        ``settings``: the batch's snapshot (default: :meth:`take_settings` now);
+        ``transforms``: where the transform into ``depth.target_frame`` comes from.
+        """
+        s = settings if settings is not None else self.take_settings()
         try:
-            return self._run(list(frames), s, late_pairing)
+            return self._run(list(frames), s, transforms)
         except torch.cuda.OutOfMemoryError as exc:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -189,49 +171,53 @@ class FrameProcessor:
                 error=exc) for f in frames]
         except Exception as exc:  # one bad batch: find the culprit, answer the others
             if len(frames) > 1:
-                return [self._alone(i, f, s, late_pairing) for i, f in enumerate(frames)]
+                return [self._alone(f, s, transforms) for f in frames]
             return [_failed(frames[0], exc)]
 
-    def _alone(self, index: int, frame: FrameInput, s: Settings,
-               late_pairing: LatePairing | None) -> FrameOutput:
+    def _alone(self, frame: FrameInput, s: Settings,
+               transforms: Transforms | None) -> FrameOutput:
         try:
-            late = ((lambda _i, got: late_pairing(index, got)) if late_pairing is not None
-                    else None)
-            return self._run([frame], s, late)[0]
+            return self._run([frame], s, transforms)[0]
         except Exception as exc:
             return _failed(frame, exc)
 
     def _run(self, frames: list[FrameInput], s: Settings,
-             late_pairing: LatePairing | None) -> list[FrameOutput]:
+             transforms: Transforms | None) -> list[FrameOutput]:
+        before = [_pair(f, Paired(f.depth, f.camera_model, f.transform, f.transform_error), s)
+                  if s.depth_enabled else None for f in frames]
         results = self.pipeline.run_many(
             [f.frame for f in frames], [f.want_color for f in frames],
             [f.want_overlay for f in frames], [self.trackers.get(f.camera) for f in frames],
             [f.stamp_ns for f in frames], keep_image=s.depth_enabled, max_batch=s.max_batch)
         outputs = []
-        for i, (f, res) in enumerate(zip(frames, results, strict=True)):
+        for f, got, res in zip(frames, before, results, strict=True):
             out = FrameOutput(f.camera, f.stamp_ns, result=res)
             if s.depth_enabled:
-                got = Paired(f.depth, f.camera_model, f.transform)
-                if late_pairing is not None:
-                    got = late_pairing(i, got)
+                got = _pair(f, got, s, transforms)  # what arrived during inference
                 t0 = time.perf_counter()
-                out.geometry = self._geometry(res, got, s, out.drops)
+                out.geometry = self._geometry(res, f, got, s, out.drops)
                 res.timings['depth3d'] = time.perf_counter() - t0
             outputs.append(out)
         return outputs
 
-    def _geometry(self, res: FrameResult, got: Paired, s: Settings,
+    def _geometry(self, res: FrameResult, f: FrameInput, got: Paired, s: Settings,
                   drops: list[tuple[str, str]]) -> Frame3D | None:
+        pairing = f.pairing
         if got.camera_model is None:
-            drops.append(('no_camera_info', 'no camera_info received yet'))
+            on = f' on {pairing.info_topic}' if pairing is not None and pairing.info_topic else ''
+            drops.append(('no_camera_info', f'no 3D outputs, no camera_info received yet{on} '
+                          '(2D outputs continue)'))
             return None
         if got.depth is None:
-            drops.append(('no_depth', f'no depth image within depth.slop={s.depth_slop}s '
-                          'of its stamp'))
+            on = f' on {pairing.depth_topic}' if pairing is not None and pairing.depth_topic \
+                else ''
+            drops.append(('no_depth', f'no 3D outputs, no depth image{on} within '
+                          f'depth.slop={s.depth_slop}s of its stamp (2D outputs continue)'))
             return None
         if s.target_frame and got.transform is None:
-            drops.append(('no_transform', got.transform_error
-                          or f'no transform into {s.target_frame} at the frame\'s stamp'))
+            why = (got.transform_error
+                   or f'no transform into {s.target_frame} at the frame\'s stamp')
+            drops.append(('no_transform', f'no 3D outputs: {why} (2D outputs continue)'))
             return None
         try:
             hw = tuple(int(v) for v in res.image.shape[-2:])
@@ -241,10 +227,39 @@ class FrameProcessor:
                                      s.depth_max, s.depth_stride,
                                      got.transform if s.target_frame else None)
         except GeometryError as exc:
-            drops.append((exc.reason, str(exc)))
+            drops.append((exc.reason, f'no 3D outputs: {exc}'))
             return None
 
 
 def _failed(frame: FrameInput, exc: BaseException) -> FrameOutput:
     return FrameOutput(frame.camera, frame.stamp_ns, error=exc, drops=[(
         'processing_error', f'{type(exc).__name__}: {str(exc)[:300]}')])
+
+
+def _pair(f: FrameInput, got: Paired, s: Settings,
+          transforms: Transforms | None = None) -> Paired:
+    """``got`` completed from the frame's pairing, and its transform looked up once depth and
+    camera model are there (with ``depth.target_frame`` and a ``transforms``).
+    """
+    if f.pairing is not None:
+        got = f.pairing.complete(got, f.stamp_ns, s.depth_slop)
+    if (transforms is not None and s.target_frame and got.transform is None
+            and got.depth is not None and got.camera_model is not None):
+        got.transform, got.transform_error = transforms.lookup(
+            s.target_frame, f.frame_id, f.stamp_ns, s.tf_timeout)
+    return got
+
+
+def drop_text(where: str, reason: str, detail: str, error: BaseException | None = None) -> str:
+    """The warning line of a frame's drop (``where``: e.g. ``frame at 12.000000000``), one
+    wording for the live node and segment_bag.
+    """
+    if reason == 'processing_error':
+        return f'{where} failed: ' + (with_traceback(error) if error is not None else detail)
+    return f'{where}: {detail}'
+
+
+def with_traceback(exc: BaseException) -> str:
+    """``Type: message`` and then the traceback (where it happened), for the log."""
+    tb = ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+    return f'{type(exc).__name__}: {str(exc)[:300]}\n{tb}'

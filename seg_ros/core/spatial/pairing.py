@@ -1,5 +1,10 @@
 """Depth and camera_info for a colour frame: one rule for the live node and for bags.
 
+The processor is given each frame's :class:`Pairing` and pairs the frame itself, before
+inference and again after it (a depth image or camera_info that arrived meanwhile), and
+looks the transform into ``depth.target_frame`` up through the :class:`Transforms` object it
+is given (tf2's buffer live, the bag's /tf offline): no callback into the ROS layer.
+
 Only validated messages are kept: a depth image enters the cache when its encoding, size,
 step and data pass :func:`seg_ros.core.spatial.geometry.depth_array`; a camera_info when its
 intrinsics are usable. A colour frame takes the cached depth whose stamp is nearest to its
@@ -13,19 +18,74 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
-from seg_ros.core.inference.processor import CameraModel, DepthInput
+import numpy as np
+
 from seg_ros.core.spatial import geometry
-from seg_ros.core.spatial.geometry import GeometryError
+from seg_ros.core.spatial.geometry import GeometryError, RigidTransform
 from seg_ros.core.spatial.imaging import DEFAULT_MAX_PIXELS
-from seg_ros.ros.messages import stamp_ns
 
 #: depth images kept per camera (1 s at 30 Hz)
 DEPTH_CACHE = 30
 
 
+@dataclass(frozen=True)
+class DepthInput:
+    """A validated depth image registered to the colour frame.
+
+    Attributes:
+        depth: (h, w) uint16 or float32, as received; ``scale`` metres per unit.
+        stamp_ns: its image stamp.
+    """
+
+    depth: np.ndarray
+    scale: float
+    stamp_ns: int = 0
+
+
+@dataclass(frozen=True)
+class CameraModel:
+    """The colour camera's calibration, as sensor_msgs/CameraInfo carries it (k: 9 values,
+    p: 12 values; width/height 0 = not stated).
+    """
+
+    k: tuple[float, ...]
+    p: tuple[float, ...]
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class Paired:
+    """What a frame was paired with for its 3D: depth, camera model and, with
+    ``depth.target_frame``, the transform into that frame at the frame's stamp
+    (``transform_error``: why there is none).
+    """
+
+    depth: DepthInput | None = None
+    camera_model: CameraModel | None = None
+    transform: RigidTransform | None = None
+    transform_error: str = ''
+
+
+class Transforms(Protocol):
+    """Where transforms come from: tf2's buffer (live) or a bag's /tf (offline)."""
+
+    def lookup(self, target: str, source: str, stamp_ns: int, timeout_s: float
+               ) -> tuple[RigidTransform | None, str]:
+        """The transform from ``source`` into ``target`` at ``stamp_ns``, or (None, why)."""
+        ...
+
+
+def stamp_ns(header: Any) -> int:
+    """A header's stamp in integer nanoseconds."""
+    return header.stamp.sec * 10**9 + header.stamp.nanosec
+
+
 def stamp_text(header: Any) -> str:
+    """A header's stamp as ``sec.nanosec`` for log lines."""
     return f'{header.stamp.sec}.{header.stamp.nanosec:09d}'
 
 
@@ -69,11 +129,16 @@ def check_camera_info(msg: Any) -> CameraModel:
 
 
 class Pairing:
-    """The validated depth images and camera_info of one camera (see the module)."""
+    """The validated depth images and camera_info of one camera (see the module).
+
+    ``depth_topic`` / ``info_topic`` name where they come from, for the drop reasons.
+    """
 
     def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 capacity: int = DEPTH_CACHE) -> None:
+                 capacity: int = DEPTH_CACHE, depth_topic: str = '',
+                 info_topic: str = '') -> None:
         self.max_pixels = max_pixels
+        self.depth_topic, self.info_topic = depth_topic, info_topic
         self._lock = threading.Lock()
         self._depths: deque[DepthInput] = deque(maxlen=capacity)
         self._model: CameraModel | None = None
@@ -113,3 +178,11 @@ class Pairing:
     def pair(self, stamp: int, slop_s: float) -> tuple[DepthInput | None, CameraModel | None]:
         """(depth, camera model) for a colour frame stamped ``stamp``."""
         return self.depth(stamp, slop_s), self.camera_model()
+
+    def complete(self, got: Paired, stamp: int, slop_s: float) -> Paired:
+        """``got`` with its missing depth or camera model taken from the cache now."""
+        if got.depth is not None and got.camera_model is not None:
+            return got
+        depth, model = self.pair(stamp, slop_s)
+        return Paired(got.depth or depth, got.camera_model or model, got.transform,
+                      got.transform_error)
