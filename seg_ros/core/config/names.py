@@ -21,8 +21,14 @@ SEMANTIC_MODEL_NAMES = (
 #: the light Mask R-CNN of :mod:`seg_ros.core.models.light_maskrcnn`
 LIGHT_MASKRCNN = 'maskrcnn_mobilenet_v3_large_fpn'
 
-#: instance architectures, by registry name
-INSTANCE_MODEL_NAMES = ('maskrcnn_resnet50_fpn', 'maskrcnn_resnet50_fpn_v2', LIGHT_MASKRCNN)
+#: YOLO segmentation ONNX files (Ultralytics exports; :mod:`seg_ros.core.models.yolo_seg`)
+YOLO_SEG = 'yolo_seg'
+
+#: instance architectures of the torch registry, by name
+MASKRCNN_NAMES = ('maskrcnn_resnet50_fpn', 'maskrcnn_resnet50_fpn_v2', LIGHT_MASKRCNN)
+
+#: every ``instance.model`` value
+INSTANCE_MODEL_NAMES = (*MASKRCNN_NAMES, YOLO_SEG)
 
 #: The instance architecture of ``DEFAULT``, ``none`` and plain state-dict files when
 #: ``instance.model`` is empty (a self-describing file names its own).

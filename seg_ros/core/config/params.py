@@ -167,7 +167,8 @@ PARAMS: list[Param] = [
     Param('instance.enabled', False, 'bool', 'run instance segmentation (Mask R-CNN)'),
     Param('instance.model', '', 'string',
           f'instance architecture: {", ".join(INSTANCE_MODEL_NAMES)}; empty = the one the weights '
-          f'file names (train_instances files, tabletop), else {DEFAULT_INSTANCE_MODEL}',
+          'file names (train_instances files, tabletop; a .onnx file is a YOLO segmentation '
+          f'export, yolo_seg), else {DEFAULT_INSTANCE_MODEL}',
           check=_one_of('', *INSTANCE_MODEL_NAMES)),
     Param('instance.backend', 'auto', 'string',
           'torch | openvino | onnxruntime | auto: the Mask R-CNN backbone, FPN and RPN head '
@@ -178,7 +179,9 @@ PARAMS: list[Param] = [
     Param('instance.weights', 'DEFAULT', 'string',
           'DEFAULT (torchvision COCO weights: downloads ~180 MB on first use) | tabletop '
           '(shipped: boxes and cylinders on a table) | path to a weights file (a '
-          'train_instances file brings its architecture and class names) | none',
+          'train_instances file brings its architecture and class names; FILE.onnx: a YOLO '
+          'segmentation export of Ultralytics, its classes and input size read from its '
+          'metadata, run by ONNX Runtime or OpenVINO) | none',
           check=_weights),
     Param('instance.num_classes', 0, 'int',
           'classes of a weights file or random model incl. background (0 = from the file, '
@@ -192,6 +195,11 @@ PARAMS: list[Param] = [
           float_range=(0.0, 1.0)),
     Param('instance.max_detections', 100, 'int', 'keep at most this many instances',
           int_range=(1, 1000)),
+    Param('instance.nms_iou', 0.7, 'double',
+          'YOLO segmentation files: IoU above which the lower-scored of two boxes of one '
+          'class is suppressed (Ultralytics\' iou; end-to-end exports do NMS inside the '
+          'graph). Mask R-CNN keeps torchvision\'s own NMS', read_only=False,
+          float_range=(0.0, 1.0)),
     Param('instance.max_proposals', 200, 'int',
           'at most this many RPN proposals (after NMS) go to the ROI heads per image: the box '
           "head's cost grows with them (0 = the architecture's own: torchvision's 1000 for "

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from seg_ros.core.config.names import YOLO_SEG
 from seg_ros.core.config.params import names
 from seg_ros.core.config.settings import Settings
 from seg_ros.core.inference.instances import InstanceSegmenter
@@ -17,6 +18,7 @@ from seg_ros.core.models import backends
 from seg_ros.core.models.backends import BackendError
 from seg_ros.core.models.instance_backends import compile_instance_model
 from seg_ros.core.models.registry import ModelLoadError, load_instance_model, load_semantic_model
+from seg_ros.core.models.yolo_seg import is_yolo_file, load_yolo_model
 
 
 class LoadError(RuntimeError):
@@ -88,7 +90,16 @@ def load_pipeline(settings: Settings, info: Callable[[str], None] = _say,
             report('semantic', loaded)
             info(f'semantic backend: {semantic.backend}'
                  + (' (auto)' if p['semantic.backend'] == 'auto' else ''))
-        if p['instance.enabled']:
+        if p['instance.enabled'] and (p['instance.model'] == YOLO_SEG or (
+                not p['instance.model'] and is_yolo_file(p['instance.weights']))):
+            instance = _yolo_segmenter(p, device, inst_backend, precision, info, warn)
+            report('instance', instance.loaded)
+        elif p['instance.enabled']:
+            if is_yolo_file(p['instance.weights']):
+                raise ModelLoadError(
+                    f'instance.weights {p["instance.weights"]} is an ONNX file (a YOLO '
+                    f'segmentation export), instance.model {p["instance.model"]} is a torch '
+                    'architecture: leave instance.model empty or set yolo_seg')
             loaded = load_instance_model(
                 p['instance.model'], p['instance.weights'], p['instance.num_classes'],
                 names(p['instance.class_names']), device,
@@ -124,3 +135,28 @@ def load_pipeline(settings: Settings, info: Callable[[str], None] = _say,
         sizes = ', '.join(f'{w}x{h}' for h, w in p.warmup_sizes)
         info(f'warm-up done in {time.perf_counter() - t0:.2f}s ({sizes})')
     return pipeline
+
+
+def _yolo_segmenter(p: Settings, device, backend: str, precision: str,
+                    info: Callable[[str], None], warn: Callable[[str], None]
+                    ) -> InstanceSegmenter:
+    """A YOLO segmentation ONNX served like every instance model (ONNX Runtime by default,
+    OpenVINO through instance.backend; fp32).
+    """
+    weights = p['instance.weights']
+    if not is_yolo_file(weights):
+        raise ModelLoadError(f'instance.model yolo_seg needs instance.weights: FILE.onnx (a '
+                             f'YOLO segmentation export), got {weights!r}')
+    if backend == 'torch':
+        if p['instance.backend'] == 'torch':
+            info('instance.backend torch: a YOLO segmentation ONNX runs on ONNX Runtime')
+        backend = 'onnxruntime'
+    if precision != 'fp32':
+        warn(f'precision={precision}: a YOLO segmentation ONNX runs as exported (fp32 here)')
+    loaded = load_yolo_model(weights, backend, device, names(p['instance.class_names']),
+                             p['instance.num_classes'], p.score_threshold,
+                             p['instance.max_detections'], p['instance.nms_iou'],
+                             p['backend.cache_dir'])
+    info(f'instance backend: {backend} (YOLO segmentation ONNX)')
+    return InstanceSegmenter(loaded, device, p.score_threshold, p.mask_threshold,
+                             p['instance.max_detections'], p.classes, 'fp32')

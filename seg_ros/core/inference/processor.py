@@ -147,6 +147,8 @@ class FrameProcessor:
             inst.score_threshold = s.score_threshold
             inst.model.roi_heads.score_thresh = s.score_threshold
             inst.mask_threshold = s.mask_threshold
+            if hasattr(inst.model, 'nms_iou'):  # YOLO segmentation files
+                inst.model.nms_iou = s['instance.nms_iou']
         for tracker in self.trackers.values():
             if tracker is not None:
                 tracker.iou_threshold = s.track_iou
