@@ -111,7 +111,7 @@ def main() -> int:
     ap.add_argument('--data', default='../shared/data/camvid')
     ap.add_argument('--out', default='runs/camvid')
     ap.add_argument('--model', default='lraspp_mobilenet_v3_large',
-                    choices=['lraspp_mobilenet_v3_large', 'deeplabv3_mobilenet_v3_large'])
+                    choices=['lraspp_mobilenet_v3_large', 'deeplabv3_mobilenet_v3_large', 'unet'])
     ap.add_argument('--steps', type=int, default=6000)
     ap.add_argument('--batch', type=int, default=8)
     ap.add_argument('--crop', type=int, nargs=2, default=(240, 320), metavar=('H', 'W'))

@@ -15,7 +15,7 @@ def test_refusals_name_the_reason():
     assert 'outside' in validate('instance.score_threshold', 1.5)
     assert 'expected int' in validate('semantic.input_size', 'big')
     assert 'expected int' in validate('semantic.input_size', True)
-    assert 'one of' in validate('semantic.model', 'unet')
+    assert 'one of' in validate('semantic.model', 'segformer')
     assert validate('instance.score_threshold', 1) is None  # ints are fine for doubles
     assert validate('some.other.param', object()) is None   # unknown parameters pass
 

@@ -16,7 +16,11 @@ SEMANTIC_MODEL_NAMES = (
     'deeplabv3_resnet101',
     'fcn_resnet50',
     'fcn_resnet101',
+    'unet',
 )
+
+#: the U-Net of :mod:`seg_ros.core.models.unet` (segmentation_models_pytorch)
+UNET = 'unet'
 
 #: the light Mask R-CNN of :mod:`seg_ros.core.models.light_maskrcnn`
 LIGHT_MASKRCNN = 'maskrcnn_mobilenet_v3_large_fpn'

@@ -32,7 +32,7 @@ from seg_ros.core.config.names import (  # noqa: F401  (re-exported with the reg
     SHIPPED_INSTANCE,
     SHIPPED_SEMANTIC,
 )
-from seg_ros.core.models import light_maskrcnn
+from seg_ros.core.models import light_maskrcnn, unet
 from seg_ros.core.models.weights_io import (  # noqa: F401  (re-exported: one place to import from)
     INSTANCE_FORMAT,
     ModelLoadError,
@@ -74,6 +74,7 @@ SEMANTIC_MODELS: dict[str, ModelSpec] = {
         segmentation.fcn_resnet50, segmentation.FCN_ResNet50_Weights, 'semantic'),
     'fcn_resnet101': ModelSpec(
         segmentation.fcn_resnet101, segmentation.FCN_ResNet101_Weights, 'semantic'),
+    unet.NAME: ModelSpec(unet.unet, None, 'semantic'),
 }
 
 INSTANCE_MODELS: dict[str, ModelSpec] = {
@@ -170,7 +171,8 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str
 
 def _state_num_classes(state: dict[str, torch.Tensor], kind: str) -> int | None:
     keys = {
-        'semantic': ('classifier.high_classifier.weight', 'classifier.4.weight'),
+        'semantic': ('classifier.high_classifier.weight', 'classifier.4.weight',
+                     'net.segmentation_head.0.weight'),  # LRASPP, DeepLab/FCN, U-Net
         'instance': ('roi_heads.box_predictor.cls_score.weight',),
     }[kind]
     for k in keys:
@@ -338,6 +340,9 @@ def _build(spec: ModelSpec, name: str, weights: str, num_classes: int,
     if not weights:
         raise ModelLoadError('weights must be DEFAULT, none, a shipped name or a file path')
     no_backbone = {'weights_backbone': None}
+    if weights.upper() == 'DEFAULT' and spec.weights_enum is None:
+        raise ModelLoadError(f'torchvision publishes no weights for {name}: give a weights '
+                             'file (train_camvid --model unet writes one) or none')
     if weights.upper() == 'DEFAULT':
         tv_weights = spec.weights_enum.DEFAULT
         try:
