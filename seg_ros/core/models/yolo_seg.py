@@ -28,6 +28,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms
@@ -175,12 +176,13 @@ class YoloSegModel(torch.nn.Module):
             if cache_dir:
                 core.set_property({'CACHE_DIR': str(Path(cache_dir).expanduser()
                                                     / f'openvino-{ov.__version__}')})
-            request = core.compile_model(path, 'CPU', {'PERFORMANCE_HINT': 'LATENCY'}
-                                         ).create_infer_request()
+            compiled = core.compile_model(path, 'CPU', {'PERFORMANCE_HINT': 'LATENCY'})
+            half = compiled.inputs[0].get_element_type() == ov.Type.f16
+            request = compiled.create_infer_request()
 
             def run(x):
-                res = request.infer({0: x})
-                return [torch.from_numpy(res[i].copy()) for i in range(2)]
+                res = request.infer({0: x.astype(np.float16) if half else x})
+                return [torch.from_numpy(np.array(res[i], dtype=np.float32)) for i in range(2)]
             return run
         import onnxruntime as ort
         so = ort.SessionOptions()
@@ -191,9 +193,11 @@ class YoloSegModel(torch.nn.Module):
             providers.insert(0, ('CUDAExecutionProvider', {'device_id': self.device.index or 0}))
         session = ort.InferenceSession(path, so, providers=providers)
         name = session.get_inputs()[0].name
+        half = session.get_inputs()[0].type == 'tensor(float16)'  # a half=True export
 
         def run(x):
-            return [torch.from_numpy(o) for o in session.run(None, {name: x})]
+            outs = session.run(None, {name: x.astype(np.float16) if half else x})
+            return [torch.from_numpy(np.asarray(o, dtype=np.float32)) for o in outs]
         return run
 
     @property
