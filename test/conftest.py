@@ -35,6 +35,11 @@ def _own_environment():
     TCP transport: seen here as a node that never discovered its client, then a client whose
     participant hung on destruction."""
     saved = dict(os.environ)
+    # a tool that starts its own node (demo, eval_camvid, eval_instances, run in-process or
+    # not) takes this worker's domain, not 50 + pid % 50: that met the other worker's
+    # domains and a demo then never discovered its node now and then
+    from helpers import fresh_domain_id
+    os.environ['SEG_ROS_DOMAIN_ID'] = str(fresh_domain_id())
     yield
     if os.environ != saved:
         os.environ.clear()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,8 +40,8 @@ def cameras_run(n: int, mode: str, weights: Path, rgb: np.ndarray, seconds: floa
     """
     from sensor_msgs.msg import Image
 
-    from seg_ros.testing.remote import frame_msg, served
-    domain = 60 + os.getpid() % 40
+    from seg_ros.testing.remote import frame_msg, own_domain, served
+    domain = own_domain(60, 40)
     base = ['-p', 'device:=' + ('cuda' if torch.cuda.is_available() else 'cpu'),
             '-p', f'semantic.weights:={weights}', '-p', 'semantic.input_size:=0',
             '-p', f'semantic.backend:={backend}',

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -170,8 +169,8 @@ def node_bench(cfg: dict, rgb: np.ndarray, n: int, stream_s: float, threshold: f
     from std_msgs.msg import Float64MultiArray
     from vision_msgs.msg import Detection2DArray
 
-    from seg_ros.testing.remote import frame_msg, served
-    domain = 60 + os.getpid() % 40
+    from seg_ros.testing.remote import frame_msg, own_domain, served
+    domain = own_domain(60, 40)
     out: dict = {}
     h, w = rgb.shape[:2]
     args = node_args(cfg, threshold, backend, precision, str(log_dir / 'backend_cache'),

@@ -51,6 +51,7 @@ from seg_ros.testing.remote import (
     decode,
     frame_msg,
     large_data_transport,
+    own_domain,
     served,
 )
 
@@ -144,6 +145,9 @@ def main() -> int:
                     help='output folder (default: out/demo, out/demo_instance with '
                          '--instance, out/demo_depth with --depth)')
     ap.add_argument('--device', default='auto', help='auto | cpu | cuda | cuda:N')
+    ap.add_argument('--domain', type=int, default=None,
+                    help='ROS domain of the demo and its node (default: $SEG_ROS_DOMAIN_ID, else '
+                         '50 + pid %% 50, away from a robot on the usual 0)')
     ap.add_argument('--weights', default=None,
                     help='semantic.weights: camvid (the shipped model, default), DEFAULT, a '
                          'state-dict file, or none (random weights)')
@@ -210,7 +214,7 @@ def main() -> int:
     # $XDG_CACHE_HOME/Microsoft/DeveloperTools, ~/.cache by default)
     os.environ.setdefault('ROS_LOG_DIR', str(ROOT / 'out' / 'ros_log'))
     os.environ.setdefault('XDG_CACHE_HOME', str(ROOT / '.cache'))
-    domain = 50 + os.getpid() % 50
+    domain = args.domain if args.domain is not None else own_domain()
     # the backend's export cache inside the repository (out/ is ignored by git): the demo
     # writes nothing outside it; `-- -p backend.cache_dir:=...` overrides
     # warm up at the size(s) the frames have: the first frame then pays no export

@@ -168,6 +168,15 @@ class Client:
         rclpy.shutdown(context=self.context)
 
 
+def own_domain(base: int = 50, span: int = 50) -> int:
+    """The ROS domain a tool runs its own node in: ``SEG_ROS_DOMAIN_ID`` when set (the test
+    suite gives each test its worker's own), else ``base + pid % span``, away from a robot's
+    usual domain 0.
+    """
+    given = os.environ.get('SEG_ROS_DOMAIN_ID', '').strip()
+    return int(given) if given.isdigit() else base + os.getpid() % span
+
+
 @contextlib.contextmanager
 def served(node_args: Sequence[Sequence[str]], domain_id: int, log_paths: Sequence[Path],
            client_name: str = 'seg_ros_client', ready_timeout: float = 600.0,

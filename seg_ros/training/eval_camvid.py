@@ -69,8 +69,8 @@ def through_node(weights: str, model: str, items, input_size: int, log: Path,
                  backend: str = 'torch', precision: str = 'fp32') -> list[np.ndarray | None]:
     from sensor_msgs.msg import Image
 
-    from seg_ros.testing.remote import decode, frame_msg, served
-    domain = 50 + os.getpid() % 50
+    from seg_ros.testing.remote import decode, frame_msg, own_domain, served
+    domain = own_domain()
     args = ['-p', 'device:=cpu', '-p', f'semantic.model:={model}',
             '-p', f'semantic.weights:={weights}', '-p', f'semantic.num_classes:={NUM_CLASSES}',
             '-p', f'semantic.input_size:={input_size}', '-p', f'semantic.backend:={backend}',

@@ -81,8 +81,8 @@ def through_node(weights: str, dataset: CocoSet, threshold: float, log: Path
     from sensor_msgs.msg import Image
     from vision_msgs.msg import Detection2DArray
 
-    from seg_ros.testing.remote import decode, frame_msg, served
-    domain = 50 + os.getpid() % 50
+    from seg_ros.testing.remote import decode, frame_msg, own_domain, served
+    domain = own_domain()
     args = ['-p', 'device:=cpu', '-p', 'semantic.enabled:=false',
             '-p', 'instance.enabled:=true', '-p', f'instance.weights:={weights}',
             '-p', f'instance.score_threshold:={threshold}',

@@ -20,12 +20,17 @@ DEMO = Path(__file__).resolve().parents[2] / 'tools' / 'demo.py'
 
 
 def demo(*args, timeout=300, env=None):
-    full = dict(os.environ, ROS_DOMAIN_ID=str(fresh_domain_id()), OMP_NUM_THREADS='1',
+    # the demo picks 50 + pid % 50 by itself, which met the other xdist worker's domains
+    # (30-99, split between the workers): a demo then never discovered its node now and
+    # then. It runs in this worker's own domain.
+    domain = fresh_domain_id()
+    full = dict(os.environ, ROS_DOMAIN_ID=str(domain), OMP_NUM_THREADS='1',
                 **(env or {}))
     if env and 'HOME' in env:  # a fresh HOME, as for a user who has not set XDG_CACHE_HOME
         full.pop('XDG_CACHE_HOME', None)
     env = full
-    return subprocess.run([sys.executable, str(DEMO), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, str(DEMO), '--domain', str(domain), *args],
+                          capture_output=True, text=True,
                           timeout=timeout, env=env)
 
 
