@@ -95,8 +95,12 @@ def _rgb(rng: np.random.Generator, dull: bool = False) -> tuple[float, float, fl
     return tuple(float(c) for c in colorsys.hsv_to_rgb(h, s, v))
 
 
-def random_objects(rng: np.random.Generator, radius: float, n: int) -> list[Solid]:
-    """``n`` objects resting on the table within ``radius`` m of the origin, in clusters."""
+def random_objects(rng: np.random.Generator, radius: float, n: int,
+                   stack: float = 0.0) -> list[Solid]:
+    """``n`` objects resting on the table within ``radius`` m of the origin, in clusters;
+    with ``stack`` > 0, each standing box carries a smaller box or upright cylinder on its
+    top with that probability (a box standing on a box).
+    """
     objects: list[Solid] = []
     footprints: list[tuple[float, float, float]] = []
     centres = rng.uniform(-0.6 * radius, 0.6 * radius, (rng.integers(1, 4), 2))
@@ -139,7 +143,41 @@ def random_objects(rng: np.random.Generator, radius: float, n: int) -> list[Soli
             tuple(tuple(float(v) for v in row) for row in rot),
             tuple(float(v) for v in half), _rgb(rng), _rgb(rng), str(pattern),
             float(rng.uniform(60, 400))))
+    if stack > 0:
+        objects += _stacked(rng, objects, stack)
     return objects
+
+
+def _stacked(rng: np.random.Generator, objects: list[Solid], p: float) -> list[Solid]:
+    """Objects standing on the upright boxes of ``objects`` (each with probability ``p``)."""
+    out = []
+    for base in objects:
+        if base.kind != 'box' or rng.random() >= p:
+            continue
+        hx, hy, hz = base.size
+        top = base.center[2] + hz
+        small = min(hx, hy)
+        if small < 0.02:
+            continue
+        yaw = rng.uniform(0, 2 * np.pi)
+        rot = np.asarray(base.rot) @ _rot_z(rng.uniform(-0.4, 0.4))
+        if rng.random() < 0.6:
+            half = np.array([rng.uniform(0.5, 0.9) * hx, rng.uniform(0.5, 0.9) * hy,
+                             rng.uniform(0.015, 0.07)])
+            kind = 'box'
+        else:
+            r = rng.uniform(0.4, 0.8) * small
+            half = np.array([r, r, rng.uniform(0.02, 0.07)])
+            kind = 'cylinder'
+            rot = _rot_z(yaw)
+        off = (np.asarray(base.rot)[:2, :2] @ rng.uniform(-0.2, 0.2, 2)) * small
+        out.append(Solid(kind, (base.center[0] + float(off[0]), base.center[1] + float(off[1]),
+                                float(top + half[2])),
+                         tuple(tuple(float(v) for v in row) for row in rot),
+                         tuple(float(v) for v in half), _rgb(rng), _rgb(rng),
+                         str(rng.choice(['solid', 'stripes', 'band'])),
+                         float(rng.uniform(60, 400))))
+    return out
 
 
 def _hit(kind: str, o: np.ndarray, d: np.ndarray, half: np.ndarray):
@@ -201,6 +239,55 @@ def _hit(kind: str, o: np.ndarray, d: np.ndarray, half: np.ndarray):
     return t_best, normal
 
 
+#: ``render(depth_noise=...)`` values
+DEPTH_NOISE = ('default', 'exact', 'structured_light')
+
+
+def structured_light(depth: np.ndarray, fx: float, rng: np.random.Generator,
+                     baseline: float = 0.075, subpixel: float = 1 / 8) -> np.ndarray:
+    """A Kinect / RealSense-like depth image of exact ``depth`` (metres, 0 = none).
+
+    Depth comes from disparity ``fx * baseline / z`` measured in 1/8 pixel steps with
+    0.15 px of noise (noise and quantisation then grow as z^2: ~2.5 mm at 1 m, ~6 mm at
+    1.5 m), correlated over 4x4-pixel blocks as the matching window makes it; the
+    projector's shadow leaves no depth on a band beside every step towards the camera
+    (width baseline * step / z in pixels); lateral edges jitter by a pixel; 1 % of the
+    pixels drop out at random and a few small holes appear on dark or grazing surfaces.
+    """
+    h, w = depth.shape
+    ok = depth > 0
+    z = np.where(ok, depth, 1.0)
+    disp = fx * baseline / z
+    block = rng.normal(0, 0.15, ((h + 3) // 4, (w + 3) // 4))
+    block = np.repeat(np.repeat(block, 4, 0), 4, 1)[:h, :w]
+    disp = np.round((disp + block + rng.normal(0, 0.05, (h, w))) / subpixel) * subpixel
+    out = np.where(ok, fx * baseline / np.maximum(disp, 1e-3), 0.0)
+    # edge jitter: a pixel next to a depth step takes its neighbour's depth half the time
+    step = np.zeros((h, w), bool)
+    step[:, :-1] = np.abs(np.diff(depth, axis=1)) > 0.02 * z[:, :-1]
+    take = step & (rng.random((h, w)) < 0.5)
+    out[:, 1:][take[:, :-1]] = out[:, :-1][take[:, :-1]]
+    # projector shadow: the projector sits `baseline` to the side; the far side of a step
+    # towards the camera gets no pattern over baseline * (z_far - z_near) / z_far * fx / z_near
+    near_to_far = np.zeros((h, w), bool)
+    near_to_far[:, 1:] = (depth[:, 1:] - depth[:, :-1]) > 0.02 * z[:, 1:]
+    shadow = np.zeros((h, w), bool)
+    rr, cc = np.nonzero(near_to_far)
+    if rr.size:
+        zn, zf = z[rr, cc - 1], z[rr, cc]
+        width = np.clip(np.round(fx * baseline * (zf - zn) / (zf * zn)), 0, 40).astype(int)
+        for k in range(int(width.max()) + 1):
+            sel = width > k
+            shadow[rr[sel], np.minimum(cc[sel] + k, w - 1)] = True
+    out[shadow] = 0.0
+    out[rng.random((h, w)) < 0.01] = 0.0
+    for _ in range(int(rng.integers(0, 6))):  # small holes
+        y, x = int(rng.integers(0, h)), int(rng.integers(0, w))
+        r = int(rng.integers(2, 8))
+        out[max(0, y - r):y + r, max(0, x - r):x + r] = 0.0
+    return out
+
+
 def _pattern(name: str, q: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
     """Blend weight in [0, 1] of the second colour at local points ``q`` (3, N)."""
     if name == 'stripes':
@@ -245,8 +332,17 @@ def _surface(kind: str, x: np.ndarray, y: np.ndarray, rng: np.random.Generator,
 
 
 def render(rng: np.random.Generator, width: int = 640, height: int = 480,
-           n_objects: tuple[int, int] = (3, 12)) -> Scene:
-    """One random scene: camera, table, objects, light; ray-cast (vectorised numpy)."""
+           n_objects: tuple[int, int] = (3, 12), stack: float = 0.0,
+           depth_noise: str = 'default') -> Scene:
+    """One random scene: camera, table, objects, light; ray-cast (vectorised numpy).
+
+    ``stack``: probability that a standing box carries another object (see
+    :func:`random_objects`). ``depth_noise``: ``default`` (noise growing as z^2, holes at half
+    the object edges), ``exact`` (the ray-cast depth, no noise, no holes) or
+    ``structured_light`` (:func:`structured_light`: a Kinect / RealSense-like sensor).
+    """
+    if depth_noise not in DEPTH_NOISE:
+        raise ValueError(f'depth_noise must be one of {DEPTH_NOISE}, got {depth_noise!r}')
     hfov = np.radians(rng.uniform(50, 75))
     fx = (width / 2.0) / np.tan(hfov / 2.0)
     fy = fx * rng.uniform(0.98, 1.02)
@@ -262,7 +358,8 @@ def render(rng: np.random.Generator, width: int = 640, height: int = 480,
     origin = target - look * (cam_h / max(-look[2], 0.2))
     origin[2] = cam_h
     view_radius = cam_h * np.tan(hfov / 2) * rng.uniform(0.7, 1.1)
-    objects = random_objects(rng, view_radius, int(rng.integers(*n_objects, endpoint=True)))
+    objects = random_objects(rng, view_radius, int(rng.integers(*n_objects, endpoint=True)),
+                             stack)
     # shift objects to where the camera looks on the table
     ground = origin - look * (origin[2] / look[2])
     objects = [Solid(o.kind, (o.center[0] + ground[0], o.center[1] + ground[1], o.center[2]),
@@ -351,11 +448,14 @@ def render(rng: np.random.Generator, width: int = 640, height: int = 480,
     rgb8 = np.clip(rgb, 0, 255).astype(np.uint8)
 
     depth = np.where(np.isfinite(t_best), t_best, 0.0).reshape(height, width)
-    depth = depth + rng.normal(0, 1, depth.shape) * 0.0015 * depth ** 2
     omap = np.where(which > 0, which, 0).reshape(height, width).astype(np.int32)
-    edge = np.zeros_like(omap, bool)
-    edge[:, 1:] |= omap[:, 1:] != omap[:, :-1]
-    edge[1:] |= omap[1:] != omap[:-1]
-    depth[edge & (rng.random(depth.shape) < 0.5)] = 0.0
+    if depth_noise == 'default':
+        depth = depth + rng.normal(0, 1, depth.shape) * 0.0015 * depth ** 2
+        edge = np.zeros_like(omap, bool)
+        edge[:, 1:] |= omap[:, 1:] != omap[:, :-1]
+        edge[1:] |= omap[1:] != omap[:-1]
+        depth[edge & (rng.random(depth.shape) < 0.5)] = 0.0
+    elif depth_noise == 'structured_light':
+        depth = structured_light(depth, float(fx), rng)
     k9 = [float(fx), 0.0, float(cx), 0.0, float(fy), float(cy), 0.0, 0.0, 1.0]
     return Scene(rgb8, depth.astype(np.float32), omap, k9, objects)

@@ -28,11 +28,15 @@ LIGHT_MASKRCNN = 'maskrcnn_mobilenet_v3_large_fpn'
 #: YOLO segmentation ONNX files (Ultralytics exports; :mod:`seg_ros.core.models.yolo_seg`)
 YOLO_SEG = 'yolo_seg'
 
+#: class-agnostic objects from the registered depth image, no weights
+#: (:mod:`seg_ros.core.spatial.depth_objects`)
+DEPTH_OBJECTS = 'depth_objects'
+
 #: instance architectures of the torch registry, by name
 MASKRCNN_NAMES = ('maskrcnn_resnet50_fpn', 'maskrcnn_resnet50_fpn_v2', LIGHT_MASKRCNN)
 
 #: every ``instance.model`` value
-INSTANCE_MODEL_NAMES = (*MASKRCNN_NAMES, YOLO_SEG)
+INSTANCE_MODEL_NAMES = (*MASKRCNN_NAMES, YOLO_SEG, DEPTH_OBJECTS)
 
 #: The instance architecture of ``DEFAULT``, ``none`` and plain state-dict files when
 #: ``instance.model`` is empty (a self-describing file names its own).

@@ -14,6 +14,7 @@ from seg_ros.core.config.names import (
     BACKENDS,
     DEFAULT_CACHE_DIR,
     DEFAULT_INSTANCE_MODEL,
+    DEPTH_OBJECTS,
     INSTANCE_MODEL_NAMES,
     SEMANTIC_MODEL_NAMES,
     SHIPPED_SEMANTIC,
@@ -168,7 +169,9 @@ PARAMS: list[Param] = [
     Param('instance.model', '', 'string',
           f'instance architecture: {", ".join(INSTANCE_MODEL_NAMES)}; empty = the one the weights '
           'file names (train_instances files, tabletop; a .onnx file is a YOLO segmentation '
-          f'export, yolo_seg), else {DEFAULT_INSTANCE_MODEL}',
+          f'export, yolo_seg), else {DEFAULT_INSTANCE_MODEL}. {DEPTH_OBJECTS}: class-agnostic '
+          'objects (class "object") on the support surface from the registered depth image, '
+          'no weights (needs depth.enabled; parameters instance.depth_objects.*)',
           check=_one_of('', *INSTANCE_MODEL_NAMES)),
     Param('instance.backend', 'auto', 'string',
           'torch | openvino | onnxruntime | auto: the Mask R-CNN backbone, FPN and RPN head '
@@ -200,6 +203,37 @@ PARAMS: list[Param] = [
           'class is suppressed (Ultralytics\' iou; end-to-end exports do NMS inside the '
           'graph). Mask R-CNN keeps torchvision\'s own NMS', read_only=False,
           float_range=(0.0, 1.0)),
+    Param('instance.depth_objects.min_height', 0.004, 'double',
+          'depth_objects: metres above the support surface (table, bin floor, shelf) a point '
+          'must rise to belong to an object; above the depth noise (a Kinect at 1 m: ~3 mm)',
+          read_only=False, float_range=(0.001, 0.2)),
+    Param('instance.depth_objects.max_height', 0.6, 'double',
+          'depth_objects: metres above the support surface where objects end; a segment '
+          'reaching higher (a wall, a person) is not an object', read_only=False,
+          float_range=(0.02, 3.0)),
+    Param('instance.depth_objects.plane_tolerance', 0.01, 'double',
+          'depth_objects: metres from the support plane within which a point is the '
+          'surface (RANSAC inlier)', read_only=False, float_range=(0.001, 0.1)),
+    Param('instance.depth_objects.depth_jump', 0.02, 'double',
+          'depth_objects: a depth step between neighbouring points larger than this fraction '
+          'of the depth (and twice the steps beside it) separates objects', read_only=False,
+          float_range=(0.002, 0.5)),
+    Param('instance.depth_objects.crease_angle', 20.0, 'double',
+          'depth_objects: degrees; a concave crease (surface normals turned towards each '
+          'other by more than this, as where a box stands on or leans against another) '
+          'separates objects; convex edges never do', read_only=False,
+          float_range=(5.0, 90.0)),
+    Param('instance.depth_objects.color_edge', 0.0, 'double',
+          'depth_objects: RGB distance (0..1.73, colours in 0..1) above which a colour edge '
+          'separates points of one continuous depth surface (two touching objects sharing a '
+          'face); 0 = colour unused (printed textures split objects: measured in '
+          'BENCHMARKS.md)', read_only=False, float_range=(0.0, 1.8)),
+    Param('instance.depth_objects.min_points', 150, 'int',
+          'depth_objects: pixels a segment needs to be an object', read_only=False,
+          int_range=(1, 1_000_000)),
+    Param('instance.depth_objects.stride', 2, 'int',
+          'depth_objects: segment on every stride-th pixel, masks at full resolution '
+          '(1 = every pixel: finer, ~3x slower)', read_only=False, int_range=(1, 8)),
     Param('instance.max_proposals', 200, 'int',
           'at most this many RPN proposals (after NMS) go to the ROI heads per image: the box '
           "head's cost grows with them (0 = the architecture's own: torchvision's 1000 for "
@@ -279,8 +313,12 @@ def validate(name: str, value: Any) -> str | None:
 
 def validate_together(values: dict[str, Any]) -> str | None:
     """Why a set of parameter values is inconsistent (None if it is not): ``depth.min``
-    must stay below ``depth.max``.
+    must stay below ``depth.max``; ``instance.model: depth_objects`` needs ``depth.enabled``.
     """
+    if values.get('instance.model') == DEPTH_OBJECTS and values.get('instance.enabled') \
+            and values.get('depth.enabled') is False:
+        return ('instance.model depth_objects segments the registered depth image: it needs '
+                'depth.enabled: true')
     lo, hi = values.get('depth.min'), values.get('depth.max')
     if lo is not None and hi is not None and not lo < hi:
         return f'depth.min ({lo}) must be less than depth.max ({hi})'

@@ -155,18 +155,28 @@ class InstanceSegmenter:
         """
         return self.batch([image], [want_overlay], [tracker], [stamp_ns])[0]
 
+    @property
+    def needs_depth(self) -> bool:
+        """True when the model segments the frame's registered depth (``depth_objects``)."""
+        return bool(getattr(self.model, 'needs_depth', False))
+
     @torch.inference_mode()
     def batch(self, images: Sequence[torch.Tensor], want_overlay: Sequence[bool],
-              trackers: Sequence[Tracker | None], stamps_ns: Sequence[int]
-              ) -> list[InstanceResult]:
+              trackers: Sequence[Tracker | None], stamps_ns: Sequence[int],
+              depths: Sequence | None = None) -> list[InstanceResult]:
         """Several frames (each (1, 3, H, W), sizes may differ) in one model call, as
         torchvision's Mask R-CNN batches a list of images; each frame then has its own
         thresholds, id map, tracker and overlay. Same arguments as :meth:`__call__`, one
-        per frame.
+        per frame; ``depths``: each frame's
+        :class:`~seg_ros.core.spatial.depth_objects.DepthFrame` (or None) for a model that
+        :attr:`needs_depth`.
         """
         with autocast_context(self.device, self.precision):
             t0 = time.perf_counter()
-            outs = self.model([im[0] for im in images])
+            if self.needs_depth:
+                outs = self.model([im[0] for im in images], depths)
+            else:
+                outs = self.model([im[0] for im in images])
             if self.device.type == 'cuda':
                 torch.cuda.synchronize(self.device)
             self.last_forward_s = time.perf_counter() - t0

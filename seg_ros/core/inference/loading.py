@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from seg_ros.core.config.names import YOLO_SEG
+from seg_ros.core.config.names import DEPTH_OBJECTS, YOLO_SEG
 from seg_ros.core.config.params import names
 from seg_ros.core.config.settings import Settings
 from seg_ros.core.inference.instances import InstanceSegmenter
@@ -17,8 +17,14 @@ from seg_ros.core.inference.semantic import SemanticSegmenter
 from seg_ros.core.models import backends
 from seg_ros.core.models.backends import BackendError
 from seg_ros.core.models.instance_backends import compile_instance_model
-from seg_ros.core.models.registry import ModelLoadError, load_instance_model, load_semantic_model
+from seg_ros.core.models.registry import (
+    LoadedModel,
+    ModelLoadError,
+    load_instance_model,
+    load_semantic_model,
+)
 from seg_ros.core.models.yolo_seg import is_yolo_file, load_yolo_model
+from seg_ros.core.spatial.depth_objects import CLASS_NAMES, DepthObjectsModel, params_from
 
 
 class LoadError(RuntimeError):
@@ -90,7 +96,10 @@ def load_pipeline(settings: Settings, info: Callable[[str], None] = _say,
             report('semantic', loaded)
             info(f'semantic backend: {semantic.backend}'
                  + (' (auto)' if p['semantic.backend'] == 'auto' else ''))
-        if p['instance.enabled'] and (p['instance.model'] == YOLO_SEG or (
+        if p['instance.enabled'] and p['instance.model'] == DEPTH_OBJECTS:
+            instance = _depth_objects_segmenter(p, device, info)
+            report('instance', instance.loaded)
+        elif p['instance.enabled'] and (p['instance.model'] == YOLO_SEG or (
                 not p['instance.model'] and is_yolo_file(p['instance.weights']))):
             instance = _yolo_segmenter(p, device, inst_backend, precision, info, warn)
             report('instance', instance.loaded)
@@ -158,5 +167,27 @@ def _yolo_segmenter(p: Settings, device, backend: str, precision: str,
                              p['instance.max_detections'], p['instance.nms_iou'],
                              p['backend.cache_dir'])
     info(f'instance backend: {backend} (YOLO segmentation ONNX)')
+    return InstanceSegmenter(loaded, device, p.score_threshold, p.mask_threshold,
+                             p['instance.max_detections'], p.classes, 'fp32')
+
+
+def _depth_objects_segmenter(p: Settings, device, info: Callable[[str], None]
+                             ) -> InstanceSegmenter:
+    """``instance.model: depth_objects``: no weights, torch on the node's device."""
+    weights = str(p['instance.weights']).strip()
+    if weights not in ('', 'DEFAULT', 'none'):
+        raise ModelLoadError(f'instance.model {DEPTH_OBJECTS} uses no weights file; '
+                             f'instance.weights is {weights!r}: leave it unset')
+    if names(p['instance.class_names']) or p['instance.num_classes'] not in (0, 2):
+        raise ModelLoadError(f'instance.model {DEPTH_OBJECTS} has one class, "object": leave '
+                             'instance.class_names and instance.num_classes unset')
+    if p['instance.backend'] not in ('auto', 'torch'):
+        info(f'instance.backend {p["instance.backend"]}: {DEPTH_OBJECTS} is geometry in torch '
+             'tensors (no network to compile); running torch')
+    model = DepthObjectsModel(params_from(p))
+    loaded = LoadedModel(model=model, name=DEPTH_OBJECTS, class_names=list(CLASS_NAMES),
+                         mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
+                         source='geometry of the registered depth image (no weights)')
+    info(f'instance backend: torch ({DEPTH_OBJECTS} on {device})')
     return InstanceSegmenter(loaded, device, p.score_threshold, p.mask_threshold,
                              p['instance.max_detections'], p.classes, 'fp32')

@@ -90,17 +90,20 @@ class Pipeline:
                  want_overlay: Sequence[bool] | None = None,
                  trackers: Sequence[Tracker | None] | None = None,
                  stamps_ns: Sequence[int] | None = None, keep_image: bool = True,
-                 max_batch: int = 0) -> list[FrameResult]:
+                 max_batch: int = 0, depths: Sequence | None = None) -> list[FrameResult]:
         """Several frames (e.g. one per camera) with as few forward passes as possible:
         frames of the same size run as one batch (at most ``max_batch`` frames, 0 = no
         limit), different sizes in separate batches. Results in the order of ``frames``;
-        each frame's timings are its batch's. Per-frame arguments as :meth:`__call__`.
+        each frame's timings are its batch's. Per-frame arguments as :meth:`__call__`;
+        ``depths``: each frame's :class:`~seg_ros.core.spatial.depth_objects.DepthFrame` or
+        None, for an instance model that needs depth.
         """
         n = len(frames)
         want_color = list(want_color or [False] * n)
         want_overlay = list(want_overlay or [False] * n)
         trackers = list(trackers or [None] * n)
         stamps_ns = list(stamps_ns or [0] * n)
+        depths = list(depths or [None] * n)
         groups: dict[tuple[int, int], list[int]] = {}
         for i, f in enumerate(frames):
             groups.setdefault(tuple(f.array.shape[:2]), []).append(i)
@@ -111,13 +114,15 @@ class Pipeline:
                 part = idxs[k:k + step]
                 out = self._batch([frames[i] for i in part], [want_color[i] for i in part],
                                   [want_overlay[i] for i in part], [trackers[i] for i in part],
-                                  [stamps_ns[i] for i in part], keep_image)
+                                  [stamps_ns[i] for i in part], keep_image,
+                                  [depths[i] for i in part])
                 for i, r in zip(part, out, strict=True):
                     results[i] = r
         return results  # type: ignore[return-value]
 
     def _batch(self, frames: list[Frame], want_color: list[bool], want_overlay: list[bool],
-               trackers: list, stamps_ns: list[int], keep_image: bool) -> list[FrameResult]:
+               trackers: list, stamps_ns: list[int], keep_image: bool,
+               depths: list) -> list[FrameResult]:
         """Frames of one size through every enabled model in one forward pass each."""
         t0 = time.perf_counter()
         n = len(frames)
@@ -150,7 +155,7 @@ class Pipeline:
             t1 = t2
         if self.instance is not None:
             inst = self.instance.batch([r.image for r in results], want_overlay, trackers,
-                                       stamps_ns)
+                                       stamps_ns, depths)
             for r, res in zip(results, inst, strict=True):
                 r.instances = res
             timings['instance'] = time.perf_counter() - t1

@@ -39,6 +39,7 @@ from seg_ros.core.inference.pipeline import Pipeline
 from seg_ros.core.inference.results import FrameResult
 from seg_ros.core.inference.tracking import Tracker
 from seg_ros.core.spatial import geometry
+from seg_ros.core.spatial.depth_objects import DepthFrame, params_from
 from seg_ros.core.spatial.geometry import Frame3D, GeometryError, RigidTransform
 from seg_ros.core.spatial.imaging import Frame
 from seg_ros.core.spatial.pairing import (  # noqa: F401  (re-exported: the contract's types)
@@ -149,6 +150,8 @@ class FrameProcessor:
             inst.mask_threshold = s.mask_threshold
             if hasattr(inst.model, 'nms_iou'):  # YOLO segmentation files
                 inst.model.nms_iou = s['instance.nms_iou']
+            if inst.needs_depth:  # depth_objects
+                inst.model.params = params_from(s)
         for tracker in self.trackers.values():
             if tracker is not None:
                 tracker.iou_threshold = s.track_iou
@@ -185,12 +188,16 @@ class FrameProcessor:
 
     def _run(self, frames: list[FrameInput], s: Settings,
              transforms: Transforms | None) -> list[FrameOutput]:
-        before = [_pair(f, Paired(f.depth, f.camera_model, f.transform, f.transform_error), s)
-                  if s.depth_enabled else None for f in frames]
+        inst = self.pipeline.instance
+        needs_depth = inst is not None and inst.needs_depth and s.depth_enabled
+        before = [_pair(f, Paired(f.depth, f.camera_model, f.transform, f.transform_error), s,
+                        wait=needs_depth) if s.depth_enabled else None for f in frames]
         results = self.pipeline.run_many(
             [f.frame for f in frames], [f.want_color for f in frames],
             [f.want_overlay for f in frames], [self.trackers.get(f.camera) for f in frames],
-            [f.stamp_ns for f in frames], keep_image=s.depth_enabled, max_batch=s.max_batch)
+            [f.stamp_ns for f in frames], keep_image=s.depth_enabled, max_batch=s.max_batch,
+            depths=[_depth_frame(f, got, self.pipeline.device) for f, got in
+                    zip(frames, before, strict=True)] if needs_depth else None)
         outputs = []
         for f, got, res in zip(frames, before, results, strict=True):
             out = FrameOutput(f.camera, f.stamp_ns, result=res)
@@ -213,8 +220,13 @@ class FrameProcessor:
         if got.depth is None:
             on = f' on {pairing.depth_topic}' if pairing is not None and pairing.depth_topic \
                 else ''
-            drops.append(('no_depth', f'no 3D outputs, no depth image{on} within '
-                          f'depth.slop={s.depth_slop}s of its stamp (2D outputs continue)'))
+            inst = self.pipeline.instance
+            what = ('no instances (instance.model depth_objects segments depth) and no 3D '
+                    'outputs' if inst is not None and inst.needs_depth else 'no 3D outputs')
+            rest = ('' if inst is not None and inst.needs_depth and res.semantic is None
+                    else ' (2D outputs continue)')
+            drops.append(('no_depth', f'{what}, no depth image{on} within '
+                          f'depth.slop={s.depth_slop}s of its stamp{rest}'))
             return None
         if s.target_frame and got.transform is None:
             why = (got.transform_error
@@ -239,17 +251,37 @@ def _failed(frame: FrameInput, exc: BaseException) -> FrameOutput:
 
 
 def _pair(f: FrameInput, got: Paired, s: Settings,
-          transforms: Transforms | None = None) -> Paired:
+          transforms: Transforms | None = None, wait: bool = False) -> Paired:
     """``got`` completed from the frame's pairing, and its transform looked up once depth and
-    camera model are there (with ``depth.target_frame`` and a ``transforms``).
+    camera model are there (with ``depth.target_frame`` and a ``transforms``). ``wait``: a
+    depth image not there yet is waited for up to ``depth.slop`` (a model needs it).
     """
     if f.pairing is not None:
+        if wait and got.depth is None:
+            got = Paired(f.pairing.wait_depth(f.stamp_ns, s.depth_slop, s.depth_slop),
+                         got.camera_model, got.transform, got.transform_error)
         got = f.pairing.complete(got, f.stamp_ns, s.depth_slop)
     if (transforms is not None and s.target_frame and got.transform is None
             and got.depth is not None and got.camera_model is not None):
         got.transform, got.transform_error = transforms.lookup(
             s.target_frame, f.frame_id, f.stamp_ns, s.tf_timeout)
     return got
+
+
+def _depth_frame(f: FrameInput, got: Paired | None, device: torch.device) -> DepthFrame | None:
+    """The frame's depth in metres with its intrinsics, for a model that segments depth;
+    None when it has none or it is unusable (the 3D step then says why).
+    """
+    if got is None or got.depth is None or got.camera_model is None:
+        return None
+    hw = tuple(int(v) for v in f.frame.array.shape[:2])
+    m = got.camera_model
+    try:
+        intr = geometry.intrinsics_from(m.k, m.p, m.width, m.height, hw)
+        z = geometry.depth_to_metres(got.depth.depth, got.depth.scale, hw, device)
+    except GeometryError:
+        return None
+    return DepthFrame(z, intr.fx, intr.fy, intr.cx, intr.cy)
 
 
 def drop_text(where: str, reason: str, detail: str, error: BaseException | None = None) -> str:

@@ -140,6 +140,7 @@ class Pairing:
         self.max_pixels = max_pixels
         self.depth_topic, self.info_topic = depth_topic, info_topic
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._depths: deque[DepthInput] = deque(maxlen=capacity)
         self._model: CameraModel | None = None
 
@@ -151,6 +152,7 @@ class Pairing:
             return exc
         with self._lock:
             self._depths.append(depth)
+            self._arrived.notify_all()
         return None
 
     def add_camera_info(self, msg: Any) -> GeometryError | None:
@@ -169,6 +171,19 @@ class Pairing:
         with self._lock:
             near = [d for d in self._depths if abs(d.stamp_ns - stamp) <= slop]
         return min(near, key=lambda d: abs(d.stamp_ns - stamp)) if near else None
+
+    def wait_depth(self, stamp: int, slop_s: float, timeout_s: float) -> DepthInput | None:
+        """:meth:`depth`, waiting up to ``timeout_s`` for it to arrive (woken by
+        :meth:`add_depth`, no polling): for a model that needs the frame's depth.
+        """
+        slop = int(round(slop_s * 1e9))
+
+        def near() -> list[DepthInput]:
+            return [d for d in self._depths if abs(d.stamp_ns - stamp) <= slop]
+        with self._lock:
+            self._arrived.wait_for(lambda: bool(near()), timeout=max(0.0, timeout_s))
+            found = near()
+        return min(found, key=lambda d: abs(d.stamp_ns - stamp)) if found else None
 
     def camera_model(self) -> CameraModel | None:
         """The newest valid camera_info."""

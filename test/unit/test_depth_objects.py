@@ -1,0 +1,251 @@
+"""depth_objects: class-agnostic objects from registered depth (no rclpy, no weights).
+
+Scenes are ray-cast with exact ground truth (seg_ros.synthetic): touching, stacked and lying
+objects, a thin flat one, tilted views with a floor beyond the table, with and without a
+structured-light sensor's noise; hostile depth must never raise.
+"""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from seg_ros.core.config.settings import Settings, SettingsError
+from seg_ros.core.inference.loading import LoadError, load_pipeline
+from seg_ros.core.inference.processor import FrameInput, FrameProcessor
+from seg_ros.core.spatial.depth_objects import (
+    DepthFrame,
+    DepthObjectsModel,
+    DepthObjectsParams,
+    connected_components,
+    segment,
+)
+from seg_ros.core.spatial.imaging import buffer_to_frame
+from seg_ros.core.spatial.pairing import Pairing
+from seg_ros.synthetic import rgbd_scene, tabletop
+from seg_ros.synthetic.tabletop import Solid, _rot_x, _rot_z
+
+DEVICES = ['cpu', pytest.param('cuda', marks=pytest.mark.needs_cuda)]
+
+
+def _run(depth, rgb, k, device='cpu', **kw):
+    z = torch.from_numpy(np.asarray(depth, np.float32)).to(device)
+    image = torch.from_numpy(rgb).permute(2, 0, 1).float().div(255).to(device)
+    return segment(z, image, k[0], k[4], k[2], k[5], DepthObjectsParams(**kw),
+                   torch.Generator(device=device).manual_seed(0))
+
+
+def _match(masks: np.ndarray, object_map: np.ndarray, ids) -> list[float]:
+    """Best IoU of a predicted mask with each ground-truth object id."""
+    out = []
+    for i in ids:
+        g = object_map == i
+        if masks.shape[0] == 0:
+            out.append(0.0)
+            continue
+        inter = (masks & g).sum((1, 2))
+        union = (masks | g).sum((1, 2))
+        out.append(float((inter / union).max()))
+    return out
+
+
+def _solid(kind, x, y, half, yaw=0.0, z0=0.0, lying=False):
+    rot = _rot_z(yaw) @ (_rot_x(math.pi / 2) if lying else np.eye(3))
+    hz = half[0] if lying else half[2]
+    return Solid(kind, (x, y, z0 + hz), tuple(tuple(float(v) for v in r) for r in rot),
+                 tuple(float(v) for v in half), (0.8, 0.3, 0.2), (0.2, 0.3, 0.8), 'solid',
+                 100.0)
+
+
+def _scene(depth_noise: str, tilt_seed: int = 3):
+    """A fixed cluster: two boxes side by side touching, a box standing on a box, a can
+    against a box, a cylinder lying down, a 1.5 cm book lying flat; camera from the
+    generator (tilt, floor beyond the table)."""
+    objects = [
+        _solid('box', 0.00, 0.00, (0.05, 0.04, 0.05), yaw=0.3),
+        _solid('box', 0.095, 0.03, (0.045, 0.04, 0.08), yaw=0.3),          # touches the first
+        _solid('box', 0.00, 0.00, (0.03, 0.025, 0.03), yaw=0.5, z0=0.10),  # on the first
+        _solid('cylinder', -0.085, 0.0, (0.035, 0.035, 0.06)),              # against the first
+        _solid('cylinder', 0.02, -0.14, (0.03, 0.03, 0.09), yaw=0.2, lying=True),
+        _solid('box', -0.05, 0.15, (0.09, 0.06, 0.0075), yaw=-0.4),         # a book
+    ]
+    rng = np.random.default_rng(tilt_seed)
+    orig = tabletop.random_objects
+    try:
+        tabletop.random_objects = lambda *a, **k: list(objects)
+        return tabletop.render(rng, 320, 240, depth_noise=depth_noise)
+    finally:
+        tabletop.random_objects = orig
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_straight_down_four_objects_exact(device):
+    sc = rgbd_scene.render(320, 240)
+    seg = _run(sc.depth, sc.rgb, sc.k, device)
+    masks = seg.masks.cpu().numpy()
+    assert masks.shape[0] == 4
+    assert min(_match(masks, sc.object_map, range(1, 5))) >= 0.9
+    assert (seg.scores.cpu() > 0.9).all()  # isolated objects separate cleanly
+    # the support plane is the table, 0.8 m below, facing the camera
+    plane = seg.support.cpu().numpy()
+    assert abs(plane[3] - 0.8) < 0.005 and plane[2] < -0.99
+
+
+@pytest.mark.parametrize('noise', ['exact', 'structured_light'])
+def test_touching_stacked_lying_and_flat_objects_separate(noise):
+    sc = _scene(noise)
+    seg = _run(sc.depth, sc.rgb, sc.k)
+    masks = seg.masks.numpy()
+    visible = [i for i in range(1, len(sc.objects) + 1) if (sc.object_map == i).sum() >= 150]
+    assert len(visible) == 6
+    ious = _match(masks, sc.object_map, visible)
+    if noise == 'exact':
+        assert min(ious) >= 0.75, ious
+    else:  # the sensor's shadow and jitter merge the small box on the box with its neighbour
+        assert sum(iou >= 0.5 for iou in ious) >= 5, ious
+    # nothing on the floor or the table: every segment lies on the objects
+    for m in masks:
+        assert (sc.object_map[m] > 0).mean() >= 0.9
+
+
+def test_tilted_views_floor_beyond_the_table_is_not_an_object():
+    found = 0
+    for i in range(6):
+        sc = tabletop.render(np.random.default_rng((11, i)), 320, 240, depth_noise='exact')
+        floor = sc.depth > 0
+        seg = _run(sc.depth, sc.rgb, sc.k)
+        for m in seg.masks.numpy():
+            assert (sc.object_map[m] > 0).mean() >= 0.7  # a segment is an object's
+            found += 1
+        del floor
+    assert found >= 15
+
+
+def test_a_thin_book_is_found_above_the_noise_and_min_height_is_the_rule():
+    sc = _scene('exact')
+    book = len(sc.objects)
+    seg = _run(sc.depth, sc.rgb, sc.k)
+    assert _match(seg.masks.numpy(), sc.object_map, [book])[0] >= 0.8
+    seg = _run(sc.depth, sc.rgb, sc.k, min_height=0.03)  # 3 cm: the 1.5 cm book is table
+    assert _match(seg.masks.numpy(), sc.object_map, [book])[0] < 0.3
+
+
+@pytest.mark.parametrize('depth', [
+    np.zeros((60, 80)), np.full((60, 80), np.nan), np.full((60, 80), np.inf),
+    -np.ones((60, 80)), np.full((60, 80), 1e30), np.full((60, 80), 0.8),
+    np.random.default_rng(0).uniform(0, 5, (60, 80)),
+    np.where(np.random.default_rng(1).random((60, 80)) < 0.9, 0.0, 1.0)])
+def test_hostile_depth_never_raises(depth):
+    rgb = np.zeros((60, 80, 3), np.uint8)
+    seg = _run(depth, rgb, [60.0, 0, 40, 0, 60.0, 30, 0, 0, 1])
+    assert seg.masks.shape[1:] == (60, 80)
+    assert seg.masks.shape[0] == seg.scores.shape[0] == seg.boxes.shape[0]
+    assert ((seg.scores >= 0) & (seg.scores <= 1)).all()
+
+
+def test_connected_components_follow_links_only():
+    active = torch.ones((3, 5), dtype=torch.bool)
+    right = torch.ones((3, 5), dtype=torch.bool)
+    right[:, 1] = False                      # a wall between columns 1 and 2
+    down = torch.ones((3, 5), dtype=torch.bool)
+    lab = connected_components(active, right, down)
+    assert lab[:, :2].unique().numel() == 1 and lab[:, 2:].unique().numel() == 1
+    assert lab[0, 0] != lab[0, 2]
+    active[1, 3] = False
+    lab = connected_components(active, right, down)
+    assert lab[1, 3] == -1
+    # a long snake converges (pointer jumping)
+    snake = torch.zeros((41, 41), dtype=torch.bool)
+    snake[::2] = True
+    snake[1::4, -1] = True
+    snake[3::4, 0] = True
+    lab = connected_components(snake, torch.ones_like(snake), torch.ones_like(snake))
+    assert lab[snake].unique().numel() == 1
+
+
+def _settings(**kw):
+    values = {'device': 'cpu', 'semantic.enabled': False, 'instance.enabled': True,
+              'instance.model': 'depth_objects', 'depth.enabled': True, 'warmup': False,
+              'instance.tracking': False}
+    values.update(kw)
+    return Settings.from_values(values)
+
+
+def test_refusals_in_one_line():
+    with pytest.raises(SettingsError, match='needs depth.enabled: true'):
+        _settings(**{'depth.enabled': False})
+    with pytest.raises(LoadError, match='uses no weights file'):
+        load_pipeline(_settings(**{'instance.weights': 'tabletop'}))
+    with pytest.raises(SettingsError, match='outside'):
+        _settings(**{'instance.depth_objects.crease_angle': 120.0})
+
+
+class _Msg:
+    """A sensor_msgs-like object (the pairing reads fields only)."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _stamp(ns):
+    return _Msg(stamp=_Msg(sec=ns // 10**9, nanosec=ns % 10**9))
+
+
+def test_processor_pairs_depth_before_inference_and_reports_missing_depth():
+    sc = rgbd_scene.render(320, 240)
+    s = _settings()
+    proc = FrameProcessor(load_pipeline(s), s)
+    pairing = Pairing()
+    frame = buffer_to_frame('rgb8', 240, 320, 320 * 3, False, sc.rgb.tobytes())
+    stamp = 5 * 10**9
+    out = proc.process([FrameInput('', frame, stamp, pairing=pairing)], s)[0]
+    assert out.result.instances.boxes.shape[0] == 0
+    assert [r for r, _ in out.drops] == ['no_camera_info']
+    pairing.add_camera_info(_Msg(header=_stamp(stamp), k=sc.k, p=sc.p, width=320, height=240))
+    out = proc.process([FrameInput('', frame, stamp, pairing=pairing)], s)[0]
+    assert out.result.instances.boxes.shape[0] == 0
+    (reason, text), = out.drops
+    assert reason == 'no_depth' and 'no instances' in text
+    d16 = sc.depth_16uc1()
+    pairing.add_depth(_Msg(header=_stamp(stamp), encoding='16UC1', height=240, width=320,
+                           step=640, is_bigendian=0, data=d16.tobytes()))
+    out = proc.process([FrameInput('', frame, stamp, pairing=pairing)], s)[0]
+    inst = out.result.instances
+    assert inst.boxes.shape[0] == 4 and out.drops == []
+    assert set(inst.class_ids.tolist()) == {1}
+    # each object's 3D position is the median of its visible points (within 1 cm)
+    geo = out.geometry.instances
+    z = d16.astype(np.float64) / 1000
+    v, u = np.mgrid[0:240, 0:320]
+    fx, cx, fy, cy = sc.k[0], sc.k[2], sc.k[4], sc.k[5]
+    for k, pid in enumerate(inst.ids):
+        m = inst.id_map == pid
+        pts = np.stack([(u[m] - cx) * z[m] / fx, (v[m] - cy) * z[m] / fy, z[m]], 1)
+        assert np.abs(geo.position[k] - np.median(pts, 0)).max() < 0.01
+        obj = sc.object_map[m]
+        truth = sc.objects[int(np.bincount(obj).argmax()) - 1]
+        assert abs(geo.position[k][0] - truth.x) < 0.01 and abs(geo.position[k][1] - truth.y) < 0.01
+
+
+def test_parameters_are_dynamic():
+    sc = _scene('exact')
+    s = _settings()
+    proc = FrameProcessor(load_pipeline(s), s)
+    z = torch.from_numpy(sc.depth)
+    frame = buffer_to_frame('rgb8', 240, 320, 320 * 3, False, sc.rgb.tobytes())
+    pairing = Pairing()
+    pairing.add_camera_info(_Msg(header=_stamp(1), k=sc.k, p=[0.0] * 12, width=320, height=240))
+    mm = np.round(sc.depth * 1000).astype(np.uint16)
+    pairing.add_depth(_Msg(header=_stamp(1), encoding='16UC1', height=240, width=320,
+                           step=640, is_bigendian=0, data=mm.tobytes()))
+    n0 = proc.process([FrameInput('', frame, 1, pairing=pairing)], s)[0].result.instances
+    proc.update(s.with_changes({'instance.depth_objects.min_height': 0.05}))
+    n1 = proc.process([FrameInput('', frame, 1, pairing=pairing)])[0].result.instances
+    assert n1.boxes.shape[0] < n0.boxes.shape[0]
+    model = proc.pipeline.instance.model
+    assert isinstance(model, DepthObjectsModel) and model.params.min_height == 0.05
+    # the model interface: no depth, no objects
+    assert model([torch.zeros(3, 24, 32)], [None])[0]['masks'].shape == (0, 1, 24, 32)
+    out = model([torch.zeros(3, 240, 320)],
+                [DepthFrame(z, sc.k[0], sc.k[4], sc.k[2], sc.k[5])])[0]
+    assert out['masks'].shape[1:] == (1, 240, 320)
