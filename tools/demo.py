@@ -8,10 +8,14 @@
     scripts/demo --instance             # also Mask R-CNN (RANDOM weights unless
                                         # --instance-weights names a file or tabletop)
     scripts/demo --frames 4             # 4 frames spread over the folder (default 12)
-    scripts/demo --depth                # a synthetic RGB-D tabletop: instances of the
-                                        # shipped tabletop model in 3D (Detection3DArray,
-                                        # point clouds, track ids), top/side views;
+    scripts/demo --depth                # a synthetic RGB-D tabletop: unseen objects from
+                                        # depth (instance.model depth_objects) in 3D
+                                        # (Detection3DArray, point clouds, track ids),
+                                        # overlay and top/side views; --instance-weights
+                                        # tabletop runs the learned model instead;
                                         # --semantic adds the semantic model
+    scripts/demo --depth --rgbd DIR     # replay an RGB-D folder (images/, depth/ 16-bit mm,
+                                        # camera_params.json), e.g. ../shared/data/rgbd_real
     scripts/demo -- -p semantic.input_size:=240   # extra node arguments after --
 
 segment_node runs as a separate process (as `ros2 run seg_ros segment_node` would) in its
@@ -35,6 +39,7 @@ from demo_frames import (
     check_source,
     generated_frames,
     image_frames,
+    rgbd_folder_frames,
     rgbd_frames,
     video_frames,
 )
@@ -42,7 +47,7 @@ from PIL import Image as PILImage
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from vision_msgs.msg import Detection2DArray, Detection3DArray, LabelInfo
 
-from seg_ros.core.models.registry import SHIPPED_INSTANCE, SHIPPED_SEMANTIC, WEIGHTS_DIR
+from seg_ros.core.models.registry import SHIPPED_SEMANTIC, WEIGHTS_DIR
 from seg_ros.core.spatial.colors import voc_palette
 from seg_ros.testing.remote import (
     LATCHED,
@@ -155,8 +160,14 @@ def main() -> int:
                     help='also run instance segmentation (Mask R-CNN); the shipped instance '
                          'model knows tabletop boxes and cylinders only, so on street frames '
                          'it runs RANDOM weights unless --instance-weights says otherwise')
+    ap.add_argument('--rgbd', type=Path, default=None,
+                    help='with --depth: replay this RGB-D folder (images/, depth/ with 16-bit '
+                         'millimetre PNGs of the same names, camera_params.json with fx, fy, '
+                         'x_offset, y_offset) instead of the generated tabletop')
     ap.add_argument('--instance-weights', default=None,
-                    help='instance.weights: tabletop (shipped; default with --depth), a '
+                    help='with --depth: unset runs depth_objects (class-agnostic objects from '
+                         'depth, no weights); tabletop runs the shipped learned model. '
+                         'Otherwise instance.weights: tabletop (shipped), a '
                          'weights file, DEFAULT (downloads torchvision COCO weights) or none '
                          '(default with --instance)')
     src.add_argument('--depth', action='store_true',
@@ -168,11 +179,17 @@ def main() -> int:
                          'meaningless on a tabletop; off by default there)')
     ap.add_argument('--timeout', type=float, default=120.0, help='seconds to wait per frame')
     args = ap.parse_args(argv)
+    if args.rgbd is not None and not args.depth:
+        ap.error('--rgbd needs --depth')
+    if args.rgbd is not None and not (args.rgbd / 'camera_params.json').is_file():
+        ap.error(f'--rgbd {args.rgbd}: no camera_params.json there (images/, depth/, '
+                 'camera_params.json expected)')
     if args.depth:
         args.instance = True
+    # with --depth and no instance weights: unseen objects from depth, no model
+    args.depth_objects = args.depth and args.instance_weights is None
     if args.instance_weights is None:
-        shipped = WEIGHTS_DIR / SHIPPED_INSTANCE['tabletop']
-        args.instance_weights = 'tabletop' if args.depth and shipped.is_file() else 'none'
+        args.instance_weights = 'DEFAULT' if args.depth_objects else 'none'
     args.use_semantic = args.semantic or not args.depth
     if args.out is None:
         args.out = ROOT / 'out' / ('demo_depth' if args.depth else
@@ -180,7 +197,10 @@ def main() -> int:
     files, source = check_source(args)
     transports = large_data_transport()
 
-    if args.depth:
+    if args.depth and args.rgbd is not None:
+        frames = rgbd_folder_frames(args.rgbd, args.frames)
+        source = f'RGB-D folder {args.rgbd}'
+    elif args.depth:
         frames = rgbd_frames(args.frames)
         source = 'synthetic RGB-D tabletop (seg_ros.synthetic.rgbd_scene)'
     elif args.video:
@@ -224,7 +244,9 @@ def main() -> int:
                  '-p', f'backend.cache_dir:={ROOT / "out" / "backend_cache"}',
                  '-p', f'warmup_size:={",".join(sizes) or "320x240"}',
                  '-r', 'image:=/camera/image']
-    if args.instance:
+    if args.depth_objects:
+        node_args += ['-p', 'instance.enabled:=true', '-p', 'instance.model:=depth_objects']
+    elif args.instance:
         node_args += ['-p', 'instance.enabled:=true',
                       '-p', f'instance.weights:={args.instance_weights}']
     if not args.use_semantic:
@@ -234,6 +256,7 @@ def main() -> int:
                       '-r', 'depth:=/camera/depth', '-r', 'camera_info:=/camera/camera_info']
     log = args.out / 'node.log'
     shown = ([f'semantic.weights={weights}'] if args.use_semantic else []) + (
+        ['instance.model=depth_objects'] if args.depth_objects else
         [f'instance.weights={args.instance_weights}'] if args.instance else [])
     print(f'demo: starting segment_node ({", ".join(shown)}, log {log})', flush=True)
     try:
@@ -337,7 +360,9 @@ def run(args, client: Client, frames, source, weights, random_models, transports
     lat_ms = np.array(latencies) * 1000
     summary = {
         'source': source, 'weights': weights,
-        'instance_weights': args.instance_weights if args.instance else None,
+        'instance_weights': args.instance_weights if args.instance and not
+        args.depth_objects else None,
+        'instance_model': 'depth_objects' if args.depth_objects else None,
         'random_weights': bool(random_models), 'random_models': random_models,
         'dds_transports': transports, 'frames_sent': n_sent,
         'frames_answered': len(latencies), 'class_names': class_names,

@@ -102,3 +102,27 @@ def check_source(args) -> tuple[list[Path] | None, str]:
         raise SystemExit(f'demo: --images {folder}: no images in it (looked for '
                          f'{", ".join(IMAGE_SUFFIXES)})')
     return spread(files, args.frames), str(folder)
+
+
+def rgbd_folder_frames(folder: Path, n: int):
+    """Frames of an RGB-D folder: ``images/`` (colour), ``depth/`` (16-bit millimetres, same
+    names and pixel grid) and ``camera_params.json`` (``fx``, ``fy``, ``x_offset``,
+    ``y_offset``, as the UOIS example images and ../shared/data/rgbd_real have them):
+    (name, rgb, depth_mm, k, p), ``n`` spread over the folder (0 = all).
+    """
+    import json
+    params = json.loads((folder / 'camera_params.json').read_text())
+    fx, fy = float(params['fx']), float(params['fy'])
+    cx, cy = float(params['x_offset']), float(params['y_offset'])
+    k = [fx, 0.0, cx, 0.0, fy, cy, 0.0, 0.0, 1.0]
+    p = [fx, 0.0, cx, 0.0, 0.0, fy, cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    files = image_files(folder / 'images')
+    for f in (spread(files, n) if n else files):
+        rgb = np.asarray(PILImage.open(f).convert('RGB'))
+        d = folder / 'depth' / f.name
+        if not d.is_file():
+            raise SystemExit(f'demo: {d} missing (depth/ must hold one PNG per colour image)')
+        depth = np.asarray(PILImage.open(d))
+        if depth.dtype != np.uint16 and depth.dtype != np.int32:
+            raise SystemExit(f'demo: {d} is not 16-bit depth in millimetres')
+        yield f.stem, rgb, depth.astype(np.uint16), k, p

@@ -13,8 +13,10 @@ tabletop segmentation of ROS' object-recognition stacks, and LCCP's convexity ru
    once, inliers within ``plane_tolerance`` whose normal agrees within 20 degrees), refined by
    least squares; when a second, parallel plane lies above the first with at least a quarter
    of its points (a table above a floor), that one is the support. Height of every point =
-   its distance from the plane on the camera's side. Object points: ``min_height`` <= height
-   <= ``max_height``; the floor beyond a table's edge lies below the plane and is never an
+   its distance from the plane on the camera's side. Object points: height >= ``min_height``
+   or 4 sigmas of the depth noise measured on the support (its inliers' robust spread: a
+   real sensor's noise raises the bar, exact depth keeps ``min_height``), up to
+   ``max_height``; the floor beyond a table's edge lies below the plane and is never an
    object; a segment reaching above ``max_height`` (a wall, a person) is not one either.
 3. **Cuts** between neighbouring object points: a depth step larger than ``depth_jump`` of
    the depth and than 1.5x the steps beside it; a concave crease (LCCP: normals turned towards each other by more than
@@ -41,6 +43,10 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+
+#: a point is above the support when higher than this many sigmas of the depth noise measured
+#: on the support (or ``min_height``, whichever is larger)
+NOISE_SIGMAS = 4.0
 
 #: the class every segment gets (class-agnostic); index 1 of :data:`CLASS_NAMES`
 CLASS_NAMES = ('__background__', 'object')
@@ -126,9 +132,10 @@ def _normals(p: torch.Tensor, ok: torch.Tensor, k: int = 2) -> tuple[torch.Tenso
 
 def fit_support(p: torch.Tensor, n: torch.Tensor, good: torch.Tensor, tol: float,
                 generator: torch.Generator | None = None, hypotheses: int = 200,
-                sample: int = 4000) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The support plane (n (3,), d) with n . x + d >= 0 on the camera's side, and its
-    inlier mask over the grid; None without a plane of at least 5 % of the points.
+                sample: int = 4000) -> tuple[torch.Tensor, torch.Tensor, float] | None:
+    """The support plane (n (3,), d) with n . x + d >= 0 on the camera's side, its inlier
+    mask over the grid and the depth noise measured on it (robust sigma of the inliers'
+    distances, metres); None without a plane of at least 5 % of the points.
     """
     pts = p.permute(1, 2, 0)[good]           # (M, 3)
     nrm = n.permute(1, 2, 0)[good]
@@ -138,7 +145,7 @@ def fit_support(p: torch.Tensor, n: torch.Tensor, good: torch.Tensor, tol: float
     dev = p.device
     cos_tol = math.cos(math.radians(20.0))
 
-    def best_plane(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int] | None:
+    def best_plane(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, float] | None:
         idx = torch.nonzero(sel).flatten()
         if idx.numel() < 50:
             return None
@@ -174,26 +181,28 @@ def fit_support(p: torch.Tensor, n: torch.Tensor, good: torch.Tensor, tol: float
             dd = -(nn_ * ctr).sum()
             if dd < 0:
                 nn_, dd = -nn_, -dd
-        inl = ((ps @ nn_ + dd).abs() <= tol) & ((ns @ nn_).abs() >= cos_tol)
-        return nn_, dd, int(inl.sum()) * idx.numel() // sub.numel()
+        r = ps @ nn_ + dd
+        inl = (r.abs() <= tol) & ((ns @ nn_).abs() >= cos_tol)
+        sigma = float(1.4826 * r[inl].abs().median()) if bool(inl.any()) else 0.0
+        return nn_, dd, int(inl.sum()) * idx.numel() // sub.numel(), sigma
 
     everything = torch.ones(m, dtype=torch.bool, device=dev)
     first = best_plane(everything)
     if first is None:
         return None
-    pn, pd, count = first
+    pn, pd, count, sigma = first
     # a table above a floor: a parallel plane at least 0.3 m above the first, big enough
     # (an object's top on a table is lower or smaller)
     above = (pts @ pn + pd) > 0.3
     second = best_plane(above)
     if second is not None:
-        qn, qd, qcount = second
+        qn, qd, qcount, qsigma = second
         if float(qn @ pn) >= math.cos(math.radians(10.0)) and qcount >= 0.25 * count:
-            pn, pd = qn, qd
+            pn, pd, sigma = qn, qd, qsigma
     plane = torch.cat([pn, pd.reshape(1)])
     full = torch.zeros(good.shape, dtype=torch.bool, device=dev)
     full[good] = ((pts @ pn + pd).abs() <= tol) & ((nrm @ pn).abs() >= cos_tol)
-    return plane, full
+    return plane, full, sigma
 
 
 def _jumps(z: torch.Tensor, dy: int, dx: int, rel: float) -> torch.Tensor:
@@ -301,9 +310,11 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     fit = fit_support(p, n, good, prm.plane_tolerance, generator)
     if fit is None:
         return _empty(h_full, w_full, dev)
-    plane, support = fit
+    plane, support, sigma = fit
+    # above the sensor's noise as measured on the support itself (exact depth: min_height)
+    min_h = max(prm.min_height, NOISE_SIGMAS * sigma)
     height = torch.einsum('chw,c->hw', p, plane[:3]) + plane[3]
-    obj = okm & (height >= prm.min_height) & (height <= prm.max_height)
+    obj = okm & (height >= min_h) & (height <= prm.max_height)
     over = okm & (height > prm.max_height)
 
     # cuts between neighbours (right and down), on the raw depth
@@ -367,10 +378,21 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     # a segment that touches points above max_height is the lower part of something taller
     # (a wall, a person): not an object
     tall = torch.zeros(nseg, dtype=torch.bool, device=dev)
+    # a segment rests on the support, or on a segment that does (a box on a box); clutter
+    # beyond the table's edge (chairs, a floor's things) touches neither
+    on_support = torch.zeros(nseg, dtype=torch.bool, device=dev)
+    touches = torch.zeros((nseg, nseg), dtype=torch.bool, device=dev)
+    near_support = F.max_pool2d(support.float()[None, None], 2 * k + 3, 1, k + 1)[0, 0] > 0
+    on_support[seg[(seg >= 0) & near_support]] = True
     for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
         nb_over = _shift(over, dy, dx, False)
         hit = (seg >= 0) & nb_over
         tall[seg[hit]] = True
+        nb = _shift(seg, dy, dx, -1)
+        pair = (seg >= 0) & (nb >= 0) & (nb != seg)
+        touches[seg[pair], nb[pair]] = True
+    on_support |= (touches & on_support[None, :]).any(1)
+    tall |= ~on_support
     # full resolution: the grid labels upsampled, each pixel's own height checked
     up = F.interpolate(seg[None, None].float(), size=(h_full, w_full), mode='nearest')[0, 0]
     up = up.long()
@@ -378,7 +400,7 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     v = torch.arange(h_full, device=dev, dtype=torch.float32)[:, None]
     u = torch.arange(w_full, device=dev, dtype=torch.float32)[None, :]
     hf = plane[0] * (u - cx) * zf / fx + plane[1] * (v - cy) * zf / fy + plane[2] * zf + plane[3]
-    up = torch.where(torch.isfinite(hf) & (hf < prm.min_height), -1, up)
+    up = torch.where(torch.isfinite(hf) & (hf < min_h), -1, up)
     areas = torch.bincount(up[up >= 0], minlength=nseg)
     keep = torch.nonzero((areas >= max(1, int(prm.min_points))) & ~tall).flatten()
     if keep.numel() == 0:
