@@ -117,15 +117,16 @@ def test_depth_mode_writes_3d_outputs_and_a_picture(tmp_path):
     assert not list(out.glob('*_labels.png'))
     summary = json.loads((out / 'summary.json').read_text())
     assert summary['semantic'] is False
-    # the shipped tabletop model by default: real detections, no random weights
+    # unseen objects from depth by default: no weights, no random weights
     assert summary['frames_answered'] == 1 and summary['random_models'] == []
-    assert summary['instance_weights'] == 'tabletop' and 'RANDOM' not in res.stdout
+    assert summary['instance_model'] == 'depth_objects' and 'RANDOM' not in res.stdout
     assert 'RGB-D' in summary['source']
     view = np.asarray(PILImage.open(out / 'rgbd_0000_3d.png'))
     assert view.ndim == 3 and (view != 255).any()  # something was drawn
     dets = json.loads((out / 'rgbd_0000_detections_3d.json').read_text())
-    # the scene: two boxes and two cylinders standing on a table 0.8 m below the camera
-    assert len(dets) >= 2 and {d['class'] for d in dets} <= {'box', 'cylinder'}
+    # the scene: two boxes and two cylinders standing on a table 0.8 m below the camera,
+    # each one object (class-agnostic)
+    assert len(dets) == 4 and {d['class'] for d in dets} == {'object'}
     # each position is the median of its mask's points (the written id image, the rendered
     # depth in mm as the demo sends it), to 1 mm
     from seg_ros.synthetic.rgbd_scene import render
@@ -145,3 +146,25 @@ def test_depth_mode_writes_3d_outputs_and_a_picture(tmp_path):
         top = 0.8 - max(o.height for o in under)
         assert top - 0.01 <= z <= 0.8 + 0.001, (d, top)
     assert ' at (' in res.stdout  # the console names each object's 3D position
+
+
+def test_rgbd_folder_replay(tmp_path):
+    """--depth --rgbd DIR replays an RGB-D folder (images/, depth/ 16-bit mm,
+    camera_params.json) through depth_objects."""
+    from seg_ros.synthetic.rgbd_scene import render
+    scene = render(320, 240, default_objects(), seed=0)
+    folder = tmp_path / 'rgbd'
+    (folder / 'images').mkdir(parents=True)
+    (folder / 'depth').mkdir()
+    PILImage.fromarray(scene.rgb).save(folder / 'images' / 'a.png')
+    PILImage.fromarray(scene.depth_16uc1()).save(folder / 'depth' / 'a.png')
+    (folder / 'camera_params.json').write_text(json.dumps(
+        {'img_width': 320, 'img_height': 240, 'fx': scene.k[0], 'fy': scene.k[4],
+         'x_offset': scene.k[2], 'y_offset': scene.k[5]}))
+    out = tmp_path / 'out'
+    res = demo('--depth', '--rgbd', str(folder), '--frames', '1', '--device', 'cpu',
+               '--out', str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    dets = json.loads((out / 'a_detections_3d.json').read_text())
+    assert len(dets) == 4 and all(d['class'] == 'object' for d in dets)
+    assert (out / 'a_overlay.png').is_file() and (out / 'a_3d.png').is_file()
