@@ -224,7 +224,8 @@ def test_processor_pairs_depth_before_inference_and_reports_missing_depth():
         assert np.abs(geo.position[k] - np.median(pts, 0)).max() < 0.01
         obj = sc.object_map[m]
         truth = sc.objects[int(np.bincount(obj).argmax()) - 1]
-        assert abs(geo.position[k][0] - truth.x) < 0.01 and abs(geo.position[k][1] - truth.y) < 0.01
+        assert abs(geo.position[k][0] - truth.x) < 0.01
+        assert abs(geo.position[k][1] - truth.y) < 0.01
 
 
 def test_parameters_are_dynamic():

@@ -19,7 +19,8 @@ tabletop segmentation of ROS' object-recognition stacks, and LCCP's convexity ru
    ``max_height``; the floor beyond a table's edge lies below the plane and is never an
    object; a segment reaching above ``max_height`` (a wall, a person) is not one either.
 3. **Cuts** between neighbouring object points: a depth step larger than ``depth_jump`` of
-   the depth and than 1.5x the steps beside it; a concave crease (LCCP: normals turned towards each other by more than
+   the depth and than 1.5x the steps beside it; a concave crease (LCCP: normals turned
+   towards each other by more than
    ``crease_angle``, as where a box stands on or leans against another; convex edges, a box's
    own, are never cut); a colour edge (RGB difference larger than ``color_edge``) where the
    depth surface is continuous (two touching objects sharing a surface).
@@ -452,7 +453,8 @@ class DepthObjectsModel(torch.nn.Module):
         self.roi_heads = SimpleNamespace(score_thresh=0.0)
 
     def forward(self, images: Sequence[torch.Tensor],
-                depths: Sequence[DepthFrame | None] | None = None) -> list[dict[str, torch.Tensor]]:
+                depths: Sequence[DepthFrame | None] | None = None
+                ) -> list[dict[str, torch.Tensor]]:
         depths = list(depths) if depths is not None else [None] * len(images)
         out = []
         for image, d in zip(images, depths, strict=True):
