@@ -100,7 +100,8 @@ def test_names_agree_with_the_registry():
     from seg_ros.core.models import backends, registry
     assert tuple(registry.SEMANTIC_MODELS) == names.SEMANTIC_MODEL_NAMES
     assert tuple(registry.INSTANCE_MODELS) == names.MASKRCNN_NAMES
-    assert names.INSTANCE_MODEL_NAMES == (*names.MASKRCNN_NAMES, names.YOLO_SEG)
+    assert names.INSTANCE_MODEL_NAMES == (*names.MASKRCNN_NAMES, names.YOLO_SEG,
+                                          names.DEPTH_OBJECTS)
     assert backends.BACKENDS == names.BACKENDS
     assert all((registry.WEIGHTS_DIR / f).is_file() for f in names.SHIPPED_INSTANCE.values())
     assert all((registry.WEIGHTS_DIR / s['file']).is_file()
