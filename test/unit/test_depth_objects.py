@@ -14,12 +14,11 @@ from seg_ros.core.config.settings import Settings, SettingsError
 from seg_ros.core.inference.loading import LoadError, load_pipeline
 from seg_ros.core.inference.processor import FrameInput, FrameProcessor
 from seg_ros.core.spatial.depth_objects import (
-    DepthFrame,
-    DepthObjectsModel,
     DepthObjectsParams,
     connected_components,
     segment,
 )
+from seg_ros.core.spatial.depth_objects_model import DepthFrame, DepthObjectsModel
 from seg_ros.core.spatial.imaging import buffer_to_frame
 from seg_ros.core.spatial.pairing import Pairing
 from seg_ros.synthetic import rgbd_scene, tabletop

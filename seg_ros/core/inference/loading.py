@@ -24,7 +24,8 @@ from seg_ros.core.models.registry import (
     load_semantic_model,
 )
 from seg_ros.core.models.yolo_seg import is_yolo_file, load_yolo_model
-from seg_ros.core.spatial.depth_objects import CLASS_NAMES, DepthObjectsModel, params_from
+from seg_ros.core.spatial.depth_objects import CLASS_NAMES
+from seg_ros.core.spatial.depth_objects_model import DepthObjectsModel, params_from
 
 
 class LoadError(RuntimeError):

@@ -39,7 +39,7 @@ from seg_ros.core.inference.pipeline import Pipeline
 from seg_ros.core.inference.results import FrameResult
 from seg_ros.core.inference.tracking import Tracker
 from seg_ros.core.spatial import geometry
-from seg_ros.core.spatial.depth_objects import DepthFrame, params_from
+from seg_ros.core.spatial.depth_objects_model import DepthFrame, params_from
 from seg_ros.core.spatial.geometry import Frame3D, GeometryError, RigidTransform
 from seg_ros.core.spatial.imaging import Frame
 from seg_ros.core.spatial.pairing import (  # noqa: F401  (re-exported: the contract's types)

@@ -38,9 +38,7 @@ next to another segment. An isolated object scores 1.0; a box standing on anothe
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, fields, replace
-from types import SimpleNamespace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -418,63 +416,3 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     y1 = torch.where(any_c, ac, -1).amax(1) + 1
     boxes = torch.stack([x0, y0, x1, y1], 1).float()
     return Segments(masks, boxes, scores[order].float(), plane)
-
-
-@dataclass(frozen=True)
-class DepthFrame:
-    """A colour frame's registered depth for :class:`DepthObjectsModel`: ``z`` (H, W) float32
-    metres on the model's device (NaN = no depth) and the colour camera's intrinsics.
-    """
-
-    z: torch.Tensor
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-
-
-class DepthObjectsModel(torch.nn.Module):
-    """:func:`segment` behind torchvision's Mask R-CNN interface, so that the instance
-    segmenter serves it like every instance model (ids, tracking, 3D, overlay).
-
-    ``forward(images, depths)``: one :class:`DepthFrame` (or None: no depth, no objects) per
-    (3, H, W) image; per image a dict of ``boxes``, ``scores``, ``labels`` (all 1, "object")
-    and ``masks`` (N, 1, H, W) float 0/1. ``params`` can be replaced between frames.
-    """
-
-    #: the segmenter passes each frame's depth
-    needs_depth = True
-
-    def __init__(self, params: DepthObjectsParams = DepthObjectsParams(), seed: int = 0) -> None:
-        super().__init__()
-        self.params = params
-        self.seed = int(seed)
-        # the attribute the processor sets for every instance model
-        self.roi_heads = SimpleNamespace(score_thresh=0.0)
-
-    def forward(self, images: Sequence[torch.Tensor],
-                depths: Sequence[DepthFrame | None] | None = None
-                ) -> list[dict[str, torch.Tensor]]:
-        depths = list(depths) if depths is not None else [None] * len(images)
-        out = []
-        for image, d in zip(images, depths, strict=True):
-            h, w = int(image.shape[-2]), int(image.shape[-1])
-            if d is None:
-                seg = _empty(h, w, image.device)
-            else:
-                # a fixed seed per frame: the same frame always gives the same objects
-                gen = torch.Generator(device=d.z.device).manual_seed(self.seed)
-                seg = segment(d.z, image, d.fx, d.fy, d.cx, d.cy, self.params, gen)
-            n = seg.masks.shape[0]
-            out.append({'boxes': seg.boxes, 'scores': seg.scores,
-                        'labels': torch.ones(n, dtype=torch.int64, device=seg.masks.device),
-                        'masks': seg.masks[:, None].to(torch.float32)})
-        return out
-
-
-def params_from(values) -> DepthObjectsParams:
-    """:class:`DepthObjectsParams` from ``instance.depth_objects.*`` parameter values (a
-    mapping or a Settings snapshot).
-    """
-    kw = {f.name: values[f'instance.depth_objects.{f.name}'] for f in fields(DepthObjectsParams)}
-    return replace(DepthObjectsParams(), **kw)
