@@ -196,21 +196,26 @@ class FrameProcessor:
             [f.frame for f in frames], [f.want_color for f in frames],
             [f.want_overlay for f in frames], [self.trackers.get(f.camera) for f in frames],
             [f.stamp_ns for f in frames], keep_image=s.depth_enabled, max_batch=s.max_batch,
-            depths=[_depth_frame(f, got, self.pipeline.device) for f, got in
-                    zip(frames, before, strict=True)] if needs_depth else None)
+            depths=(depths := [_depth_frame(f, got, self.pipeline.device) for f, got in
+                               zip(frames, before, strict=True)] if needs_depth else None))
         outputs = []
-        for f, got, res in zip(frames, before, results, strict=True):
+        for i, (f, got, res) in enumerate(zip(frames, before, results, strict=True)):
             out = FrameOutput(f.camera, f.stamp_ns, result=res)
             if s.depth_enabled:
+                used = got.depth if got is not None else None
                 got = _pair(f, got, s, transforms)  # what arrived during inference
+                # the depth the model segmented, already in metres: not converted again
+                z = depths[i].z if depths and depths[i] is not None and got.depth is used \
+                    else None
                 t0 = time.perf_counter()
-                out.geometry = self._geometry(res, f, got, s, out.drops)
+                out.geometry = self._geometry(res, f, got, s, out.drops, z)
                 res.timings['depth3d'] = time.perf_counter() - t0
             outputs.append(out)
         return outputs
 
     def _geometry(self, res: FrameResult, f: FrameInput, got: Paired, s: Settings,
-                  drops: list[tuple[str, str]]) -> Frame3D | None:
+                  drops: list[tuple[str, str]], z: torch.Tensor | None = None
+                  ) -> Frame3D | None:
         pairing = f.pairing
         if got.camera_model is None:
             on = f' on {pairing.info_topic}' if pairing is not None and pairing.info_topic else ''
@@ -239,7 +244,7 @@ class FrameProcessor:
             intr = geometry.intrinsics_from(m.k, m.p, m.width, m.height, hw)
             return geometry.frame_3d(res, got.depth.depth, got.depth.scale, intr, s.depth_min,
                                      s.depth_max, s.depth_stride,
-                                     got.transform if s.target_frame else None)
+                                     got.transform if s.target_frame else None, z)
         except GeometryError as exc:
             drops.append((exc.reason, f'no 3D outputs: {exc}'))
             return None

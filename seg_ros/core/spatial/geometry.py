@@ -350,7 +350,8 @@ class Frame3D:
 
 
 def frame_3d(res, depth: np.ndarray, scale: float, intr: Intrinsics, z_min: float,
-             z_max: float, stride: int, transform: RigidTransform | None = None) -> Frame3D:
+             z_max: float, stride: int, transform: RigidTransform | None = None,
+             z: torch.Tensor | None = None) -> Frame3D:
     """3D of a :class:`~seg_ros.core.inference.results.FrameResult` from its registered depth.
 
     Args:
@@ -363,7 +364,8 @@ def frame_3d(res, depth: np.ndarray, scale: float, intr: Intrinsics, z_min: floa
     """
     image = res.image
     hw = (int(image.shape[-2]), int(image.shape[-1]))
-    z = depth_to_metres(depth, scale, hw, image.device)
+    if z is None:  # (given: the same depth already in metres on the device)
+        z = depth_to_metres(depth, scale, hw, image.device)
     out = Frame3D()
     if res.instances is not None:
         out.instances = instance_geometry(z, res.instances.id_map, res.instances.ids, intr,
