@@ -1,4 +1,5 @@
 """Shared pytest configuration: CUDA marker and device parametrisation (as torchvision)."""
+import faulthandler
 import os
 import shutil
 import sys
@@ -44,6 +45,34 @@ def _own_environment():
     if os.environ != saved:
         os.environ.clear()
         os.environ.update(saved)
+
+
+#: Seconds past a test's pytest-timeout after which the watchdog ends its process.
+WATCHDOG_GRACE = float(os.environ.get("SEG_ROS_WATCHDOG_GRACE", "60"))
+_WATCHDOG_OUT: list = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A watchdog that needs no GIL. pytest-timeout's thread method is a Python thread: a
+    test stuck in C code that holds the GIL (a DDS participant's destruction) starves it,
+    and a CI run then hung until its 90 minutes ran out, the stuck test unnamed. faulthandler's
+    watchdog is a C thread: past the test's timeout and a grace it writes every thread's stack
+    to the real stderr and ends the process (under xdist the worker: the controller reports
+    the test as crashed and goes on with a new worker)."""
+    marker = item.get_closest_marker('timeout')
+    limit = float(marker.args[0]) if marker and marker.args else float(
+        item.config.getini('timeout') or 0)
+    if limit > 0:
+        if not _WATCHDOG_OUT:  # a copy of fd 2 that output capturing does not redirect
+            _WATCHDOG_OUT.append(os.fdopen(os.dup(2), 'w'))
+        faulthandler.dump_traceback_later(limit + WATCHDOG_GRACE, exit=True,
+                                          file=_WATCHDOG_OUT[0])
+    try:
+        yield
+    finally:
+        if limit > 0:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def pytest_unconfigure(config):

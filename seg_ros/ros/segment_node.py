@@ -6,6 +6,7 @@ variant is :mod:`seg_ros.ros.segment_lifecycle_node`. Both delegate to
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -104,6 +105,10 @@ def run(node_factory) -> int:
             watchdog = threading.Timer(EXIT_DEADLINE_S, _leave_now)
             watchdog.daemon = True
             watchdog.start()
+            # and one that needs no GIL: a teardown stuck in C code that holds it (a DDS
+            # participant's destruction) starves the timer above; this one writes every
+            # thread's stack to stderr and leaves with code 1 instead of waiting for SIGKILL
+            faulthandler.dump_traceback_later(EXIT_DEADLINE_S + 2.0, exit=True)
         if node is not None:
             finished = node.engine.halt(EXIT_GRACE_S)
         if executor is not None:  # stop spinning before the node's handles go away

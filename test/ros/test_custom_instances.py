@@ -1,6 +1,9 @@
 """A weights file written by train_instances is served by segment_node with its own
 architecture and class names (``instance.weights:=FILE`` alone), over DDS."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -66,24 +69,32 @@ def test_model_contradicting_the_file_refused(trained):
     assert 'contradicts weights file' in lines[0] and 'Traceback' not in res.stderr
 
 
-def test_eval_instances_direct_equals_node(trained, tmp_path, capsys):
+def _eval_instances(*args: str) -> subprocess.CompletedProcess:
+    # in a child process: eval_instances talks Fast DDS's LARGE_DATA (TCP) transports, and a
+    # participant of those that hangs on destruction holds the GIL in C (no timeout of this
+    # process could fire); a child is ended by subprocess's timeout and the run goes on
+    env = dict(os.environ, ROS_DOMAIN_ID=os.environ['SEG_ROS_DOMAIN_ID'], OMP_NUM_THREADS='1')
+    return subprocess.run([sys.executable, '-m', 'seg_ros.training.eval_instances', *args],
+                          capture_output=True, text=True, timeout=400, env=env)
+
+
+def test_eval_instances_direct_equals_node(trained, tmp_path):
     tmp, weights, _ = trained
-    from seg_ros.training import eval_instances
     out = tmp_path / 'eval.json'
     ann = str(tmp / 'data/annotations.json')
-    rc = eval_instances.main(['--weights', str(weights), '--coco', ann,
-                              '--images', str(tmp / 'data/images'), '--limit', '2',
-                              '--score-threshold', '0.0', '--json', str(out)])
-    res = json.loads(out.read_text())
-    assert rc == 0 and res['agree'], capsys.readouterr()
-    assert res['direct'] == res['node'] and res['same_instance_count'] == 2
+    res = _eval_instances('--weights', str(weights), '--coco', ann,
+                          '--images', str(tmp / 'data/images'), '--limit', '2',
+                          '--score-threshold', '0.0', '--json', str(out))
+    assert res.returncode == 0, res.stdout + res.stderr
+    figures = json.loads(out.read_text())
+    assert figures['agree'], res.stdout
+    assert figures['direct'] == figures['node'] and figures['same_instance_count'] == 2
     # a dataset whose classes the model lacks is refused in one line, exit 2
     data = json.loads((tmp / 'data/annotations.json').read_text())
     data['categories'] = [{'id': 1, 'name': 'tote'}, {'id': 2, 'name': 'cylinder'}]
     other = tmp_path / 'other.json'
     other.write_text(json.dumps(data))
-    capsys.readouterr()
-    rc = eval_instances.main(['--weights', str(weights), '--coco', str(other),
-                              '--images', str(tmp / 'data/images'), '--skip-node'])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and "no class ['tote']" in err[0]
+    res = _eval_instances('--weights', str(weights), '--coco', str(other),
+                          '--images', str(tmp / 'data/images'), '--skip-node')
+    err = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(err) == 1 and "no class ['tote']" in err[0], res.stderr
