@@ -86,15 +86,22 @@ def label_info(header: Header, class_names: Sequence[str], threshold: float) -> 
     return msg
 
 
-def _hypothesis(result: InstanceResult, k: int,
-                class_names: Sequence[str]) -> ObjectHypothesisWithPose:
-    """Instance k's class (its name, or the decimal index without one) and score."""
-    cls = int(result.class_ids[k])
+def _hypothesis(class_names: Sequence[str], cls: int, score: float) -> ObjectHypothesisWithPose:
+    """A class (its name, or the decimal index without one) and its score."""
     hyp = ObjectHypothesisWithPose()
     hyp.hypothesis.class_id = str(class_names[cls]) if 0 <= cls < len(class_names) \
         else str(cls)
-    hyp.hypothesis.score = float(result.scores[k])
+    hyp.hypothesis.score = float(score)
     return hyp
+
+
+def _hypotheses(result: InstanceResult, k: int,
+                class_names: Sequence[str]) -> list[ObjectHypothesisWithPose]:
+    """Instance k's class and score first, then the other classes the model gave the same
+    object (merged duplicates), best first.
+    """
+    rows = [(int(result.class_ids[k]), float(result.scores[k])), *result.alternatives[k]]
+    return [_hypothesis(class_names, c, s) for c, s in rows]
 
 
 def detections(header: Header, result: InstanceResult,
@@ -113,7 +120,7 @@ def detections(header: Header, result: InstanceResult,
         d = Detection2D()
         d.header = header
         d.id = str(int(result.ids[k]))
-        d.results = [_hypothesis(result, k, class_names)]
+        d.results = _hypotheses(result, k, class_names)
         d.bbox.center.position.x = (x1 + x2) / 2.0
         d.bbox.center.position.y = (y1 + y2) / 2.0
         d.bbox.size_x = x2 - x1
@@ -179,12 +186,12 @@ def detections_3d(header: Header, result: InstanceResult, geom: InstanceGeometry
         d = Detection3D()
         d.header = header
         d.id = str(int(result.ids[k]))
-        hyp = _hypothesis(result, k, class_names)
         px, py, pz = (float(v) for v in geom.position[k])
-        hyp.pose.pose.position.x, hyp.pose.pose.position.y = px, py
-        hyp.pose.pose.position.z = pz
-        hyp.pose.pose.orientation.w = 1.0
-        d.results = [hyp]
+        d.results = _hypotheses(result, k, class_names)
+        for hyp in d.results:
+            hyp.pose.pose.position.x, hyp.pose.pose.position.y = px, py
+            hyp.pose.pose.position.z = pz
+            hyp.pose.pose.orientation.w = 1.0
         lo, hi = geom.box_min[k], geom.box_max[k]
         d.bbox.center.position.x = float(lo[0] + hi[0]) / 2.0
         d.bbox.center.position.y = float(lo[1] + hi[1]) / 2.0

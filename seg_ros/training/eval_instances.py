@@ -6,7 +6,8 @@ Direct: the node's own computation (the weights loaded as ``instance.weights`` l
 the frame through :class:`~seg_ros.core.inference.pipeline.Pipeline`) in this process. Node: a
 ``segment_node`` over DDS is sent every image and its ``~/instances/detections`` and
 ``~/instances/masks`` are scored. Both score the masks as the node publishes them (the id
-image: where two masks overlap, the higher-scored instance keeps the pixel) with
+image: where two masks overlap, the higher-scored instance keeps the pixel; every hypothesis
+of a detection is scored with its mask) with
 pycocotools' COCOeval. Exit 0 only when both ran and agree (AP within 0.005, and the same
 number of instances on every image), 1 otherwise, 2 for a bad dataset or weights file.
 """
@@ -63,7 +64,9 @@ def direct(weights: str, dataset: CocoSet, threshold: float, device: str = 'cpu'
                    keep_image=False).instances
         names = loaded.class_names
         rows = [(int(i), names[int(c)], float(s))
-                for i, c, s in zip(res.ids, res.class_ids, res.scores, strict=True)]
+                for i, c0, s0, alts in zip(res.ids, res.class_ids, res.scores,
+                                           res.alternatives, strict=True)
+                for c, s in ((c0, s0), *alts)]
         out[image_id] = _to_predictions(dataset, image_id, res.id_map, rows)
     return out
 
@@ -104,9 +107,8 @@ def through_node(weights: str, dataset: CocoSet, threshold: float, log: Path
                 out[image_id] = None
                 continue
             id_map = decode(masks.pop(stamp)[0])[:, :, 0]
-            rows = [(int(d.id), d.results[0].hypothesis.class_id,
-                     float(d.results[0].hypothesis.score))
-                    for d in dets.pop(stamp)[0].detections]
+            rows = [(int(d.id), r.hypothesis.class_id, float(r.hypothesis.score))
+                    for d in dets.pop(stamp)[0].detections for r in d.results]
             out[image_id] = _to_predictions(dataset, image_id, id_map, rows)
     return out
 

@@ -41,6 +41,8 @@ def setup(tmp_path_factory):
         '-p', 'instance.score_threshold:=0.7', '-p', f'instance.min_size:={MIN_SIZE}',
         # torchvision's 1000 proposals: the reference is torchvision's own model
         '-p', 'instance.max_proposals:=0',
+        # every detection an instance of its own, as torchvision returns them
+        '-p', 'instance.duplicate_iou:=1.0',
         '-p', f'instance.max_size:={MAX_SIZE}']
     for node, client in serve_node(tmp, args):
         yield inst_w, node, client
@@ -150,3 +152,34 @@ def test_class_filter_threshold_and_empty_frames(setup):
     empty = image_to_array(got['masks'])
     assert empty.shape == (H, W, 1) and not empty.any()
     assert node.alive()
+
+
+def test_duplicate_iou_is_a_dynamic_parameter(setup):
+    """instance.duplicate_iou (dynamic; the merge itself: test_yolo_node and the unit
+    tests): at 0.5 every published hypothesis is one of torchvision's detections, each
+    detection's classes are distinct and best first, every id in the mask image is a
+    detection's; out of range is refused; 1.0 gives torchvision's list one for one."""
+    weights, node, client = setup
+    rgb = synthetic_image(H, W, seed=1)
+    ref = torchvision_instances(weights, rgb, 0.7)
+    names = ['bg', 'box', 'can', 'cup']
+    assert set_parameters(client, NODE, {'instance.duplicate_iou': 0.5,
+                                         'instance.score_threshold': 0.7})[0].successful
+    got = exchange(client, rgb, 6 * 10**9)
+    dets = got['detections'].detections
+    rows = [[(r.hypothesis.class_id, r.hypothesis.score) for r in d.results] for d in dets]
+    assert rows and sum(map(len, rows)) <= len(ref['scores'])
+    for r in rows:
+        assert len({c for c, _ in r}) == len(r) and [s for _, s in r] == sorted(
+            [s for _, s in r], reverse=True)
+    ref_pairs = [(names[c], float(s))
+                 for c, s in zip(ref['labels'], ref['scores'], strict=True)]
+    for c, s in (pair for r in rows for pair in r):  # each hypothesis is a detection's
+        assert any(c == rc and abs(s - rs) < 1e-4 for rc, rs in ref_pairs), (c, s)
+    ids = set(np.unique(image_to_array(got['masks'])[:, :, 0])) - {0}
+    assert ids and ids <= {int(d.id) for d in dets}
+    assert not set_parameters(client, NODE, {'instance.duplicate_iou': 1.5})[0].successful
+    assert set_parameters(client, NODE, {'instance.duplicate_iou': 1.0})[0].successful
+    got = exchange(client, rgb, 7 * 10**9)
+    assert len(got['detections'].detections) == len(ref['scores'])
+    assert all(len(d.results) == 1 for d in got['detections'].detections)

@@ -3,7 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from seg_ros.core.inference.instances import InstanceSegmenter, compose_id_map
+from seg_ros.core.config.params import PARAMS
+from seg_ros.core.inference.instances import (
+    DUPLICATE_IOU,
+    InstanceSegmenter,
+    compose_id_map,
+    merge_duplicates,
+)
 from seg_ros.core.models.registry import load_instance_model
 
 from conftest import cpu_and_cuda
@@ -39,6 +45,32 @@ def test_compose_equals_painting_lowest_score_first(n):
         ref[m[k]] = k + 1
     np.testing.assert_array_equal(compose_id_map(m, 12, 16).numpy().astype(np.int64),
                                   ref.numpy())
+
+
+def test_duplicates_under_other_classes_merge_into_one_instance():
+    """An object the model found as a box (0.8) and as a cylinder (0.7), a touching
+    neighbour (0.75) whose mask shares an edge, a same-class near-copy (0.2): the object
+    is one instance with the cylinder as its second hypothesis, the neighbour stays, the
+    near-copy goes without adding a hypothesis; 1.0 merges nothing."""
+    m = torch.zeros(4, 40, 60, dtype=torch.bool)
+    m[0, 10:30, 10:30] = True             # box, 0.8
+    m[1, 11:30, 10:31] = True             # cylinder, 0.7: the same object
+    m[2, 10:30, 28:50] = True             # box, 0.75: the neighbour, overlapping 2 columns
+    m[3, 10:29, 10:30] = True             # box, 0.2
+    order = torch.tensor([0, 2, 1, 3])   # by descending score
+    labels = torch.tensor([1, 2, 1, 1])[order]
+    scores = torch.tensor([0.8, 0.7, 0.75, 0.2])[order]
+    kept, alts = merge_duplicates(m[order], labels, scores, 0.5)
+    assert kept.tolist() == [0, 1]
+    assert alts[0] == [(2, pytest.approx(0.7))] and alts[1] == []
+    kept, alts = merge_duplicates(m[order], labels, scores, 1.0)
+    assert kept.tolist() == [0, 1, 2, 3] and alts == [[], [], [], []]
+    kept, _ = merge_duplicates(m[:0], labels[:0], scores[:0], 0.5)
+    assert kept.numel() == 0
+
+
+def test_duplicate_iou_default_is_the_parameters():
+    assert next(p.default for p in PARAMS if p.name == 'instance.duplicate_iou') == DUPLICATE_IOU
 
 
 @pytest.fixture(scope='module')

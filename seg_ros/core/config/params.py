@@ -196,6 +196,12 @@ PARAMS: list[Param] = [
     Param('instance.mask_threshold', 0.5, 'double',
           'mask probability above which a pixel belongs to the instance', read_only=False,
           float_range=(0.0, 1.0)),
+    Param('instance.duplicate_iou', 0.5, 'double',
+          'one instance per object: a detection whose mask overlaps a higher-scored one\'s '
+          'with IoU above this (the same object under another class: torchvision\'s NMS is '
+          'per class) becomes a further hypothesis (class, score) of that detection instead '
+          'of an instance of its own; 1.0 publishes every detection of the model, as '
+          'torchvision returns them', read_only=False, float_range=(0.0, 1.0)),
     Param('instance.max_detections', 100, 'int', 'keep at most this many instances',
           int_range=(1, 1000)),
     Param('instance.nms_iou', 0.7, 'double',

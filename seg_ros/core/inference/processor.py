@@ -148,6 +148,7 @@ class FrameProcessor:
             inst.score_threshold = s.score_threshold
             inst.model.roi_heads.score_thresh = s.score_threshold
             inst.mask_threshold = s.mask_threshold
+            inst.duplicate_iou = s['instance.duplicate_iou']
             if hasattr(inst.model, 'nms_iou'):  # YOLO segmentation files
                 inst.model.nms_iou = s['instance.nms_iou']
             if inst.needs_depth:  # depth_objects

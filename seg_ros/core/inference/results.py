@@ -34,6 +34,9 @@ class InstanceResult:
             instance k without tracking, its track id with tracking.
         overlay: (H, W, 3) uint8 RGB drawing, or None when not requested.
         tracks_reset: the tracker forgot every track before this frame (stamp went back).
+        alternatives: per instance, the other classes the model gave the same object as
+            ``(class index, score)`` pairs, best first (duplicates merged by
+            ``instance.duplicate_iou``); published as further hypotheses of its detection.
     """
 
     boxes: np.ndarray
@@ -43,10 +46,13 @@ class InstanceResult:
     ids: np.ndarray | None = None
     overlay: np.ndarray | None = None
     tracks_reset: bool = False
+    alternatives: list[list[tuple[int, float]]] | None = None
 
     def __post_init__(self) -> None:
         if self.ids is None:
             self.ids = np.arange(1, len(self) + 1, dtype=np.int64)
+        if self.alternatives is None:
+            self.alternatives = [[] for _ in range(len(self))]
 
     def __len__(self) -> int:
         return int(self.scores.shape[0])
