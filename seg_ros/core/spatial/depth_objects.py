@@ -43,6 +43,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from seg_ros.core.spatial.organised_cloud import (
+    fit_support,
+    masked_mean,
+    normals,
+    organised_points,
+    shift,
+)
+
 #: a point is above the support when higher than this many sigmas of the depth noise measured
 #: on the support (or ``min_height``, whichever is larger)
 NOISE_SIGMAS = 4.0
@@ -83,127 +91,6 @@ def _empty(h: int, w: int, device: torch.device) -> Segments:
                     torch.zeros((0, 4), device=device), torch.zeros((0,), device=device))
 
 
-def _masked_mean(x: torch.Tensor, ok: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean of ``x`` (H, W) over the valid pixels of each k x k window, and their count."""
-    xs = torch.where(ok, x, torch.zeros((), device=x.device))
-    s = F.avg_pool2d(xs[None, None], k, 1, k // 2, count_include_pad=False)[0, 0]
-    c = F.avg_pool2d(ok.float()[None, None], k, 1, k // 2, count_include_pad=False)[0, 0]
-    return s / c.clamp_min(1e-6), c
-
-
-def _shift(x: torch.Tensor, dy: int, dx: int, fill) -> torch.Tensor:
-    """x[i + dy, j + dx] (``fill`` outside the image)."""
-    h, w = x.shape[-2:]
-    out = torch.full_like(x, fill)
-    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
-    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
-    out[..., yd, xd] = x[..., ys, xs]
-    return out
-
-
-def organised_points(z: torch.Tensor, fx: float, fy: float, cx: float, cy: float,
-                     stride: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3, h, w) points of the pixels (stride*i, stride*j) and their (h, w) validity."""
-    zs = z[::stride, ::stride]
-    h, w = zs.shape
-    rows = torch.arange(h, device=z.device, dtype=torch.float32)[:, None] * stride
-    cols = torch.arange(w, device=z.device, dtype=torch.float32)[None, :] * stride
-    ok = torch.isfinite(zs) & (zs > 0)
-    zz = torch.where(ok, zs, torch.zeros((), device=z.device))
-    return torch.stack([(cols - cx) * zz / fx, (rows - cy) * zz / fy, zz]), ok
-
-
-def _normals(p: torch.Tensor, ok: torch.Tensor, k: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit normals (3, h, w) towards the camera from central differences at +-k, and where
-    they are defined.
-    """
-    dx = _shift(p, 0, k, 0.0) - _shift(p, 0, -k, 0.0)
-    dy = _shift(p, k, 0, 0.0) - _shift(p, -k, 0, 0.0)
-    n = torch.linalg.cross(dx, dy, dim=0)
-    norm = (n * n).sum(0).sqrt()  # (linalg's norm over dim 0 is 10x slower here)
-    good = ok & _shift(ok, 0, k, False) & _shift(ok, 0, -k, False) & \
-        _shift(ok, k, 0, False) & _shift(ok, -k, 0, False) & (norm > 0)
-    n = n / norm.clamp_min(1e-12)
-    flip = (n * p).sum(0) > 0  # towards the camera (the origin)
-    n = torch.where(flip[None], -n, n)
-    return n, good
-
-
-def fit_support(p: torch.Tensor, n: torch.Tensor, good: torch.Tensor, tol: float,
-                generator: torch.Generator | None = None, hypotheses: int = 200,
-                sample: int = 4000) -> tuple[torch.Tensor, torch.Tensor, float] | None:
-    """The support plane (n (3,), d) with n . x + d >= 0 on the camera's side, its inlier
-    mask over the grid and the depth noise measured on it (robust sigma of the inliers'
-    distances, metres); None without a plane of at least 5 % of the points.
-    """
-    pts = p.permute(1, 2, 0)[good]           # (M, 3)
-    nrm = n.permute(1, 2, 0)[good]
-    m = pts.shape[0]
-    if m < 50:
-        return None
-    dev = p.device
-    cos_tol = math.cos(math.radians(20.0))
-
-    def best_plane(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, float] | None:
-        idx = torch.nonzero(sel).flatten()
-        if idx.numel() < 50:
-            return None
-        sub = idx[torch.randint(idx.numel(), (min(sample, idx.numel()),), device=dev,
-                                generator=generator)]
-        tri = idx[torch.randint(idx.numel(), (hypotheses, 3), device=dev,
-                                generator=generator)]
-        a, b, c = pts[tri[:, 0]], pts[tri[:, 1]], pts[tri[:, 2]]
-        hn = torch.linalg.cross(b - a, c - a, dim=1)
-        ln = hn.norm(dim=1, keepdim=True)
-        hn = hn / ln.clamp_min(1e-12)
-        hd = -(hn * a).sum(1)
-        sign = torch.where(hd < 0, -1.0, 1.0)  # camera (origin) on the positive side
-        hn, hd = hn * sign[:, None], hd * sign
-        dist = (pts[sub] @ hn.T + hd).abs()                       # (S, K)
-        agree = (nrm[sub] @ hn.T).abs() >= cos_tol
-        score = ((dist <= tol) & agree).sum(0)
-        score = torch.where(ln[:, 0] > 1e-9, score, torch.zeros_like(score))
-        k = int(torch.argmax(score))
-        if int(score[k]) < 0.05 * sub.numel():
-            return None
-        # refine: least squares over the sample's inliers (twice)
-        nn_, dd = hn[k], hd[k]
-        ps, ns = pts[sub], nrm[sub]
-        for _ in range(2):
-            inl = ((ps @ nn_ + dd).abs() <= tol) & ((ns @ nn_).abs() >= cos_tol)
-            q = ps[inl]
-            if q.shape[0] < 3:
-                break
-            ctr = q.mean(0)
-            _, _, vh = torch.linalg.svd((q - ctr).double(), full_matrices=False)
-            nn_ = vh[-1].float()
-            dd = -(nn_ * ctr).sum()
-            if dd < 0:
-                nn_, dd = -nn_, -dd
-        r = ps @ nn_ + dd
-        inl = (r.abs() <= tol) & ((ns @ nn_).abs() >= cos_tol)
-        sigma = float(1.4826 * r[inl].abs().median()) if bool(inl.any()) else 0.0
-        return nn_, dd, int(inl.sum()) * idx.numel() // sub.numel(), sigma
-
-    everything = torch.ones(m, dtype=torch.bool, device=dev)
-    first = best_plane(everything)
-    if first is None:
-        return None
-    pn, pd, count, sigma = first
-    # a table above a floor: a parallel plane at least 0.3 m above the first, big enough
-    # (an object's top on a table is lower or smaller)
-    above = (pts @ pn + pd) > 0.3
-    second = best_plane(above)
-    if second is not None:
-        qn, qd, qcount, qsigma = second
-        if float(qn @ pn) >= math.cos(math.radians(10.0)) and qcount >= 0.25 * count:
-            pn, pd, sigma = qn, qd, qsigma
-    plane = torch.cat([pn, pd.reshape(1)])
-    full = torch.zeros(good.shape, dtype=torch.bool, device=dev)
-    full[good] = ((pts @ pn + pd).abs() <= tol) & ((nrm @ pn).abs() >= cos_tol)
-    return plane, full, sigma
-
-
 def _jumps(z: torch.Tensor, dy: int, dx: int, rel: float) -> torch.Tensor:
     """Depth steps between each cell and its neighbour at (dy, dx): larger than ``rel`` of
     the depth and 1.5 times the larger of the steps just before and after it (a steep but
@@ -211,9 +98,9 @@ def _jumps(z: torch.Tensor, dy: int, dx: int, rel: float) -> torch.Tensor:
     its top face onto it is not cut; an occluding edge steps once). A missing neighbour is
     a step.
     """
-    d = _shift(z, dy, dx, math.nan) - z
-    before = _shift(d, -dy, -dx, 0.0).abs()
-    after = _shift(d, dy, dx, 0.0).abs()
+    d = shift(z, dy, dx, math.nan) - z
+    before = shift(d, -dy, -dx, 0.0).abs()
+    after = shift(d, dy, dx, 0.0).abs()
     big = d.abs() > rel * z
     lone = d.abs() > 1.5 * torch.maximum(torch.nan_to_num(before, nan=0.0),
                                        torch.nan_to_num(after, nan=0.0))
@@ -232,16 +119,16 @@ def connected_components(active: torch.Tensor, link_right: torch.Tensor,
     big = h * w
     idx = torch.arange(h * w, device=dev).view(h, w)
     lab = torch.where(active, idx, big)
-    lr = link_right & active & _shift(active, 0, 1, False)
-    ld = link_down & active & _shift(active, 1, 0, False)
-    ll = _shift(lr, 0, -1, False)  # link to the left neighbour
-    lu = _shift(ld, -1, 0, False)
+    lr = link_right & active & shift(active, 0, 1, False)
+    ld = link_down & active & shift(active, 1, 0, False)
+    ll = shift(lr, 0, -1, False)  # link to the left neighbour
+    lu = shift(ld, -1, 0, False)
     for _ in range(max_iter):
         new = lab
-        new = torch.minimum(new, torch.where(lr, _shift(lab, 0, 1, big), big))
-        new = torch.minimum(new, torch.where(ll, _shift(lab, 0, -1, big), big))
-        new = torch.minimum(new, torch.where(ld, _shift(lab, 1, 0, big), big))
-        new = torch.minimum(new, torch.where(lu, _shift(lab, -1, 0, big), big))
+        new = torch.minimum(new, torch.where(lr, shift(lab, 0, 1, big), big))
+        new = torch.minimum(new, torch.where(ll, shift(lab, 0, -1, big), big))
+        new = torch.minimum(new, torch.where(ld, shift(lab, 1, 0, big), big))
+        new = torch.minimum(new, torch.where(lu, shift(lab, -1, 0, big), big))
         flat = torch.cat([new.flatten(), torch.tensor([big], device=dev)])
         for _ in range(3):  # pointer jumping: label of my label
             flat = torch.minimum(flat, flat[flat])
@@ -270,7 +157,7 @@ def _fill(lab: torch.Tensor, can: torch.Tensor, link: tuple[torch.Tensor, ...],
             break
         cand = torch.full_like(lab, big)
         for sh, ok in (((0, 1), lr), ((0, -1), ll), ((1, 0), ld), ((-1, 0), lu)):
-            nb = _shift(lab, sh[0], sh[1], -1)
+            nb = shift(lab, sh[0], sh[1], -1)
             cand = torch.minimum(cand, torch.where(ok & (nb >= 0), nb, big))
         lab = torch.where(free & (cand < big), cand, lab)
     return lab
@@ -297,7 +184,7 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     if int(ok.sum()) < 50:
         return _empty(h_full, w_full, dev)
     zs = p_raw[2]
-    zsm, cnt = _masked_mean(zs, ok, 5)
+    zsm, cnt = masked_mean(zs, ok, 5)
     okm = ok & (cnt > 0.3)
     h, w = zs.shape
     rows = torch.arange(h, device=dev, dtype=torch.float32)[:, None] * s
@@ -305,7 +192,7 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     zz = torch.where(okm, zsm, torch.zeros((), device=dev))
     p = torch.stack([(cols - cx) * zz / fx, (rows - cy) * zz / fy, zz])
     k = 2 if s <= 2 else 1
-    n, good = _normals(p, okm, k)
+    n, good = normals(p, okm, k)
     fit = fit_support(p, n, good, prm.plane_tolerance, generator)
     if fit is None:
         return _empty(h_full, w_full, dev)
@@ -336,7 +223,7 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     if rgb is not None and prm.color_edge > 0:
         c = rgb[:, ::s, ::s].float()
         c = F.avg_pool2d(c[None], 3, 1, 1, count_include_pad=False)[0]
-        dr, dd = c - _shift(c, 0, 1, 0.0), c - _shift(c, 1, 0, 0.0)
+        dr, dd = c - shift(c, 0, 1, 0.0), c - shift(c, 1, 0, 0.0)
         color_r = (dr * dr).sum(0) > prm.color_edge ** 2
         color_d = (dd * dd).sum(0) > prm.color_edge ** 2
     link_r = ~jump_r
@@ -347,14 +234,14 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     core = obj & ~cut
     lab = connected_components(core, link_r, link_d)
     # the cut bands join a neighbouring segment across no depth step
-    lr = link_r & obj & _shift(obj, 0, 1, False)
-    ld = link_d & obj & _shift(obj, 1, 0, False)
-    ll, lu = _shift(lr, 0, -1, False), _shift(ld, -1, 0, False)
+    lr = link_r & obj & shift(obj, 0, 1, False)
+    ld = link_d & obj & shift(obj, 1, 0, False)
+    ll, lu = shift(lr, 0, -1, False), shift(ld, -1, 0, False)
     lab = _fill(lab, obj, (lr, ll, ld, lu), 2 * k + 2)
     # cells without depth inside an object take its label (holes, edge dropouts)
     nod = ~ok
     anyr, anyd = torch.ones_like(obj), torch.ones_like(obj)
-    lab = _fill(lab, nod, (anyr, _shift(anyr, 0, -1, False), anyd, _shift(anyd, -1, 0, False)),
+    lab = _fill(lab, nod, (anyr, shift(anyr, 0, -1, False), anyd, shift(anyd, -1, 0, False)),
                 2)
     labelled = lab >= 0
     if not bool(labelled.any()):
@@ -366,9 +253,9 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     # score: clean outline (support, no depth, depth step) / whole outline
     clean = torch.zeros(nseg, device=dev)
     total = torch.zeros(nseg, device=dev)
-    for dy, dx, jump in ((0, 1, jump_r), (1, 0, jump_d), (0, -1, _shift(jump_r, 0, -1, True)),
-                         (-1, 0, _shift(jump_d, -1, 0, True))):
-        nb = _shift(seg, dy, dx, -1)
+    for dy, dx, jump in ((0, 1, jump_r), (1, 0, jump_d), (0, -1, shift(jump_r, 0, -1, True)),
+                         (-1, 0, shift(jump_d, -1, 0, True))):
+        nb = shift(seg, dy, dx, -1)
         edge = (seg >= 0) & (nb != seg)
         is_clean = edge & ((nb < 0) | jump)
         total.index_add_(0, seg[edge], torch.ones_like(seg[edge], dtype=torch.float32))
@@ -384,10 +271,10 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     near_support = F.max_pool2d(support.float()[None, None], 2 * k + 3, 1, k + 1)[0, 0] > 0
     on_support[seg[(seg >= 0) & near_support]] = True
     for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-        nb_over = _shift(over, dy, dx, False)
+        nb_over = shift(over, dy, dx, False)
         hit = (seg >= 0) & nb_over
         tall[seg[hit]] = True
-        nb = _shift(seg, dy, dx, -1)
+        nb = shift(seg, dy, dx, -1)
         pair = (seg >= 0) & (nb >= 0) & (nb != seg)
         touches[seg[pair], nb[pair]] = True
     on_support |= (touches & on_support[None, :]).any(1)
