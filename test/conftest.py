@@ -99,12 +99,11 @@ MODULE_SECONDS = {
 }
 
 
-#: Modules whose processes talk over Fast DDS's LARGE_DATA transports (the demo and
-#: eval_instances set FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA for themselves and their node).
-#: Two such groups running at once, one per worker, lost discovery now and then (a demo
-#: client and its node never matched, 1 run in 3 of these two modules side by side, on
-#: Kilted and Jazzy); one after the other, as in the one-process suite, they did not. They
-#: form one xdist scope, so one worker runs them in turn.
+#: Modules whose tools (the demo, eval_instances) choose Fast DDS's LARGE_DATA transports
+#: for themselves. Two such groups running at once, one per worker, lost discovery now and
+#: then (1 run in 3 of these two modules side by side); one after the other it was rarer but
+#: not gone, so the tests now run those tools on the default transports
+#: (helpers.TEST_TRANSPORTS) and still keep them one xdist scope (one worker, in turn).
 LARGE_DATA_MODULES = ('test/ros/test_demo.py', 'test/ros/test_custom_instances.py')
 
 

@@ -7,6 +7,7 @@ publishes camera frames and collects the node's answers keyed by stamp.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -41,6 +42,18 @@ def large_data_transport() -> str:
     return os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the process that started it dies (Linux's
+    PR_SET_PDEATHSIG). A tool or test killed on a timeout (the demo, SIGKILL) then leaves
+    no node behind, still listening in its ROS domain for the next run that takes it.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: nothing to arm
+        pass
+
+
 class NodeProcess:
     """``segment_node --ros-args ARGS`` (or another executable of the package, or any
     ``command``) as a child process logging to ``log_path``.
@@ -58,7 +71,7 @@ class NodeProcess:
         self.proc = subprocess.Popen([*(command or [executable]), '--ros-args', *args],
                                      env=full_env,
                                      stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
 
     @property
     def pid(self) -> int:

@@ -14,7 +14,14 @@ from seg_ros.synthetic import tabletop
 from seg_ros.testing.remote import LATCHED
 from seg_ros.training import make_tabletop, train_instances
 
-from helpers import image_msg, image_to_array, run_node_to_exit, serve_node
+from helpers import (
+    TEST_TRANSPORTS,
+    image_msg,
+    image_to_array,
+    run_killing_group,
+    run_node_to_exit,
+    serve_node,
+)
 
 pytestmark = pytest.mark.ros
 W, H = 128, 96
@@ -70,12 +77,13 @@ def test_model_contradicting_the_file_refused(trained):
 
 
 def _eval_instances(*args: str) -> subprocess.CompletedProcess:
-    # in a child process: eval_instances talks Fast DDS's LARGE_DATA (TCP) transports, and a
-    # participant of those that hangs on destruction holds the GIL in C (no timeout of this
-    # process could fire); a child is ended by subprocess's timeout and the run goes on
-    env = dict(os.environ, ROS_DOMAIN_ID=os.environ['SEG_ROS_DOMAIN_ID'], OMP_NUM_THREADS='1')
-    return subprocess.run([sys.executable, '-m', 'seg_ros.training.eval_instances', *args],
-                          capture_output=True, text=True, timeout=400, env=env)
+    # in a child process: a DDS participant that hangs on destruction holds the GIL in C
+    # (no timeout of this process could fire); a child is ended on its timeout, its node
+    # with it, and the run goes on
+    env = dict(os.environ, ROS_DOMAIN_ID=os.environ['SEG_ROS_DOMAIN_ID'], OMP_NUM_THREADS='1',
+               FASTDDS_BUILTIN_TRANSPORTS=TEST_TRANSPORTS)
+    return run_killing_group([sys.executable, '-m', 'seg_ros.training.eval_instances', *args],
+                             400, env)
 
 
 def test_eval_instances_direct_equals_node(trained, tmp_path):

@@ -2,7 +2,6 @@
 honest summary and viewable pictures with --instance."""
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from PIL import Image as PILImage
 
 from seg_ros.synthetic.rgbd_scene import default_objects
 
-from helpers import fresh_domain_id, synthetic_image
+from helpers import TEST_TRANSPORTS, fresh_domain_id, run_killing_group, synthetic_image
 
 pytestmark = pytest.mark.ros
 DEMO = Path(__file__).resolve().parents[2] / 'tools' / 'demo.py'
@@ -25,13 +24,11 @@ def demo(*args, timeout=300, env=None):
     # then. It runs in this worker's own domain.
     domain = fresh_domain_id()
     full = dict(os.environ, ROS_DOMAIN_ID=str(domain), OMP_NUM_THREADS='1',
-                **(env or {}))
+                FASTDDS_BUILTIN_TRANSPORTS=TEST_TRANSPORTS, **(env or {}))
     if env and 'HOME' in env:  # a fresh HOME, as for a user who has not set XDG_CACHE_HOME
         full.pop('XDG_CACHE_HOME', None)
-    env = full
-    return subprocess.run([sys.executable, str(DEMO), '--domain', str(domain), *args],
-                          capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return run_killing_group([sys.executable, str(DEMO), '--domain', str(domain), *args],
+                             timeout, full)
 
 
 @pytest.mark.parametrize('make_args, expect', [

@@ -229,3 +229,40 @@ def test_ctrl_c_while_starting_is_quiet(tmp_path):
             node.log()
     finally:
         node.stop()
+
+
+def test_a_node_never_outlives_the_tool_that_started_it(tmp_path):
+    """A tool killed on a timeout (SIGKILL: no clean-up of its own) takes the process it
+    started with testing.remote.NodeProcess along (PR_SET_PDEATHSIG): no node is left
+    listening in its domain for the next run. The child here stands in for a node."""
+    import subprocess
+    import sys
+    code = (
+        'import sys, time\n'
+        'from pathlib import Path\n'
+        'from seg_ros.testing.remote import NodeProcess\n'
+        f'p = NodeProcess([], 0, Path({str(tmp_path / "child.log")!r}),\n'
+        '                command=[sys.executable, "-c", "import time; time.sleep(120)"])\n'
+        'print(p.pid, flush=True)\n'
+        'time.sleep(120)\n')
+    tool = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+
+    def running(pid: int) -> bool:  # a zombie (reaped by nobody in a container) is gone
+        try:
+            return Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0] != 'Z'
+        except OSError:
+            return False
+    try:
+        child = int(tool.stdout.readline())
+        assert running(child)
+        tool.kill()
+        tool.wait(10)
+        end = time.time() + 10
+        while running(child) and time.time() < end:
+            time.sleep(0.1)
+        if running(child):
+            os.kill(child, signal.SIGKILL)
+            raise AssertionError('the child outlived the tool that started it')
+    finally:
+        if tool.poll() is None:
+            tool.kill()
