@@ -40,6 +40,7 @@ def _session(path: Path, profile: bool = False):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.enable_profiling = profile
+    so.profile_file_prefix = str(path.parent / 'ort_profile')  # beside the graph, not in cwd
     return ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
 
 
