@@ -7,10 +7,11 @@ The shipped CamVid model's compiled graph exactly as the node exports it (uint8 
 labels out: normalise, antialiased resize to 360, LR-ASPP, upsample, class maximum) is
 quantized with ONNX Runtime's static post-training quantization (QDQ, per-channel int8
 weights, uint8 activations, MinMax calibration on ``--calib`` CamVid training frames), once
-with every operator ONNX Runtime can quantize and once with the convolutions only. Printed:
-label agreement with fp32 on every 5th validation frame, each graph's p50 over ``--n``
-calls (alternating, a quiet gap before each), and ONNX Runtime's own per-operator profile:
-where the time goes. Files go to a temporary folder; nothing is cached for the node.
+with every operator ONNX Runtime can quantize and once with the convolutions only; with
+``nncf`` installed also by NNCF for OpenVINO (and OpenVINO's fp32 of the same graph). Printed:
+label agreement with ONNX Runtime's fp32 on every 5th validation frame, each one's p50 over
+``--n`` calls (alternating, a quiet gap before each), and ONNX Runtime's own per-operator
+profile: where the time goes. Files go to a temporary folder; nothing is cached for the node.
 """
 from __future__ import annotations
 
@@ -42,6 +43,14 @@ def _session(path: Path, profile: bool = False):
     so.enable_profiling = profile
     so.profile_file_prefix = str(path.parent / 'ort_profile')  # beside the graph, not in cwd
     return ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
+
+
+def _ort_runner(sess):
+    return lambda x: sess.run(None, {'image': x})[0]
+
+
+def _ov_runner(request):
+    return lambda x: request.infer({0: x})[0].copy()
 
 
 def _op_profile(path: Path, x: np.ndarray, runs: int = 10) -> list[tuple[str, float]]:
@@ -104,26 +113,42 @@ def main() -> int:
                         calibrate_method=CalibrationMethod.MinMax)
         graphs[name] = out
     sessions = {n: _session(p) for n, p in graphs.items()}
+    runners = {n: _ort_runner(sess) for n, sess in sessions.items()}
+    try:  # OpenVINO, fp32 and NNCF's int8 of the same graph, when nncf is installed
+        import nncf
+        import openvino as ov
+        core = ov.Core()
+        cfg = {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_PRECISION_HINT': 'f32'}
+        ov_fp32 = core.read_model(str(fp32))
+        ov_int8 = nncf.quantize(ov_fp32, nncf.Dataset(calib), subset_size=len(calib),
+                                preset=nncf.QuantizationPreset.PERFORMANCE)
+        for name, model in (('openvino fp32', ov_fp32), ('openvino nncf int8', ov_int8)):
+            req = core.compile_model(model, 'CPU', cfg).create_infer_request()
+            runners[name] = _ov_runner(req)
+    except ImportError:
+        print('(nncf not installed: no OpenVINO rows; pip install nncf to add them)')
     val = _frames(args.camvid / 'val', 5, 1000, w, h)
-    for name in graphs:
+    for name, run in runners.items():
         if name == 'fp32':
             continue
-        agree = [float((sessions[name].run(None, {'image': x})[0]
-                        == sessions['fp32'].run(None, {'image': x})[0]).mean()) for x in val]
-        print(f'{name}: labels equal to fp32 on {100 * np.mean(agree):.2f} % of the pixels '
-              f'of {len(val)} validation frames')
-    times: dict[str, list[float]] = {n: [] for n in sessions}
+        agree = [float((run(x) == runners['fp32'](x)).mean()) for x in val]
+        print(f'{name}: labels equal to ONNX Runtime fp32 on {100 * np.mean(agree):.2f} % of '
+              f'the pixels of {len(val)} validation frames')
+    times: dict[str, list[float]] = {n: [] for n in runners}
     for _ in range(args.n):
-        for name, sess in sessions.items():
+        for name, run in runners.items():
             time.sleep(0.3)
             t0 = time.perf_counter()
-            sess.run(None, {'image': val[0]})
+            run(val[0])
             times[name].append(time.perf_counter() - t0)
     base = statistics.median(times['fp32'])
     for name, ts in times.items():
         p50 = statistics.median(ts)
-        ops = ', '.join(f'{op} {ms:.1f}' for op, ms in _op_profile(graphs[name], val[0]))
-        print(f'{name}: p50 {1e3 * p50:.1f} ms ({p50 / base:.2f}x fp32); ms per call: {ops}')
+        ops = ''
+        if name in graphs:
+            ops = '; ms per call: ' + ', '.join(
+                f'{op} {ms:.1f}' for op, ms in _op_profile(graphs[name], val[0]))
+        print(f'{name}: p50 {1e3 * p50:.1f} ms ({p50 / base:.2f}x ONNX Runtime fp32){ops}')
     return 0
 
 
