@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 import rclpy
@@ -57,6 +58,39 @@ def _leave_now() -> None:
     os._exit(0)
 
 
+def _watch_signals(stop: threading.Event, building: list[bool]) -> None:
+    """A second way out that does not need the main thread: the C-level signal handler
+    writes each signal's number to a wakeup fd, which a daemon thread reads. On the first
+    SIGINT / SIGTERM it sets ``stop`` and, if the process is still there
+    ``EXIT_DEADLINE_S`` + 1 s later, writes every thread's stack to stderr and leaves with
+    code 0. Twice in CI (a launch test's node after an ONNX export for a new frame size) the
+    node kept serving after SIGINT and SIGTERM until launch's SIGKILL, its teardown and its
+    GIL-free watchdog never reached: the main thread, where Python runs signal handlers,
+    never ran this one. Call from the main thread after the handlers are installed.
+    """
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    try:
+        signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+    except ValueError:  # not the main thread: no second way out
+        os.close(r)
+        os.close(w)
+        return
+    wanted = {int(signal.SIGINT), int(signal.SIGTERM)}
+
+    def watch() -> None:
+        while not wanted & set(os.read(r, 64)):
+            pass
+        stop.set()
+        time.sleep(EXIT_DEADLINE_S + 1.0)
+        if not building[0]:  # a start cut short leaves quietly
+            print('[segment_node] shutdown did not finish in time; leaving. Threads:',
+                  file=sys.stderr, flush=True)
+            faulthandler.dump_traceback(all_threads=True)
+        _leave_now()
+    threading.Thread(target=watch, daemon=True, name='seg_ros_signals').start()
+
+
 def run(node_factory) -> int:
     """rclpy.init, build the node, serve; one clear line and exit code 1 when it cannot
     start; exit code 0 after SIGINT / SIGTERM, however many arrive, within about
@@ -81,6 +115,7 @@ def run(node_factory) -> int:
             building[0] = False
             raise KeyboardInterrupt
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    _watch_signals(stop, building)
     rclpy.init(args=sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     node = executor = spinner = None
     finished = True

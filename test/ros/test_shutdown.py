@@ -266,3 +266,35 @@ def test_a_node_never_outlives_the_tool_that_started_it(tmp_path):
     finally:
         if tool.poll() is None:
             tool.kill()
+
+
+def test_a_stop_signal_ends_the_process_even_when_the_main_thread_never_runs_python():
+    """segment_node's second way out: the main thread (where Python runs signal handlers)
+    sits in C code with SIGINT blocked; the C-level handler's wakeup byte still reaches the
+    watcher thread, which leaves with code 0 after the exit deadline, the threads' stacks on
+    stderr. Without the watcher this process would sleep its 60 s out."""
+    import subprocess
+    import sys
+    code = (
+        'import ctypes, signal, threading\n'
+        'from seg_ros.ros import segment_node as sn\n'
+        'stop = threading.Event()\n'
+        'signal.signal(signal.SIGINT, lambda *a: stop.set())\n'
+        'sn._watch_signals(stop, [False])\n'
+        'signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})\n'
+        'print("ready", flush=True)\n'
+        'ctypes.CDLL(None).sleep(60)\n')
+    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == 'ready'
+        t0 = time.time()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        took = time.time() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert 'shutdown did not finish in time' in err, err
+    assert took < 10, took
