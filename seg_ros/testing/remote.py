@@ -42,16 +42,27 @@ def large_data_transport() -> str:
     return os.environ.setdefault('FASTDDS_BUILTIN_TRANSPORTS', 'LARGE_DATA')
 
 
+def _libc_prctl():
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return None
+
+
+#: libc's prctl, looked up here: between fork and exec (a child of a threaded process) only
+#: the already resolved function is called, no dynamic-loader lookup that could meet a lock
+#: another thread held at the fork
+_PRCTL = _libc_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the process that started it dies (Linux's
     PR_SET_PDEATHSIG). A tool or test killed on a timeout (the demo, SIGKILL) then leaves
     no node behind, still listening in its ROS domain for the next run that takes it.
     """
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: nothing to arm
-        pass
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
 class NodeProcess:
