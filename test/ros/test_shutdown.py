@@ -2,6 +2,8 @@
 Ctrl-C in the middle of a long forward pass, Ctrl-C while the node is still importing."""
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -235,8 +237,6 @@ def test_a_node_never_outlives_the_tool_that_started_it(tmp_path):
     """A tool killed on a timeout (SIGKILL: no clean-up of its own) takes the process it
     started with testing.remote.NodeProcess along (PR_SET_PDEATHSIG): no node is left
     listening in its domain for the next run. The child here stands in for a node."""
-    import subprocess
-    import sys
     code = (
         'import sys, time\n'
         'from pathlib import Path\n'
@@ -273,8 +273,6 @@ def test_a_stop_signal_ends_the_process_even_when_the_main_thread_never_runs_pyt
     sits in C code with SIGINT blocked; the C-level handler's wakeup byte still reaches the
     watcher thread, which leaves with code 0 after the exit deadline, the threads' stacks on
     stderr. Without the watcher this process would sleep its 60 s out."""
-    import subprocess
-    import sys
     code = (
         'import ctypes, signal, threading\n'
         'from seg_ros.ros import segment_node as sn\n'
