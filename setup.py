@@ -15,7 +15,7 @@ setup(
         ('share/' + PACKAGE + '/launch', glob('launch/*.launch.py')),
         ('share/' + PACKAGE + '/config', glob('config/*.yaml')),
     ],
-    package_data={PACKAGE: ['weights/*.pt', 'weights/*.md']},
+    package_data={PACKAGE: ['weights/*.pt', 'weights/*.md', 'weights/calibration/*/*.jpg']},
     include_package_data=True,
     install_requires=['setuptools'],
     zip_safe=False,

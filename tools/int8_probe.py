@@ -1,22 +1,25 @@
 #!/usr/bin/env python3
-"""Would static INT8 make the semantic node faster? A probe (issue 32), not a feature.
+"""INT8 graphs alone, against eager PyTorch and the fp32 graphs, in one run (issue 32).
 
-    scripts/with_env python tools/int8_probe.py --camvid ../shared/data/camvid --size 640x480
+    scripts/with_env python tools/int8_probe.py --model camvid --size 640x480
+    scripts/with_env python tools/int8_probe.py --model lraspp --size 640x480
 
-The shipped CamVid model's compiled graph exactly as the node exports it (uint8 pixels in,
-labels out: normalise, antialiased resize to 360, LR-ASPP, upsample, class maximum) is
-quantized with ONNX Runtime's static post-training quantization (QDQ, per-channel int8
-weights, uint8 activations, MinMax calibration on ``--calib`` CamVid training frames), once
-with every operator ONNX Runtime can quantize and once with the convolutions only; with
-``nncf`` installed also by NNCF for OpenVINO (and OpenVINO's fp32 of the same graph). Printed:
-label agreement with ONNX Runtime's fp32 on every 5th validation frame, each one's p50 over
-``--n`` calls (alternating, a quiet gap before each), and ONNX Runtime's own per-operator
-profile: where the time goes. Files go to a temporary folder; nothing is cached for the node.
+The graph the node compiles for a semantic model (uint8 pixels in, labels out: normalise,
+resize to the model's input size, the model, upsample, class maximum), exported exactly as
+the node exports it for each backend, quantized exactly as ``precision: int8`` quantizes it
+(:mod:`seg_ros.core.models.quantize`, the model's own calibration set), and timed as the
+backend alone -- no node, no DDS -- beside the bare eager PyTorch forward (fp32,
+channels-last, on a prepared normalised tensor at the model's input size: the benchmark's
+"eager" floor). OpenVINO's int8 graph runs twice: with the float remainder at f32 (what a CPU
+without BF16 runs) and, on a CPU with BF16, at bf16 (what the node runs there). Printed per
+graph: p50 over ``--n`` alternating calls with a quiet gap before each, ratio to eager, and
+the share of pixels whose label equals ONNX Runtime fp32's on generated/CamVid frames.
+``--model camvid`` is the shipped model (its CamVid calibration frames); ``lraspp`` is the
+benchmark's random-weight LR-ASPP, 21 classes, at the image's own size (generated tables).
 """
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import statistics
 import sys
@@ -26,129 +29,91 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_common import machine_facts
-from PIL import Image
+import torch.nn.functional as F
+from bench_common import machine_facts, scene
 
-
-def _frames(folder: Path, every: int, limit: int, w: int, h: int) -> list[np.ndarray]:
-    files = sorted(folder.glob('*.png'))[::every][:limit]
-    return [np.asarray(Image.open(f).convert('RGB').resize((w, h), Image.BILINEAR))[None].copy()
-            for f in files]
-
-
-def _session(path: Path, profile: bool = False):
-    import onnxruntime as ort
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.enable_profiling = profile
-    so.profile_file_prefix = str(path.parent / 'ort_profile')  # beside the graph, not in cwd
-    return ort.InferenceSession(str(path), so, providers=['CPUExecutionProvider'])
-
-
-def _ort_runner(sess):
-    return lambda x: sess.run(None, {'image': x})[0]
-
-
-def _ov_runner(request):
-    return lambda x: request.infer({0: x})[0].copy()
-
-
-def _op_profile(path: Path, x: np.ndarray, runs: int = 10) -> list[tuple[str, float]]:
-    sess = _session(path, profile=True)
-    for _ in range(runs):
-        sess.run(None, {'image': x})
-    events = json.loads(Path(sess.end_profiling()).read_text())
-    per_op: collections.Counter = collections.Counter()
-    for e in events:
-        if e.get('cat') == 'Node' and e['name'].endswith('_kernel_time'):
-            per_op[e['args'].get('op_name')] += e['dur'] / runs / 1000.0
-    return per_op.most_common(6)
+from seg_ros.core.inference.semantic import SemanticSegmenter
+from seg_ros.core.models import quantize
+from seg_ros.core.models.registry import load_semantic_model
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    ap.add_argument('--camvid', type=Path, default=Path('../shared/data/camvid'))
+    ap.add_argument('--model', choices=('camvid', 'lraspp'), default='camvid')
     ap.add_argument('--size', default='640x480')
-    ap.add_argument('--calib', type=int, default=32, help='calibration frames')
     ap.add_argument('--n', type=int, default=15)
+    ap.add_argument('--gap', type=float, default=0.3)
     args = ap.parse_args()
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from seg_ros.core.inference.semantic import SemanticSegmenter
-    from seg_ros.core.models.registry import load_semantic_model
+    import openvino as ov
     w, h = (int(v) for v in args.size.split('x'))
-    if not (args.camvid / 'train').is_dir():
-        print(f'int8_probe: no CamVid at {args.camvid}', file=sys.stderr)
-        return 2
-    print(json.dumps(machine_facts("cpu")))
+    print(json.dumps(machine_facts('cpu')))
+    torch.manual_seed(0)
+    loaded = load_semantic_model('', 'camvid') if args.model == 'camvid' else \
+        load_semantic_model('lraspp_mobilenet_v3_large', 'none', 21)
     tmp = Path(tempfile.mkdtemp(prefix='seg_ros_int8_'))
-    seg = SemanticSegmenter(load_semantic_model('', 'camvid'), 'cpu', backend='onnxruntime',
-                            cache_dir=str(tmp))
-    fp32 = seg.compiled.export((1, h, w, 3), torch.uint8)
-    pre = tmp / 'pre.onnx'
-    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    calib = _frames(args.camvid / 'train', 12, args.calib, w, h)
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(calib)
-
-        def get_next(self):
-            x = next(self.it, None)
-            return None if x is None else {'image': x}
-
-    graphs = {'fp32': fp32}
-    for name, ops in (('int8 every op', None), ('int8 convolutions', ['Conv'])):
-        out = tmp / f'{name.replace(" ", "_")}.onnx'
-        quantize_static(str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, op_types_to_quantize=ops,
-                        calibrate_method=CalibrationMethod.MinMax)
-        graphs[name] = out
-    sessions = {n: _session(p) for n, p in graphs.items()}
-    runners = {n: _ort_runner(sess) for n, sess in sessions.items()}
-    try:  # OpenVINO, fp32 and NNCF's int8 of the same graph, when nncf is installed
-        import nncf
-        import openvino as ov
-        core = ov.Core()
-        cfg = {'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_PRECISION_HINT': 'f32'}
-        ov_fp32 = core.read_model(str(fp32))
-        ov_int8 = nncf.quantize(ov_fp32, nncf.Dataset(calib), subset_size=len(calib),
-                                preset=nncf.QuantizationPreset.PERFORMANCE)
-        for name, model in (('openvino fp32', ov_fp32), ('openvino nncf int8', ov_int8)):
-            req = core.compile_model(model, 'CPU', cfg).create_infer_request()
-            runners[name] = _ov_runner(req)
-    except ImportError:
-        print('(nncf not installed: no OpenVINO rows; pip install nncf to add them)')
-    val = _frames(args.camvid / 'val', 5, 1000, w, h)
-    for name, run in runners.items():
-        if name == 'fp32':
+    calib = quantize.calibration_set('', loaded.calibration, lambda _: None)
+    shape = (1, h, w, 3)
+    runners, agree_with = {}, None
+    for backend in ('onnxruntime', 'openvino'):
+        seg = SemanticSegmenter(loaded, 'cpu', backend=backend, cache_dir=str(tmp),
+                                calibration=lambda: calib)
+        onnx_file = seg.compiled.export(shape, torch.uint8)
+        inputs = seg.compiled.calibration_inputs(shape, torch.uint8)
+        if backend == 'onnxruntime':
+            q = tmp / 'ort_int8.onnx'
+            quantize.quantize_onnxruntime(onnx_file, inputs, q,
+                                          reduce_range=not quantize.has_vnni())
+            for name, path in (('onnxruntime fp32', onnx_file), ('onnxruntime int8', q)):
+                sess = seg.compiled.ort_session(path)
+                runners[name] = (lambda s: lambda x: s.run(None, {'image': x})[0])(sess)
+            agree_with = runners['onnxruntime fp32']
             continue
-        agree = [float((run(x) == runners['fp32'](x)).mean()) for x in val]
-        print(f'{name}: labels equal to ONNX Runtime fp32 on {100 * np.mean(agree):.2f} % of '
-              f'the pixels of {len(val)} validation frames')
+        q = tmp / 'ov_int8.xml'
+        quantize.quantize_openvino(onnx_file, inputs, q)
+        core = ov.Core()
+        hints = [('openvino fp32', onnx_file, 'f32'), ('openvino int8, f32 rest', q, 'f32')]
+        if 'BF16' in core.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'):
+            hints += [('openvino bf16', onnx_file, 'bf16'),
+                      ('openvino int8, bf16 rest', q, 'bf16')]
+        for name, path, hint in hints:
+            req = core.compile_model(str(path), 'CPU', {
+                'PERFORMANCE_HINT': 'LATENCY', 'INFERENCE_PRECISION_HINT': hint}
+            ).create_infer_request()
+            runners[name] = (lambda r: lambda x: r.infer({0: x})[0].copy())(req)
+    frames = [quantize.fit(f, h, w)[None] for f in (
+        quantize.generated_frames(4) if args.model == 'lraspp' else calib.frames[::3])]
+    frames.append(scene(h, w)[None])
+    for name, run in runners.items():
+        if run is not agree_with:
+            same = np.mean([(run(x) == agree_with(x)).mean() for x in frames])
+            print(f'{name}: labels equal to ONNX Runtime fp32 on {100 * same:.2f} % of '
+                  f'the pixels of {len(frames)} frames')
+    # the eager floor: the model alone on a prepared tensor at its input size
+    x = torch.from_numpy(frames[-1][0]).permute(2, 0, 1)[None].float().div(255)
+    seg = SemanticSegmenter(loaded, 'cpu')
+    if seg.input_size and seg.input_size != min(h, w):
+        s = seg.input_size / min(h, w)
+        x = F.interpolate(x, size=(round(h * s), round(w * s)), mode='bilinear',
+                          antialias=s < 1)
+    xs = seg.normalise(x)
+
+    def eager(_):
+        with torch.inference_mode():
+            seg.model(xs)
+    runners = {'eager torch fp32': eager, **runners}
     times: dict[str, list[float]] = {n: [] for n in runners}
-    for _ in range(args.n):
-        for name, run in runners.items():
-            time.sleep(0.3)
+    order = list(runners.items())
+    for i in range(args.n):
+        for name, run in (order if i % 2 else order[::-1]):
+            time.sleep(args.gap)
             t0 = time.perf_counter()
-            run(val[0])
+            run(frames[-1])
             times[name].append(time.perf_counter() - t0)
-    base = statistics.median(times['fp32'])
+    base = statistics.median(times['eager torch fp32'])
     for name, ts in times.items():
         p50 = statistics.median(ts)
-        ops = ''
-        if name in graphs:
-            ops = '; ms per call: ' + ', '.join(
-                f'{op} {ms:.1f}' for op, ms in _op_profile(graphs[name], val[0]))
-        print(f'{name}: p50 {1e3 * p50:.1f} ms ({p50 / base:.2f}x ONNX Runtime fp32){ops}')
+        print(f'{args.model} {args.size} {name}: p50 {1e3 * p50:.1f} ms, '
+              f'{p50 / base:.2f}x eager')
     return 0
 
 

@@ -10,10 +10,15 @@ image: where two masks overlap, the higher-scored instance keeps the pixel; ever
 of a detection is scored with its mask) with
 pycocotools' COCOeval. Exit 0 only when both ran and agree (AP within 0.005, and the same
 number of instances on every image), 1 otherwise, 2 for a bad dataset or weights file.
+
+``--backend NAME[:PRECISION]`` (default ``torch``; e.g. ``openvino:int8``) runs both on that
+``instance.backend`` and ``precision``: the compiled trunk and heads, an int8 trunk built in
+the warm-up at the first image's size and calibrated on the set the weights carry.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -26,6 +31,10 @@ import torch
 from seg_ros.core.models.registry import ModelLoadError
 from seg_ros.core.spatial.imaging import buffer_to_frame
 from seg_ros.training.coco import CocoSet, DatasetError, evaluate, load_coco, prediction
+
+#: the repository (scripts/with_env sets SEG_ROS_ROOT), else the working directory
+ROOT = Path(os.environ.get('SEG_ROS_ROOT') or Path.cwd())
+CACHE = ROOT / 'out' / 'backend_cache'  # compiled graphs stay inside the repository
 
 #: Detections per image and score threshold of COCO's evaluation protocol.
 MAX_DETECTIONS = 100
@@ -45,17 +54,29 @@ def _to_predictions(dataset: CocoSet, image_id: int, id_map: np.ndarray,
     return out
 
 
-def direct(weights: str, dataset: CocoSet, threshold: float, device: str = 'cpu'
-           ) -> dict[int, list[dict]]:
-    """Predictions of the node's computation in this process, per image id."""
+def direct(weights: str, dataset: CocoSet, threshold: float, device: str = 'cpu',
+           backend: str = 'torch') -> dict[int, list[dict]]:
+    """Predictions of the node's computation in this process, per image id; ``backend``
+    as ``NAME[:PRECISION]``.
+    """
     from seg_ros.core.inference.instances import InstanceSegmenter
     from seg_ros.core.inference.pipeline import Pipeline
+    from seg_ros.core.models.instance_backends import compile_instance_model
+    from seg_ros.core.models.quantize import calibration_set
     from seg_ros.core.models.registry import load_instance_model
+    name, _, precision = backend.partition(':')
     loaded = load_instance_model('', weights, device=device, score_threshold=threshold,
                                  max_detections=MAX_DETECTIONS)
     _check_classes(loaded.class_names, dataset)
+    if name != 'torch':
+        say = functools.partial(print, flush=True)
+        compile_instance_model(loaded.model, name, loaded.name, torch.device(device),
+                               precision or 'fp32', str(CACHE), report=say,
+                               calibration=lambda: calibration_set('', loaded.calibration, say))
     seg = InstanceSegmenter(loaded, device, threshold, 0.5, MAX_DETECTIONS)
     pipe = Pipeline(torch.device(device), instance=seg)
+    first = dataset.rgb(dataset.image_ids[0])
+    pipe.warm_up(first.shape[0], first.shape[1], keep_image=False)  # as the node does
     out = {}
     for image_id in dataset.image_ids:
         rgb = dataset.rgb(image_id)
@@ -78,8 +99,8 @@ def _check_classes(names: list[str], dataset: CocoSet) -> None:
                            f'{names[1:]})')
 
 
-def through_node(weights: str, dataset: CocoSet, threshold: float, log: Path
-                 ) -> dict[int, list[dict] | None]:
+def through_node(weights: str, dataset: CocoSet, threshold: float, log: Path,
+                 backend: str = 'torch') -> dict[int, list[dict] | None]:
     """Predictions of a ``segment_node`` over DDS, per image id (None: no answer)."""
     from sensor_msgs.msg import Image
     from vision_msgs.msg import Detection2DArray
@@ -91,6 +112,10 @@ def through_node(weights: str, dataset: CocoSet, threshold: float, log: Path
             '-p', f'instance.score_threshold:={threshold}',
             '-p', f'instance.max_detections:={MAX_DETECTIONS}',
             '-r', 'image:=/eval/image']
+    name, _, precision = backend.partition(':')
+    if name != 'torch':
+        args += ['-p', f'instance.backend:={name}', '-p', f'precision:={precision or "fp32"}',
+                 '-p', f'backend.cache_dir:={CACHE}']
     first = dataset.rgb(dataset.image_ids[0])
     args += ['-p', f'warmup_size:={first.shape[1]}x{first.shape[0]}']
     out: dict[int, list[dict] | None] = {}
@@ -124,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--coco-masks', action='store_true',
                     help="also score the model's masks as torchvision returns them "
                          "(overlapping; COCO's usual protocol), directly")
+    ap.add_argument('--backend', default='torch',
+                    help='NAME[:PRECISION] of instance.backend and precision: torch, '
+                         'onnxruntime, openvino, openvino:int8, onnxruntime:int8')
     ap.add_argument('--json', type=Path, help='write the figures here too')
     args = ap.parse_args(argv)
     from seg_ros.testing.remote import large_data_transport
@@ -133,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.limit:
             dataset.image_ids = dataset.image_ids[:args.limit]
         t0 = time.time()
-        d_preds = direct(args.weights, dataset, args.score_threshold)
+        d_preds = direct(args.weights, dataset, args.score_threshold, backend=args.backend)
     except (DatasetError, ModelLoadError) as exc:
         print(f'eval_instances: {exc}', file=sys.stderr)
         return 2
@@ -141,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f'direct: {len(dataset)} images, mask AP {d_scores["AP"]:.3f}, AP50 '
           f'{d_scores["AP50"]:.3f}, AP75 {d_scores["AP75"]:.3f} ({time.time() - t0:.0f}s)',
           flush=True)
-    result = {'weights': args.weights, 'coco': args.coco, 'images': len(dataset),
+    result = {'weights': args.weights, 'backend': args.backend, 'coco': args.coco,
+              'images': len(dataset),
               'score_threshold': args.score_threshold, 'dds_transports': transports,
               'direct': d_scores}
     if args.coco_masks:
@@ -156,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_node:
         t0 = time.time()
         log = Path(os.environ.get('TMPDIR', '/tmp')) / f'seg_ros_eval_{os.getpid()}.log'
-        n_preds = through_node(args.weights, dataset, args.score_threshold, log)
+        n_preds = through_node(args.weights, dataset, args.score_threshold, log, args.backend)
         missing = [i for i, p in n_preds.items() if p is None]
         if missing:
             print(f'node: {len(missing)} images unanswered (log {log})')

@@ -5,6 +5,7 @@ the documentation in ``config/segment.yaml``. Validators return an error string 
 """
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +49,14 @@ def _one_of(*choices: str) -> Callable[[Any], str | None]:
     return check
 
 
+def _calibration_dir(v: Any) -> str | None:
+    if not isinstance(v, str):
+        return f'must be a folder path or empty, got {v!r}'
+    if v and not os.path.isdir(os.path.expanduser(v)):
+        return f'{v!r} is not a folder'
+    return None
+
+
 def _weights(v: Any) -> str | None:
     if not isinstance(v, str) or not v.strip():
         return f'must be DEFAULT, none, {"/".join(SHIPPED_SEMANTIC)} or a file path, got {v!r}'
@@ -86,10 +95,18 @@ PARAMS: list[Param] = [
     Param('device', 'auto', 'string', 'auto | cpu | cuda | cuda:N (auto picks CUDA when present)',
           check=lambda v: None if _DEVICE.match(str(v)) else
           f'must be auto, cpu, cuda or cuda:N, got {v!r}'),
-    Param('precision', 'fp32', 'string', 'fp32 | fp16 | bf16, by each backend\'s own '
+    Param('precision', 'fp32', 'string', 'fp32 | fp16 | bf16 | int8, by each backend\'s own '
           'mechanism: torch autocast on CUDA (torch on the CPU runs fp32 and warns once), '
           'OpenVINO\'s inference precision hint (bf16 on CPUs with BF16), ONNX Runtime fp32 '
-          'on the CPU (warns)', check=_one_of('fp32', 'fp16', 'bf16')),
+          'on the CPU (warns); int8: static post-training quantization of the compiled graph '
+          '(NNCF for openvino, onnxruntime.quantization for onnxruntime; the semantic model and '
+          'the instance trunk), built during warm-up for the warmup_size sizes and cached; '
+          'torch runs fp32 and warns', check=_one_of('fp32', 'fp16', 'bf16', 'int8')),
+    Param('int8.calibration_dir', '', 'string',
+          'precision int8: a folder of your own camera frames (png/jpg, up to 32 used) to '
+          'calibrate the quantized graphs on; empty = the set the shipped weights carry '
+          '(camvid: CamVid frames, tabletop: generated tables), generated tables for other '
+          'weights (warns)', check=_calibration_dir),
     Param('reliability', 'auto', 'string',
           'input QoS reliability: auto (match the publishers, best effort until one is seen) '
           '| reliable | best_effort', check=_one_of('auto', 'reliable', 'best_effort')),

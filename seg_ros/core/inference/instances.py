@@ -11,7 +11,7 @@ from torchvision.utils import draw_bounding_boxes
 from seg_ros.core.inference.results import InstanceResult
 from seg_ros.core.inference.semantic import autocast_context
 from seg_ros.core.inference.tracking import Tracker
-from seg_ros.core.models.instance_backends import CompiledHead
+from seg_ros.core.models.instance_backends import CompiledBackbone, CompiledHead
 from seg_ros.core.models.registry import LoadedModel
 from seg_ros.core.spatial.colors import voc_palette
 
@@ -169,6 +169,12 @@ class InstanceSegmenter:
         self.keep_ids: torch.Tensor | None = None
         self.set_classes(classes)
         self.palette = voc_palette(max(loaded.num_classes, 2))
+
+    @property
+    def compiled_graphs(self) -> list:
+        """The compiled backend's graphs standing in the model (none on torch)."""
+        return [m.compiled for m in self.model.modules()
+                if isinstance(m, (CompiledBackbone, CompiledHead))]
 
     def warm_heads(self) -> None:
         """Export and compile the compiled ROI heads now (a frame without detections, such

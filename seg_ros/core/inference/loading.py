@@ -17,6 +17,7 @@ from seg_ros.core.inference.semantic import SemanticSegmenter
 from seg_ros.core.models import backends
 from seg_ros.core.models.backends import BackendError
 from seg_ros.core.models.instance_backends import compile_instance_model
+from seg_ros.core.models.quantize import calibration_set
 from seg_ros.core.models.registry import (
     LoadedModel,
     ModelLoadError,
@@ -72,6 +73,10 @@ def load_pipeline(settings: Settings, info: Callable[[str], None] = _say,
         raise LoadError(f'instance.backend: {exc}') from None
 
     def torch_precision(what: str) -> str:
+        if precision == 'int8':
+            warn(f'precision=int8: {what} backend torch has no int8 mode; running fp32 (int8 '
+                 'is a compiled backend\'s: openvino or onnxruntime)')
+            return 'fp32'
         if device.type != 'cuda' and precision != 'fp32':
             warn(f'precision={precision}: {what} on torch needs CUDA; running fp32 on {device}')
             return 'fp32'
@@ -93,7 +98,8 @@ def load_pipeline(settings: Settings, info: Callable[[str], None] = _say,
                 loaded, device, p['semantic.input_size'],
                 torch_precision('semantic') if sem_backend == 'torch' else precision,
                 p['semantic.channels_last'], p['semantic.compile'], backend=sem_backend,
-                cache_dir=p['backend.cache_dir'], report=info)
+                cache_dir=p['backend.cache_dir'], report=info,
+                calibration=_calibration(p, loaded, warn))
             report('semantic', loaded)
             info(f'semantic backend: {semantic.backend}'
                  + (' (auto)' if p['semantic.backend'] == 'auto' else ''))
@@ -119,7 +125,8 @@ def load_pipeline(settings: Settings, info: Callable[[str], None] = _say,
                 max_proposals=p['instance.max_proposals'])
             if inst_backend != 'torch':
                 compile_instance_model(loaded.model, inst_backend, loaded.name, device,
-                                       precision, p['backend.cache_dir'], report=info)
+                                       precision, p['backend.cache_dir'], report=info,
+                                       calibration=_calibration(p, loaded, warn))
             instance = InstanceSegmenter(
                 loaded, device, p.score_threshold, p.mask_threshold,
                 p['instance.max_detections'], p.classes,
@@ -145,6 +152,11 @@ def load_pipeline(settings: Settings, info: Callable[[str], None] = _say,
         sizes = ', '.join(f'{w}x{h}' for h, w in p.warmup_sizes)
         info(f'warm-up done in {time.perf_counter() - t0:.2f}s ({sizes})')
     return pipeline
+
+
+def _calibration(p: Settings, loaded: LoadedModel, warn: Callable[[str], None]):
+    """The int8 calibration set of ``loaded``, read when first needed."""
+    return lambda: calibration_set(p['int8.calibration_dir'], loaded.calibration, warn)
 
 
 def _yolo_segmenter(p: Settings, device, backend: str, precision: str,

@@ -1,6 +1,7 @@
 """One frame through every enabled model: raw buffer -> results ready to publish. No rclpy."""
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 
@@ -65,9 +66,20 @@ class Pipeline:
         """
         blank = buffer_to_frame('rgb8', height, width, width * 3, False,
                                 bytes(height * width * 3))
-        self.run_many([blank], want_color=[self.semantic is not None], keep_image=keep_image)
+        with contextlib.ExitStack() as stack:  # int8 graphs are built here, never on a frame
+            for compiled in self.compiled_graphs():
+                stack.enter_context(compiled.warming())
+            self.run_many([blank], want_color=[self.semantic is not None],
+                          keep_image=keep_image)
         if self.instance is not None:
             self.instance.warm_heads()
+
+    def compiled_graphs(self) -> list:
+        """The compiled backends' graphs of the enabled models (none on torch)."""
+        graphs = [self.semantic.compiled] if self.semantic is not None else []
+        if self.instance is not None:
+            graphs += getattr(self.instance, 'compiled_graphs', [])
+        return [g for g in graphs if g is not None]
 
     @torch.inference_mode()
     def __call__(self, frame: Frame, want_color: bool = False,

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 
 from seg_ros.core.inference.results import SemanticResult
 from seg_ros.core.models import backends
+from seg_ros.core.models.quantize import CalibrationSet
 from seg_ros.core.models.registry import LoadedModel
 from seg_ros.core.spatial.colors import make_palette
 
-PRECISIONS = ('fp32', 'fp16', 'bf16')
+PRECISIONS = ('fp32', 'fp16', 'bf16', 'int8')
 
 
 def autocast_context(device: torch.device, precision: str):
@@ -60,6 +61,8 @@ class LabelGraph(torch.nn.Module):
         self.input_size = input_size
         self.label_dtype = label_dtype
         self.image_hw = (0, 0)  # set (python ints) before tracing: sizes stay static
+        #: the class maximum as a chain of compares (see :func:`first_max`), not ArgMax
+        self.chain_max = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.image_hw
@@ -74,9 +77,27 @@ class LabelGraph(torch.nn.Module):
         out = self.model(x)['out']
         if tuple(out.shape[-2:]) != (h, w):
             out = F.interpolate(out, size=(h, w), mode='bilinear', align_corners=False)
+        if self.chain_max:
+            return first_max(out).to(self.label_dtype)
         # int32 before the narrowing cast: ONNX casts int64 -> uint8 fine, but some
         # backends only fuse ArgMax with an int32 output
         return out.argmax(1).to(torch.int32).to(self.label_dtype)
+
+
+def first_max(scores: torch.Tensor) -> torch.Tensor:
+    """The index of the first maximum over dim 1 of (N, C, H, W) scores, as (N, H, W)
+    int32: the same labels as ``argmax(1)`` (ties go to the lower class), written as C - 1
+    element-wise compares. OpenVINO runs ArgMax as a TopK that is slow on its blocked
+    layouts (20.1 ms of a 57.5 ms int8 graph for 21 classes at 640x480); the chain fuses
+    into a few element-wise kernels (8.6 ms). BENCHMARKS.md, "INT8 on the CPU".
+    """
+    best = scores[:, 0]
+    index = torch.zeros_like(best, dtype=torch.int32)
+    for c in range(1, scores.shape[1]):
+        v = scores[:, c]
+        index = torch.where(v > best, torch.tensor(c, dtype=torch.int32), index)
+        best = torch.maximum(best, v)
+    return index
 
 
 class SemanticSegmenter:
@@ -88,7 +109,8 @@ class SemanticSegmenter:
         device: the model's device.
         input_size: shorter side fed to the model; ``-1`` = the weights' preferred size
             (``loaded.input_size``), ``0`` = the image's own resolution.
-        precision: ``fp32`` | ``fp16`` | ``bf16`` (autocast, CUDA only).
+        precision: ``fp32`` | ``fp16`` | ``bf16`` (autocast, CUDA only; a compiled backend's
+            own mechanism on the CPU) | ``int8`` (a compiled backend's static quantization).
         channels_last: run the model in channels-last memory format (faster convolutions
             on CPUs and tensor cores; same results up to float rounding).
         compile: wrap the model in ``torch.compile`` (compiles on the first frame, so
@@ -98,13 +120,16 @@ class SemanticSegmenter:
             ``auto`` = the fastest installed for the device.
         cache_dir: on-disk cache of the ONNX exports and compiled models.
         report: called with one line per export / compile / precision fallback.
+        calibration: for ``int8``: returns the frames to calibrate on
+            (:func:`~seg_ros.core.models.quantize.calibration_set`).
     """
 
     def __init__(self, loaded: LoadedModel, device: torch.device | str, input_size: int = -1,
                  precision: str = 'fp32', channels_last: bool = True,
                  compile: bool = False, backend: str = 'torch',
                  cache_dir: str = backends.DEFAULT_CACHE_DIR,
-                 report: Callable[[str], None] = backends.log.info) -> None:
+                 report: Callable[[str], None] = backends.log.info,
+                 calibration: Callable[[], CalibrationSet] | None = None) -> None:
         if precision not in PRECISIONS:
             raise ValueError(f'precision must be one of {PRECISIONS}, got {precision!r}')
         #: seconds of the last model call alone (the torch forward, or the compiled graph)
@@ -131,8 +156,10 @@ class SemanticSegmenter:
         if self.backend != 'torch':
             graph = LabelGraph(loaded.model, self._norm_scale, self._norm_shift,
                                         self.input_size, self.label_dtype)
+            graph.chain_max = self.backend == 'openvino'
             self.compiled = backends.CompiledLabels(self.backend, graph, loaded.name,
-                                                    self.device, precision, cache_dir, report)
+                                                    self.device, precision, cache_dir, report,
+                                                    calibration)
 
     @property
     def label_encoding(self) -> str:

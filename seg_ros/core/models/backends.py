@@ -9,7 +9,16 @@ version, and compiled by the backend. The frame goes in as the float
 [0, 1] RGB tensor the pipeline makes anyway; the labels come out as uint8/uint16, so only
 one small image crosses back from the backend.
 
+``precision: int8`` quantizes that export with the backend's own tool
+(:mod:`seg_ros.core.models.quantize`: NNCF for OpenVINO, ``onnxruntime.quantization`` for
+ONNX Runtime), calibrated on the model's calibration set, only while warming up
+(:meth:`CompiledLabels.warming`): a frame of a size no warm-up built an int8 graph for (and
+none is cached) runs the backend's fp32 graph, and the loader says once which size to add
+to ``warmup_size``.
+
 Caches: ``<cache_dir>/onnx/*.onnx`` (at most :data:`DISK_ENTRIES` files, oldest removed),
+``<cache_dir>/int8/`` the quantized graphs (keyed by the export's key, the calibration
+set's digest and the quantizer's versions; same bound),
 OpenVINO's own compiled-blob cache in ``<cache_dir>/openvino-<version>/``, TensorRT engines
 in ``<cache_dir>/tensorrt-<version>/``; in memory at most :data:`SHAPES_IN_MEMORY` compiled
 shapes (least recently used dropped).
@@ -33,6 +42,7 @@ import numpy as np
 import torch
 
 from seg_ros.core.config.names import BACKENDS, DEFAULT_CACHE_DIR  # noqa: F401  (re-exported)
+from seg_ros.core.models import quantize
 
 #: the Python module each backend needs, and the pip package that brings it
 _MODULES = {'openvino': ('openvino', 'openvino'), 'onnxruntime': ('onnxruntime', 'onnxruntime')}
@@ -79,8 +89,9 @@ def resolve(spec: str, device: torch.device, precision: str = 'fp32') -> str:
     """The backend to run: ``auto`` -> the fastest one installed for ``device``.
 
     On the CPU (BENCHMARKS.md, "Backends"): for fp32 ONNX Runtime, then OpenVINO; for
-    bf16/fp16 OpenVINO (its precision hint), then ONNX Runtime; torch when neither is
-    installed. On CUDA it is torch: no GPU was available to measure the others against it.
+    bf16/fp16/int8 OpenVINO (its precision hint; NNCF's int8), then ONNX Runtime; torch when
+    neither is installed. On CUDA it is torch: no GPU was available to measure the others
+    against it.
 
     Raises:
         BackendError: unknown name, or the named backend is not installed (with the pip
@@ -93,6 +104,9 @@ def resolve(spec: str, device: torch.device, precision: str = 'fp32') -> str:
             return 'torch'
         order = ('onnxruntime', 'openvino') if precision == 'fp32' else \
             ('openvino', 'onnxruntime')
+        if precision == 'int8':  # the first that can quantize here, else as for fp32
+            able = [b for b in order if installed(b) and not quantize.quantizer_missing(b)]
+            order = (*able, *order)
         return next(b for b in (*order, 'torch') if installed(b))
     if not installed(spec):
         mods = [(m, p) for m, p in (_MODULES[spec], ('onnx', 'onnx')) if not _importable(m)]
@@ -141,11 +155,15 @@ class CompiledLabels:
             (OpenVINO's inference precision hint; ONNX Runtime runs fp32 on the CPU).
         cache_dir: root of the on-disk cache.
         report: called with one line per export/compile (the node logs it).
+        calibration: for ``int8``, called once (lazily, in the first warm-up that builds a
+            graph) for the frames to calibrate on
+            (:func:`~seg_ros.core.models.quantize.calibration_set`); None = generated tables.
     """
 
     def __init__(self, backend: str, graph: torch.nn.Module, name: str, device: torch.device,
                  precision: str = 'fp32', cache_dir: str = DEFAULT_CACHE_DIR,
-                 report: Callable[[str], None] = log.info) -> None:
+                 report: Callable[[str], None] = log.info,
+                 calibration: Callable[[], quantize.CalibrationSet] | None = None) -> None:
         self.backend = backend
         self.graph = graph.eval()
         self.name = name
@@ -154,12 +172,17 @@ class CompiledLabels:
         self.report = report
         self.digest = weights_digest(graph)
         self._compiled: OrderedDict[tuple[int, ...], Callable] = OrderedDict()
+        self._calibration_source = calibration or (lambda: quantize.calibration_set('', ''))
+        self._calibration: quantize.CalibrationSet | None = None
+        self._building = False  # int8 graphs are built only while warming up
+        self._fp32_sizes: set[tuple[int, ...]] = set()  # sizes told to run fp32 (int8)
         self.precision, why = self._effective_precision(precision)
         if why:
             report(why)
         try:
             self.cache_dir.mkdir(parents=True, exist_ok=True)
             (self.cache_dir / 'onnx').mkdir(exist_ok=True)
+            (self.cache_dir / 'int8').mkdir(exist_ok=True)
         except OSError as exc:
             raise BackendError(f'backend.cache_dir {str(self.cache_dir)!r} cannot be '
                                f'created: {exc.strerror or exc}') from None
@@ -168,6 +191,12 @@ class CompiledLabels:
     def _effective_precision(self, precision: str) -> tuple[str, str]:
         if precision == 'fp32':
             return 'fp32', ''
+        if precision == 'int8':
+            if self.device.type != 'cpu':
+                return 'fp32', (f'precision=int8: {self.backend} int8 is built for the CPU '
+                                f'here; running fp32 on {self.device}')
+            why = quantize.quantizer_missing(self.backend)
+            return ('fp32', f'precision=int8: {why}; running fp32') if why else ('int8', '')
         if self.backend == 'openvino' and self.device.type == 'cpu':
             import openvino as ov
             caps = ov.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
@@ -187,7 +216,7 @@ class CompiledLabels:
     # runners build on openvino_request / ort_session.
     def key_extra(self) -> str:
         """What else than weights, model, shape and versions tells two exports apart."""
-        return str(self.graph.label_dtype)
+        return str(self.graph.label_dtype) + (' chain-max' if self.graph.chain_max else '')
 
     def prepare(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
         """Set the graph up for tracing at ``shape`` (sizes stay static in the export)."""
@@ -249,6 +278,98 @@ class CompiledLabels:
             old.unlink(missing_ok=True)
 
     # -- compile and run --------------------------------------------------------------------
+    # -- int8 -------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def warming(self):
+        """While open, ``int8`` graphs missing from the cache are built (quantized)."""
+        self._building = True
+        try:
+            yield self
+        finally:
+            self._building = False
+
+    def calibration(self) -> quantize.CalibrationSet:
+        """The calibration set (read once)."""
+        if self._calibration is None:
+            try:
+                self._calibration = self._calibration_source()
+            except quantize.CalibrationError as exc:
+                raise BackendError(str(exc)) from None
+        return self._calibration
+
+    def calibration_inputs(self, shape: tuple[int, ...], dtype: torch.dtype
+                           ) -> list[np.ndarray]:
+        """The graph's input for each calibration frame: (N, H, W, 3) uint8 pixels or
+        (N, 3, H, W) float [0, 1] (a batch of N takes N consecutive frames).
+        """
+        n, h, w = _nhw(shape, dtype)
+        frames = [quantize.fit(f, h, w) for f in self.calibration().frames]
+        out = []
+        for i in range(len(frames)):
+            x = np.stack([frames[(i + j) % len(frames)] for j in range(n)])
+            out.append(x if dtype == torch.uint8 else
+                       np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32) / 255.0)
+        return out
+
+    def int8_path(self, shape: tuple[int, ...], dtype: torch.dtype) -> Path:
+        """Where the quantized graph for an input ``shape`` lives: the export's key, the
+        calibration set's digest, the quantizer's versions and options.
+        """
+        reduce = self.backend == 'onnxruntime' and not quantize.has_vnni()
+        key = hashlib.sha256(f'{self.onnx_path(shape, dtype).stem}|{self.calibration().digest}|'
+                             f'{quantize.versions(self.backend)}|{reduce}'.encode()
+                             ).hexdigest()[:20]
+        ext = 'xml' if self.backend == 'openvino' else 'onnx'
+        return self.cache_dir / 'int8' / f'{self.onnx_path(shape, dtype).stem}-{key}.{ext}'
+
+    def quantized(self, shape: tuple[int, ...], dtype: torch.dtype) -> Path | None:
+        """The int8 graph for ``shape``: from the cache, else built now while warming up;
+        None outside a warm-up when none is cached (the caller runs fp32).
+        """
+        if not self._building:
+            path = self.int8_path(shape, dtype) if self._calibration is not None else None
+            if path is not None and path.is_file():
+                os.utime(path)
+                return path
+            if shape not in self._fp32_sizes:
+                self._fp32_sizes.add(shape)
+                self.report(f'precision=int8: no int8 graph of {self.name} for input {shape} '
+                            'was built in warm-up; this size runs fp32 (add its WIDTHxHEIGHT '
+                            'to warmup_size)')
+            return None
+        path = self.int8_path(shape, dtype)
+        if path.is_file():
+            os.utime(path)
+            self.report(f'{self.backend}: int8 graph for input {shape} reused from cache '
+                        f'{path}')
+            return path
+        onnx_file = self.export(shape, dtype)
+        t0 = time.perf_counter()
+        inputs = self.calibration_inputs(shape, dtype)
+        try:
+            with warnings.catch_warnings(), _quiet('nncf', 'onnxruntime'):
+                warnings.simplefilter('ignore')
+                if self.backend == 'openvino':
+                    quantize.quantize_openvino(onnx_file, inputs, path)
+                else:
+                    quantize.quantize_onnxruntime(onnx_file, inputs, path,
+                                                  reduce_range=not quantize.has_vnni())
+        except Exception as exc:
+            raise BackendError(f'{self.name}: int8 quantization failed ({type(exc).__name__}: '
+                               f'{str(exc)[:300]})') from None
+        self.report(f'{self.backend}: quantized {self.name} to int8 for input {shape} in '
+                    f'{time.perf_counter() - t0:.1f}s, calibrated on '
+                    f'{self.calibration().source} ({path})')
+        self._prune_int8()
+        return path
+
+    def _prune_int8(self) -> None:
+        files = sorted((f for f in (self.cache_dir / 'int8').iterdir()
+                        if f.suffix in ('.xml', '.onnx')), key=_mtime, reverse=True)
+        for old in files[DISK_ENTRIES:]:
+            old.unlink(missing_ok=True)
+            old.with_suffix('.bin').unlink(missing_ok=True)
+
     def compiled(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32
                  ) -> Callable[[torch.Tensor], torch.Tensor]:
         """The runner for an input ``shape`` of ``dtype``, compiled once (bounded in-memory
@@ -259,11 +380,13 @@ class CompiledLabels:
         if run is not None:
             self._compiled.move_to_end(key)
             return run
-        path = self.export(shape, dtype)
+        int8 = self.quantized(shape, dtype) if self.precision == 'int8' else None
+        path = int8 or self.export(shape, dtype)
         t0 = time.perf_counter()
         make = self.openvino_runner if self.backend == 'openvino' else self.onnxruntime_runner
         run = make(path, _nhw(shape, dtype), dtype)
-        self.report(f'{self.backend}: compiled for input {shape} ({self.precision}) in '
+        self.report(f'{self.backend}: compiled for input {shape} '
+                    f'({"int8" if int8 else self.precision.replace("int8", "fp32")}) in '
                     f'{time.perf_counter() - t0:.1f}s')
         self._compiled[key] = run
         while len(self._compiled) > SHAPES_IN_MEMORY:
@@ -286,7 +409,13 @@ class CompiledLabels:
                                f'{what} onnxruntime/torch on CUDA')
         core = ov.Core()
         core.set_property({'CACHE_DIR': str(self.cache_dir / f'openvino-{ov.__version__}')})
-        hint = {'fp32': 'f32', 'bf16': 'bf16', 'fp16': 'f16'}[self.precision]
+        hint = {'fp32': 'f32', 'bf16': 'bf16', 'fp16': 'f16', 'int8': 'f32'}[self.precision]
+        if self.precision == 'int8' and 'BF16' in core.get_property(
+                'CPU', 'OPTIMIZATION_CAPABILITIES'):
+            # what NNCF left in float runs at OpenVINO's own default for the CPU: bf16 where
+            # it has BF16 (CamVid: the same mIoU as an f32 remainder, -0.44 vs fp32, and
+            # 1.3x faster), f32 elsewhere
+            hint = 'bf16'
         compiled = core.compile_model(str(path), 'CPU', {
             'INFERENCE_PRECISION_HINT': hint, 'PERFORMANCE_HINT': 'LATENCY'})
         return compiled.create_infer_request()

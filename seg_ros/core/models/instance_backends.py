@@ -19,13 +19,14 @@ follow from the same code.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from seg_ros.core.models.backends import DEFAULT_CACHE_DIR, CompiledLabels, log
+from seg_ros.core.models.quantize import CalibrationSet
 
 #: Largest ROI count the head graphs accept (a batch of 64 frames of 1000 proposals).
 MAX_ROIS = 64_000
@@ -107,7 +108,9 @@ class CompiledFeatures(CompiledTensors):
                  device: torch.device, precision: str = 'fp32',
                  cache_dir: str = DEFAULT_CACHE_DIR,
                  report: Callable[[str], None] = log.info,
-                 rpn_head: torch.nn.Module | None = None) -> None:
+                 rpn_head: torch.nn.Module | None = None,
+                 normalise: tuple[Sequence[float], Sequence[float]] = ((0.0,) * 3, (1.0,) * 3),
+                 calibration: Callable[[], CalibrationSet] | None = None) -> None:
         with torch.inference_mode():
             probe = backbone.eval()(torch.zeros(1, 3, 64, 64, device=next(
                 backbone.parameters()).device))
@@ -117,8 +120,17 @@ class CompiledFeatures(CompiledTensors):
         if self.with_rpn:
             self.outputs += [f'objectness_{n}' for n in self.names]
             self.outputs += [f'deltas_{n}' for n in self.names]
+        self.mean = np.asarray(normalise[0], np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(normalise[1], np.float32).reshape(1, 3, 1, 1)
         super().__init__(backend, TrunkGraph(backbone, rpn_head), name + '-backbone', device,
-                         precision, cache_dir, report)
+                         precision, cache_dir, report, calibration)
+
+    def calibration_inputs(self, shape: tuple[int, ...], dtype: torch.dtype
+                           ) -> list[np.ndarray]:
+        """Calibration frames as the trunk sees a batch: resized to the padded size and
+        normalised as the model's transform does.
+        """
+        return [(x - self.mean) / self.std for x in super().calibration_inputs(shape, dtype)]
 
     def trunk(self, x: torch.Tensor) -> tuple[OrderedDict[str, torch.Tensor],
                                               tuple[list[torch.Tensor], list[torch.Tensor]] |
@@ -214,14 +226,20 @@ class CompiledHead(torch.nn.Module):
 def compile_instance_model(model: torch.nn.Module, backend: str, name: str,
                            device: torch.device, precision: str = 'fp32',
                            cache_dir: str = DEFAULT_CACHE_DIR,
-                           report: Callable[[str], None] = log.info) -> list[CompiledTensors]:
+                           report: Callable[[str], None] = log.info,
+                           calibration: Callable[[], CalibrationSet] | None = None
+                           ) -> list[CompiledTensors]:
     """Put the compiled trunk (backbone + FPN + RPN head), box head and mask head (+ mask
     predictor) in a torchvision Mask R-CNN's place; returns the compiled graphs (exports
-    happen on first use: per input shape for the trunk, once for each head).
+    happen on first use: per input shape for the trunk, once for each head). ``int8``
+    quantizes the trunk (calibrated on ``calibration``'s frames); the heads run fp32.
     """
     rpn_head = model.rpn.head
     trunk = CompiledFeatures(backend, model.backbone, name, device, precision, cache_dir,
-                             report, rpn_head=rpn_head)
+                             report, rpn_head=rpn_head, calibration=calibration,
+                             normalise=(model.transform.image_mean, model.transform.image_std))
+    # int8: the trunk only (the per-ROI heads are small matrix products on few rows)
+    precision = 'fp32' if precision == 'int8' else precision
     backbone = CompiledBackbone(trunk, model.backbone.out_channels)
     model.backbone = backbone
     model.rpn.head = CompiledRPNHead(backbone, rpn_head)

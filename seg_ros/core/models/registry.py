@@ -106,6 +106,8 @@ class LoadedModel:
         palette: optional (num_classes, 3) uint8 RGB colours (None = generated palette).
         random_init: True when the weights are random (results are meaningless).
         source: human-readable description of where the weights came from.
+        calibration: the int8 calibration set the weights carry (``camvid`` | ``tabletop``;
+            '' = none: :mod:`seg_ros.core.models.quantize`).
     """
 
     model: torch.nn.Module
@@ -118,6 +120,7 @@ class LoadedModel:
     palette: list[list[int]] | None = None
     random_init: bool = False
     source: str = ''
+    calibration: str = ''
 
     @property
     def num_classes(self) -> int:
@@ -219,6 +222,7 @@ def load_semantic_model(name: str, weights: str, num_classes: int = 0,
         loaded.palette = cfg.get('palette')
         loaded.input_size = int(cfg.get('input_size', 0))
         loaded.source = f'shipped weights {weights!r} ({weights_path})'
+        loaded.calibration = weights.lower()
     loaded.model.to(device).eval()
     return loaded
 
@@ -326,6 +330,7 @@ def load_instance_model(name: str, weights: str, num_classes: int = 0,
     loaded.train_size = int(meta.get('train_size', 0) or 0)
     if shipped:
         loaded.source = f'shipped weights {weights.strip()!r} ({path})'
+        loaded.calibration = weights.strip().lower()
     elif meta:
         loaded.source += (f' (seg_ros {meta.get("seg_ros_version", "?")} training, '
                           f'{loaded.num_classes - 1} classes)')
