@@ -257,10 +257,15 @@ PARAMS: list[Param] = [
     Param('instance.depth_objects.stride', 2, 'int',
           'depth_objects: segment on every stride-th pixel, masks at full resolution '
           '(1 = every pixel: finer, ~3x slower)', read_only=False, int_range=(1, 8)),
-    Param('instance.max_proposals', 200, 'int',
-          'at most this many RPN proposals (after NMS) go to the ROI heads per image: the box '
-          "head's cost grows with them (0 = the architecture's own: torchvision's 1000 for "
-          'the R50 models, 150 for the light one; a cap never raises it)',
+    Param('instance.max_proposals', 0, 'int',
+          'at most this many RPN proposals (after NMS) go to the ROI heads per image (0 = the '
+          "architecture's own: torchvision's 1000 for the R50 models, the node then equals "
+          'torchvision for the same file; 150 for the light one; a cap never raises it). A '
+          "speed option: the box head's cost grows with the proposals (R50 v2, 640x480: 200 "
+          "makes the node 0.21x of torchvision's call instead of 0.46x); its accuracy cost on "
+          'R50 is not measured here (no trained R50); on the shipped light tabletop model '
+          '(60 held-out tables, mask AP 0.182 with its own 150) a cap of 100 costs 0.002 AP, '
+          '50 costs 0.001 (docs/backends_performance.md)',
           int_range=(0, 10000)),
     Param('instance.classes', (), 'string_array',
           'class names to keep (unset/empty keeps all)', read_only=False, check=_classes),
