@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from seg_ros.core.inference.semantic import SemanticSegmenter
-from seg_ros.core.models import backends
+from seg_ros.core.models import availability, backends
 from seg_ros.core.models.backends import BackendError
 from seg_ros.core.models.registry import load_semantic_model
 from seg_ros.core.spatial.imaging import buffer_to_frame, frame_to_rgb8, frame_to_tensor
@@ -152,7 +152,7 @@ def test_resolve_auto_and_refusals(monkeypatch):
         assert backends.resolve('auto', cpu, 'fp32') == 'onnxruntime'
     if backends.installed('openvino'):
         assert backends.resolve('auto', cpu, 'bf16') == 'openvino'
-    monkeypatch.setattr(backends, '_importable', lambda m: False)
+    monkeypatch.setattr(availability, '_importable', lambda m: False)
     assert backends.resolve('auto', cpu) == 'torch'
     with pytest.raises(BackendError, match='not installed here.*pip install openvino onnx'):
         backends.resolve('openvino', cpu)
@@ -203,17 +203,17 @@ def test_cache_path_default_follows_xdg(monkeypatch, tmp_path):
 def test_broken_install_is_reported_with_its_import_error(monkeypatch):
     """A backend whose module is present but fails to import (a missing shared library) is
     reported with that error, not as "not installed, pip install ..."."""
-    real = backends.importlib.import_module
+    real = availability.importlib.import_module
 
     def fake(name, *a, **kw):
         if name == 'openvino':
             raise OSError('libopenvino.so.2540: cannot open shared object file')
         return real(name, *a, **kw)
-    monkeypatch.setattr(backends.importlib, 'import_module', fake)
-    backends._import_error.cache_clear()  # the answers are cached per process
+    monkeypatch.setattr(availability.importlib, 'import_module', fake)
+    availability._import_error.cache_clear()  # the answers are cached per process
     try:
         with pytest.raises(BackendError, match='does not import.*libopenvino.so.2540') as info:
             backends.resolve('openvino', torch.device('cpu'))
     finally:
-        backends._import_error.cache_clear()
+        availability._import_error.cache_clear()
     assert 'pip install' not in str(info.value)

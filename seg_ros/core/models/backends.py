@@ -9,16 +9,11 @@ version, and compiled by the backend. The frame goes in as the float
 [0, 1] RGB tensor the pipeline makes anyway; the labels come out as uint8/uint16, so only
 one small image crosses back from the backend.
 
-``precision: int8`` quantizes that export with the backend's own tool
-(:mod:`seg_ros.core.models.quantize`: NNCF for OpenVINO, ``onnxruntime.quantization`` for
-ONNX Runtime), calibrated on the model's calibration set, only while warming up
-(:meth:`CompiledLabels.warming`): a frame of a size no warm-up built an int8 graph for (and
-none is cached) runs the backend's fp32 graph, and the loader says once which size to add
-to ``warmup_size``.
+``precision: int8`` quantizes that export in warm-up (:mod:`~seg_ros.core.models.int8_graphs`,
+:mod:`~seg_ros.core.models.quantize`).
 
 Caches: ``<cache_dir>/onnx/*.onnx`` (at most :data:`DISK_ENTRIES` files, oldest removed),
-``<cache_dir>/int8/`` the quantized graphs (keyed by the export's key, the calibration
-set's digest and the quantizer's versions; same bound),
+``<cache_dir>/int8/`` the quantized graphs (same bound),
 OpenVINO's own compiled-blob cache in ``<cache_dir>/openvino-<version>/``, TensorRT engines
 in ``<cache_dir>/tensorrt-<version>/``; in memory at most :data:`SHAPES_IN_MEMORY` compiled
 shapes (least recently used dropped).
@@ -26,9 +21,7 @@ shapes (least recently used dropped).
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import importlib
 import io
 import logging
 import os
@@ -42,84 +35,14 @@ import numpy as np
 import torch
 
 from seg_ros.core.config.names import BACKENDS, DEFAULT_CACHE_DIR  # noqa: F401  (re-exported)
-from seg_ros.core.models import quantize
+from seg_ros.core.models import int8_graphs, quantize
+from seg_ros.core.models.availability import BackendError, installed, resolve  # noqa: F401  (re-exported)
 
-#: the Python module each backend needs, and the pip package that brings it
-_MODULES = {'openvino': ('openvino', 'openvino'), 'onnxruntime': ('onnxruntime', 'onnxruntime')}
 OPSET = 18
 DISK_ENTRIES = 32
 SHAPES_IN_MEMORY = 4
 
 log = logging.getLogger(__name__)
-
-
-class BackendError(RuntimeError):
-    """A backend cannot be used (not installed, export failed): the message says why."""
-
-
-@functools.cache
-def _import_error(module: str) -> str | None:
-    """None when ``module`` imports; else why: 'not installed', or the error of a broken
-    install (a missing shared library, an incompatible version), which pip install would
-    not fix.
-    """
-    try:
-        importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name is not None and module.split('.')[0] != exc.name.split('.')[0]:
-            return f'broken: {type(exc).__name__}: {exc}'
-        return 'not installed'
-    except Exception as exc:  # installed but broken
-        return f'broken: {type(exc).__name__}: {str(exc)[:300]}'
-    return None
-
-
-def _importable(module: str) -> bool:
-    return _import_error(module) is None
-
-
-def installed(name: str) -> bool:
-    """Whether the backend's Python packages import here (torch always)."""
-    if name == 'torch':
-        return True
-    return _importable(_MODULES[name][0]) and _importable('onnx')
-
-
-def resolve(spec: str, device: torch.device, precision: str = 'fp32') -> str:
-    """The backend to run: ``auto`` -> the fastest one installed for ``device``.
-
-    On the CPU (BENCHMARKS.md, "Backends"): for fp32 ONNX Runtime, then OpenVINO; for
-    bf16/fp16/int8 OpenVINO (its precision hint; NNCF's int8), then ONNX Runtime; torch when
-    neither is installed. On CUDA it is torch: no GPU was available to measure the others
-    against it.
-
-    Raises:
-        BackendError: unknown name, or the named backend is not installed (with the pip
-            command that installs it).
-    """
-    if spec not in BACKENDS:
-        raise BackendError(f'backend must be one of {list(BACKENDS)}, got {spec!r}')
-    if spec == 'auto':
-        if device.type != 'cpu':
-            return 'torch'
-        order = ('onnxruntime', 'openvino') if precision == 'fp32' else \
-            ('openvino', 'onnxruntime')
-        if precision == 'int8':  # the first that can quantize here, else as for fp32
-            able = [b for b in order if installed(b) and not quantize.quantizer_missing(b)]
-            order = (*able, *order)
-        return next(b for b in (*order, 'torch') if installed(b))
-    if not installed(spec):
-        mods = [(m, p) for m, p in (_MODULES[spec], ('onnx', 'onnx')) if not _importable(m)]
-        broken = {p: e for m, p in mods if (e := _import_error(m) or '').startswith('broken')}
-        if broken:
-            raise BackendError(f'backend {spec!r} is installed but does not import: ' + '; '.join(
-                f'{p} {e}' for p, e in broken.items()) + ' (fix the installation, or choose '
-                'backend torch or auto)')
-        missing = [p for _, p in mods]
-        raise BackendError(f'backend {spec!r} is not installed here (no Python module '
-                           f'{" and ".join(missing)}): pip install {" ".join(missing)}, or '
-                           'choose backend torch or auto')
-    return spec
 
 
 def cache_path(cache_dir: str) -> Path:
@@ -172,10 +95,8 @@ class CompiledLabels:
         self.report = report
         self.digest = weights_digest(graph)
         self._compiled: OrderedDict[tuple[int, ...], Callable] = OrderedDict()
-        self._calibration_source = calibration or (lambda: quantize.calibration_set('', ''))
-        self._calibration: quantize.CalibrationSet | None = None
-        self._building = False  # int8 graphs are built only while warming up
-        self._fp32_sizes: set[tuple[int, ...]] = set()  # sizes told to run fp32 (int8)
+        self.int8 = int8_graphs.Int8Graphs(backend, name, self.cache_dir / 'int8', report,
+                                           calibration, keep=DISK_ENTRIES)
         self.precision, why = self._effective_precision(precision)
         if why:
             report(why)
@@ -256,7 +177,8 @@ class CompiledLabels:
         try:
             # the dynamo exporter: the legacy one has no antialiased resize
             with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad(), \
-                    contextlib.redirect_stdout(io.StringIO()), _quiet('onnx_ir', 'onnxscript'):
+                    contextlib.redirect_stdout(io.StringIO()), \
+                    int8_graphs.quiet('onnx_ir', 'onnxscript'):
                 warnings.simplefilter('ignore')
                 torch.onnx.export(self.graph.to('cpu'), (x,), str(tmp), dynamo=True,
                                   opset_version=OPSET, input_names=['image'],
@@ -273,103 +195,21 @@ class CompiledLabels:
         return path
 
     def _prune(self) -> None:
-        files = sorted((self.cache_dir / 'onnx').glob('*.onnx'), key=_mtime, reverse=True)
-        for old in files[DISK_ENTRIES:]:
-            old.unlink(missing_ok=True)
+        int8_graphs.prune(self.cache_dir / 'onnx', ('.onnx',), DISK_ENTRIES)
 
-    # -- compile and run --------------------------------------------------------------------
-    # -- int8 -------------------------------------------------------------------------------
-    @contextlib.contextmanager
+    # -- int8 (the graphs, their cache and calibration: models.int8_graphs) ----------------
     def warming(self):
-        """While open, ``int8`` graphs missing from the cache are built (quantized)."""
-        self._building = True
-        try:
-            yield self
-        finally:
-            self._building = False
-
-    def calibration(self) -> quantize.CalibrationSet:
-        """The calibration set (read once)."""
-        if self._calibration is None:
-            try:
-                self._calibration = self._calibration_source()
-            except quantize.CalibrationError as exc:
-                raise BackendError(str(exc)) from None
-        return self._calibration
+        """A context: while open, ``int8`` graphs missing from the cache are built."""
+        return self.int8.warming()
 
     def calibration_inputs(self, shape: tuple[int, ...], dtype: torch.dtype
                            ) -> list[np.ndarray]:
         """The graph's input for each calibration frame: (N, H, W, 3) uint8 pixels or
         (N, 3, H, W) float [0, 1] (a batch of N takes N consecutive frames).
         """
-        n, h, w = _nhw(shape, dtype)
-        frames = [quantize.fit(f, h, w) for f in self.calibration().frames]
-        out = []
-        for i in range(len(frames)):
-            x = np.stack([frames[(i + j) % len(frames)] for j in range(n)])
-            out.append(x if dtype == torch.uint8 else
-                       np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32) / 255.0)
-        return out
+        return self.int8.frames(*_nhw(shape, dtype), pixels=dtype == torch.uint8)
 
-    def int8_path(self, shape: tuple[int, ...], dtype: torch.dtype) -> Path:
-        """Where the quantized graph for an input ``shape`` lives: the export's key, the
-        calibration set's digest, the quantizer's versions and options.
-        """
-        reduce = self.backend == 'onnxruntime' and not quantize.has_vnni()
-        key = hashlib.sha256(f'{self.onnx_path(shape, dtype).stem}|{self.calibration().digest}|'
-                             f'{quantize.versions(self.backend)}|{reduce}'.encode()
-                             ).hexdigest()[:20]
-        ext = 'xml' if self.backend == 'openvino' else 'onnx'
-        return self.cache_dir / 'int8' / f'{self.onnx_path(shape, dtype).stem}-{key}.{ext}'
-
-    def quantized(self, shape: tuple[int, ...], dtype: torch.dtype) -> Path | None:
-        """The int8 graph for ``shape``: from the cache, else built now while warming up;
-        None outside a warm-up when none is cached (the caller runs fp32).
-        """
-        if not self._building:
-            path = self.int8_path(shape, dtype) if self._calibration is not None else None
-            if path is not None and path.is_file():
-                os.utime(path)
-                return path
-            if shape not in self._fp32_sizes:
-                self._fp32_sizes.add(shape)
-                self.report(f'precision=int8: no int8 graph of {self.name} for input {shape} '
-                            'was built in warm-up; this size runs fp32 (add its WIDTHxHEIGHT '
-                            'to warmup_size)')
-            return None
-        path = self.int8_path(shape, dtype)
-        if path.is_file():
-            os.utime(path)
-            self.report(f'{self.backend}: int8 graph for input {shape} reused from cache '
-                        f'{path}')
-            return path
-        onnx_file = self.export(shape, dtype)
-        t0 = time.perf_counter()
-        inputs = self.calibration_inputs(shape, dtype)
-        try:
-            with warnings.catch_warnings(), _quiet('nncf', 'onnxruntime'):
-                warnings.simplefilter('ignore')
-                if self.backend == 'openvino':
-                    quantize.quantize_openvino(onnx_file, inputs, path)
-                else:
-                    quantize.quantize_onnxruntime(onnx_file, inputs, path,
-                                                  reduce_range=not quantize.has_vnni())
-        except Exception as exc:
-            raise BackendError(f'{self.name}: int8 quantization failed ({type(exc).__name__}: '
-                               f'{str(exc)[:300]})') from None
-        self.report(f'{self.backend}: quantized {self.name} to int8 for input {shape} in '
-                    f'{time.perf_counter() - t0:.1f}s, calibrated on '
-                    f'{self.calibration().source} ({path})')
-        self._prune_int8()
-        return path
-
-    def _prune_int8(self) -> None:
-        files = sorted((f for f in (self.cache_dir / 'int8').iterdir()
-                        if f.suffix in ('.xml', '.onnx')), key=_mtime, reverse=True)
-        for old in files[DISK_ENTRIES:]:
-            old.unlink(missing_ok=True)
-            old.with_suffix('.bin').unlink(missing_ok=True)
-
+    # -- compile and run --------------------------------------------------------------------
     def compiled(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32
                  ) -> Callable[[torch.Tensor], torch.Tensor]:
         """The runner for an input ``shape`` of ``dtype``, compiled once (bounded in-memory
@@ -380,7 +220,14 @@ class CompiledLabels:
         if run is not None:
             self._compiled.move_to_end(key)
             return run
-        int8 = self.quantized(shape, dtype) if self.precision == 'int8' else None
+        int8 = None
+        if self.precision == 'int8':
+            try:
+                int8 = self.int8.get(shape, self.onnx_path(shape, dtype),
+                                     lambda: self.export(shape, dtype),
+                                     lambda: self.calibration_inputs(shape, dtype))
+            except int8_graphs.QuantizeError as exc:
+                raise BackendError(str(exc)) from None
         path = int8 or self.export(shape, dtype)
         t0 = time.perf_counter()
         make = self.openvino_runner if self.backend == 'openvino' else self.onnxruntime_runner
@@ -483,18 +330,6 @@ class CompiledLabels:
         return run
 
 
-@contextlib.contextmanager
-def _quiet(*loggers: str):
-    """Silence the exporter's INFO chatter (it logs every graph pass)."""
-    saved = [(lg, lg.level) for lg in map(logging.getLogger, loggers)]
-    for lg, _ in saved:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in saved:
-            lg.setLevel(level)
-
 
 def _nhw(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[int, int, int]:
     """(N, H, W) of an input: (N, H, W, 3) uint8 pixels or (N, 3, H, W) float."""
@@ -502,9 +337,3 @@ def _nhw(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[int, int, int]:
         return int(shape[0]), int(shape[1]), int(shape[2])
     return int(shape[0]), int(shape[2]), int(shape[3])
 
-
-def _mtime(p: Path) -> float:
-    try:
-        return p.stat().st_mtime
-    except OSError:
-        return 0.0

@@ -20,6 +20,7 @@ graph's input size. Its digest is part of the quantized graph's cache key.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -56,8 +57,9 @@ class CalibrationSet:
     frames: list[np.ndarray]
     source: str
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
+        """The frames' content hash (computed once)."""
         h = hashlib.sha256()
         for f in self.frames:
             h.update(f'{f.shape};'.encode())
