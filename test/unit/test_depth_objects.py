@@ -162,6 +162,26 @@ def test_connected_components_follow_links_only():
     assert lab[snake].unique().numel() == 1
 
 
+
+def test_connected_components_scipy_and_propagation_agree():
+    """The CPU's union-find labelling and the device's label propagation (what CUDA runs)
+    give the same labels, the smallest flat index of each component, on random grids."""
+    from seg_ros.core.spatial import depth_objects as do
+    gen = torch.Generator().manual_seed(3)
+    for density in (0.5, 0.8, 0.95):
+        active = torch.rand((37, 53), generator=gen) < density
+        right = torch.rand((37, 53), generator=gen) < density
+        down = torch.rand((37, 53), generator=gen) < density
+        lr = right & active & torch.roll(active, -1, 1)
+        lr[:, -1] = False
+        ld = down & active & torch.roll(active, -1, 0)
+        ld[-1, :] = False
+        a = do._components_scipy(active, lr, ld)
+        b = do._components_propagate(active, lr, ld, 2000)
+        assert torch.equal(a, b)
+        assert (a[~active] == -1).all() and a[active].unique().numel() > 1
+        assert torch.equal(connected_components(active, right, down), a)
+
 def _settings(**kw):
     values = {'device': 'cpu', 'semantic.enabled': False, 'instance.enabled': True,
               'instance.model': 'depth_objects', 'depth.enabled': True, 'warmup': False,

@@ -254,7 +254,10 @@ class InstanceSegmenter:
         idx = idx[torch.argsort(scores[idx], descending=True, stable=True)]
         # threshold in place, then gather bytes: gathering the float masks first copied
         # 123 MB for 100 instances at 640x480 (90 ms)
-        masks = (out['masks'][:, 0] > self.mask_threshold)[idx]
+        masks = out['masks'][:, 0]
+        if masks.dtype != torch.bool:  # depth_objects' masks are bool already
+            masks = masks > self.mask_threshold
+        masks = masks[idx]
         rows, alternatives = merge_duplicates(masks, out['labels'][idx], scores[idx],
                                               self.duplicate_iou)
         rows, alternatives = rows[:self.max_detections], alternatives[:self.max_detections]
