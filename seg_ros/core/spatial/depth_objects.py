@@ -355,5 +355,6 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
         torch.full((n_out,), -1, device=dev).scatter_reduce(0, which, xs, 'amax') + 1,
         torch.full((n_out,), -1, device=dev).scatter_reduce(0, which, ys, 'amax') + 1,
     ], 1).float()
-    masks = inst[None] == torch.arange(n_out, device=dev)[:, None, None]
+    small = inst.to(torch.int16 if n_out < 2**15 else torch.int32)  # a quarter of the bytes
+    masks = small[None] == torch.arange(n_out, device=dev, dtype=small.dtype)[:, None, None]
     return Segments(masks, boxes, scores[order].float(), plane)

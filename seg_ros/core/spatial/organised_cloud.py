@@ -14,8 +14,11 @@ import torch.nn.functional as F
 def masked_mean(x: torch.Tensor, ok: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean of ``x`` (H, W) over the valid pixels of each k x k window, and their count."""
     xs = torch.where(ok, x, torch.zeros((), device=x.device))
-    s = F.avg_pool2d(xs[None, None], k, 1, k // 2, count_include_pad=False)[0, 0]
-    c = F.avg_pool2d(ok.float()[None, None], k, 1, k // 2, count_include_pad=False)[0, 0]
+    both = torch.stack([xs, ok.float()])[None]  # one separable pass for both (a k x k
+    # window's mean is the mean of its rows' means, borders included: the in-image window
+    # is a rectangle)
+    both = F.avg_pool2d(both, (1, k), 1, (0, k // 2), count_include_pad=False)
+    s, c = F.avg_pool2d(both, (k, 1), 1, (k // 2, 0), count_include_pad=False)[0]
     return s / c.clamp_min(1e-6), c
 
 
@@ -87,11 +90,20 @@ def fit_support(p: torch.Tensor, n: torch.Tensor, good: torch.Tensor, tol: float
         hd = -(hn * a).sum(1)
         sign = torch.where(hd < 0, -1.0, 1.0)  # camera (origin) on the positive side
         hn, hd = hn * sign[:, None], hd * sign
-        dist = (pts[sub] @ hn.T + hd).abs()                       # (S, K)
-        agree = (nrm[sub] @ hn.T).abs() >= cos_tol
-        score = ((dist <= tol) & agree).sum(0)
-        score = torch.where(ln[:, 0] > 1e-9, score, torch.zeros_like(score))
-        k = int(torch.argmax(score))
+
+        def scores(rows: torch.Tensor, cand: torch.Tensor) -> torch.Tensor:
+            dist = (pts[rows] @ hn[cand].T + hd[cand]).abs()               # (S, K)
+            agree = (nrm[rows] @ hn[cand].T).abs() >= cos_tol
+            score = ((dist <= tol) & agree).sum(0)
+            return torch.where(ln[cand, 0] > 1e-9, score, torch.zeros_like(score))
+        # preemptive scoring: every hypothesis on the first eighth of the sample, the best
+        # eight on all of it (a sixth of the work; the same plane but where two are close)
+        first = scores(sub[:max(1, sub.numel() // 8)], torch.arange(hypotheses, device=dev))
+        best = torch.topk(first, min(8, hypotheses)).indices
+        score = scores(sub, best)
+        k = int(best[int(torch.argmax(score))])
+        score = torch.zeros(hypotheses, dtype=score.dtype, device=dev).index_copy(
+            0, best, score)
         if int(score[k]) < 0.05 * sub.numel():
             return None
         # refine: least squares over the sample's inliers (twice)
