@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from seg_ros.core.config.settings import Settings, SettingsError
+from seg_ros.core.inference.instances import compose_id_map, rows_to_id_map
 from seg_ros.core.inference.loading import LoadError, load_pipeline
 from seg_ros.core.inference.processor import FrameInput, FrameProcessor
 from seg_ros.core.spatial.depth_objects import (
@@ -269,3 +270,15 @@ def test_parameters_are_dynamic():
     out = model([torch.zeros(3, 240, 320)],
                 [DepthFrame(z, sc.k[0], sc.k[4], sc.k[2], sc.k[5])])[0]
     assert out['masks'].shape[1:] == (1, 240, 320)
+    # the segmenter asks for no masks: the rows image holds the same objects
+    rows = model([torch.zeros(3, 240, 320)],
+                 [DepthFrame(z, sc.k[0], sc.k[4], sc.k[2], sc.k[5])], masks=False)[0]
+    assert 'masks' not in rows and torch.equal(rows['boxes'], out['boxes'])
+    n = out['masks'].shape[0]
+    assert n >= 2
+    composed = compose_id_map(out['masks'][:, 0], 240, 320)
+    assert torch.equal(rows_to_id_map(rows['rows'], torch.arange(n), n), composed)
+    # a selection (the score threshold, max_detections): the others' pixels are background
+    pick = torch.tensor([1])
+    only = rows_to_id_map(rows['rows'], pick, n)
+    assert torch.equal(only == 1, out['masks'][1, 0]) and int(only.int().max()) == 1

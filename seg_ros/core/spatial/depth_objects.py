@@ -81,20 +81,24 @@ class DepthObjectsParams:
 
 @dataclass
 class Segments:
-    """The objects of one frame: ``masks`` (N, H, W) bool, ``boxes`` (N, 4) xyxy float,
-    ``scores`` (N,) float, highest score first; ``support`` (4,) plane (n, d) with
+    """The objects of one frame: ``masks`` (N, H, W) bool (None when not asked for),
+    ``boxes`` (N, 4) xyxy float, ``scores`` (N,) float, highest score first; ``rows``
+    (H, W) int16 (int32 beyond 32767 objects) the row of each pixel's object, -1 for none
+    (the masks as one image: they never overlap); ``support`` (4,) plane (n, d) with
     n . p + d = height above it in metres (None when no support surface was found).
     """
 
-    masks: torch.Tensor
+    masks: torch.Tensor | None
     boxes: torch.Tensor
     scores: torch.Tensor
     support: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
 
 
 def _empty(h: int, w: int, device: torch.device) -> Segments:
     return Segments(torch.zeros((0, h, w), dtype=torch.bool, device=device),
-                    torch.zeros((0, 4), device=device), torch.zeros((0,), device=device))
+                    torch.zeros((0, 4), device=device), torch.zeros((0,), device=device),
+                    rows=torch.full((h, w), -1, dtype=torch.int16, device=device))
 
 
 def _jumps(z: torch.Tensor, dy: int, dx: int, rel: float) -> torch.Tensor:
@@ -213,7 +217,7 @@ def _fill(lab: torch.Tensor, can: torch.Tensor, link: tuple[torch.Tensor, ...],
 @torch.inference_mode()
 def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx: float,
             cy: float, params: DepthObjectsParams = DepthObjectsParams(),
-            generator: torch.Generator | None = None) -> Segments:
+            generator: torch.Generator | None = None, masks: bool = True) -> Segments:
     """The objects on the support surface of one frame.
 
     Args:
@@ -221,6 +225,7 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
         rgb: (3, H, W) float [0, 1] colour image on the same grid (None: colour unused).
         fx, fy, cx, cy: the colour camera's intrinsics in pixels of that grid.
         generator: RANSAC's random numbers (None: torch's default; pass one to repeat).
+        masks: also the (N, H, W) masks (``rows`` holds the same as one image).
     """
     prm = params
     s = max(1, int(prm.stride))
@@ -356,5 +361,7 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
         torch.full((n_out,), -1, device=dev).scatter_reduce(0, which, ys, 'amax') + 1,
     ], 1).float()
     small = inst.to(torch.int16 if n_out < 2**15 else torch.int32)  # a quarter of the bytes
-    masks = small[None] == torch.arange(n_out, device=dev, dtype=small.dtype)[:, None, None]
-    return Segments(masks, boxes, scores[order].float(), plane)
+    out = None
+    if masks:
+        out = small[None] == torch.arange(n_out, device=dev, dtype=small.dtype)[:, None, None]
+    return Segments(out, boxes, scores[order].float(), plane, small)

@@ -51,8 +51,10 @@ class DepthObjectsModel(torch.nn.Module):
     """:func:`segment` behind torchvision's Mask R-CNN interface, so that the instance
     segmenter serves it like every instance model (ids, tracking, 3D, overlay).
 
-    ``forward(images, depths)``: one :class:`DepthFrame` (or None: no depth, no objects) per
-    (3, H, W) image; per image a dict of ``boxes``, ``scores``, ``labels`` (all 1, "object")
+    ``forward(images, depths, masks=True)``: one :class:`DepthFrame` (or None: no depth, no
+    objects) per (3, H, W) image; per image a dict of ``boxes``, ``scores``, ``labels`` (all
+    1, "object"), ``rows`` ((H, W) each pixel's object row, -1 none; the segmenter composes
+    its id image from it, ``masks=False`` skips the masks)
     and ``masks`` (N, 1, H, W) bool (thresholding them as torchvision's float masks gives
     them back). ``params`` can be replaced between frames.
     """
@@ -68,7 +70,7 @@ class DepthObjectsModel(torch.nn.Module):
         self.roi_heads = SimpleNamespace(score_thresh=0.0)
 
     def forward(self, images: Sequence[torch.Tensor],
-                depths: Sequence[DepthFrame | None] | None = None
+                depths: Sequence[DepthFrame | None] | None = None, masks: bool = True
                 ) -> list[dict[str, torch.Tensor]]:
         depths = list(depths) if depths is not None else [None] * len(images)
         out = []
@@ -80,11 +82,14 @@ class DepthObjectsModel(torch.nn.Module):
                 # a fixed seed per frame: the same frame always gives the same objects
                 gen = torch.Generator(device=d.z.device).manual_seed(self.seed)
                 with _cpu_threads(d.z.device, CPU_THREADS):
-                    seg = segment(d.z, image, d.fx, d.fy, d.cx, d.cy, self.params, gen)
-            n = seg.masks.shape[0]
-            out.append({'boxes': seg.boxes, 'scores': seg.scores,
-                        'labels': torch.ones(n, dtype=torch.int64, device=seg.masks.device),
-                        'masks': seg.masks[:, None]})  # bool: no 4-byte copy per pixel
+                    seg = segment(d.z, image, d.fx, d.fy, d.cx, d.cy, self.params, gen,
+                                  masks=masks)
+            n = seg.boxes.shape[0]
+            item = {'boxes': seg.boxes, 'scores': seg.scores, 'rows': seg.rows,
+                    'labels': torch.ones(n, dtype=torch.int64, device=seg.boxes.device)}
+            if masks:
+                item['masks'] = seg.masks[:, None]  # bool: no 4-byte copy per pixel
+            out.append(item)
         return out
 
 
