@@ -254,6 +254,11 @@ PARAMS: list[Param] = [
     Param('instance.depth_objects.min_points', 150, 'int',
           'depth_objects: pixels a segment needs to be an object', read_only=False,
           int_range=(1, 1_000_000)),
+    Param('instance.depth_objects.min_part', 600, 'int',
+          'depth_objects: pixels; the cut bands are grown by a grid cell so that a gap at '
+          'the end of a crease does not join two objects (a box on a box), and a part that '
+          'this breaks off an object and is smaller than this rejoins it (0 = bands not '
+          'grown)', read_only=False, int_range=(0, 1_000_000)),
     Param('instance.depth_objects.stride', 2, 'int',
           'depth_objects: segment on every stride-th pixel, masks at full resolution '
           '(1 = every pixel: finer, ~3x slower)', read_only=False, int_range=(1, 8)),

@@ -24,9 +24,12 @@ tabletop segmentation of ROS' object-recognition stacks, and LCCP's convexity ru
    ``crease_angle``, as where a box stands on or leans against another; convex edges, a box's
    own, are never cut); a colour edge (RGB difference larger than ``color_edge``) where the
    depth surface is continuous (two touching objects sharing a surface).
-4. **Connected components** of the uncut object points (label propagation with pointer
-   jumping, on the device); points in a cut band join the neighbouring segment across no
-   depth step; segments smaller than ``min_points`` (full-resolution pixels) are dropped.
+4. **Connected components** of the uncut object points (SciPy's labelling on the CPU,
+   label propagation with pointer jumping on CUDA), the cut bands grown by a cell first so
+   that a gap of a cell or two at the end of a crease does not join two objects; a part
+   that growing broke off (smaller than ``min_part`` pixels: noise creases) rejoins its
+   object; points in a cut band join the neighbouring segment across no depth step;
+   segments smaller than ``min_points`` (full-resolution pixels) are dropped.
 5. **Masks at full resolution**: the grid labels upsampled, each pixel kept when its own
    height is above ``min_height`` (pixels without depth keep their segment's label).
 
@@ -76,6 +79,7 @@ class DepthObjectsParams:
     crease_angle: float = 20.0     # degrees: a concave crease sharper than this cuts
     color_edge: float = 0.0        # RGB distance in [0, sqrt(3)]; 0 = colour not used
     min_points: int = 150          # full-resolution pixels a segment needs
+    min_part: int = 600            # full-resolution pixels; 0 = crease gaps not closed
     stride: int = 2                # grid step in pixels (1 = every pixel)
 
 
@@ -214,6 +218,40 @@ def _fill(lab: torch.Tensor, can: torch.Tensor, link: tuple[torch.Tensor, ...],
     return flat.view(h, w)
 
 
+def _grown(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` grown by one cell (3 x 3), as a separable max."""
+    m = F.max_pool2d(mask.float()[None, None], (1, 3), 1, (0, 1))
+    return F.max_pool2d(m, (3, 1), 1, (1, 0))[0, 0] > 0
+
+
+def _close_gaps(lab: torch.Tensor, core: torch.Tensor, link_r: torch.Tensor,
+                link_down: torch.Tensor, min_cells: int) -> torch.Tensor:
+    """Components of ``core`` (the object cells off the cut bands grown by a cell), where a
+    gap of a cell or two in a crease band no longer joins two objects (a box on a box
+    leaked into one through the ends of the crease between them). Growing the bands also
+    breaks small fragments off an object where noise makes creases: a part smaller than
+    ``min_cells`` rejoins the largest part of its component in ``lab`` (the components of
+    the ungrown cut); cells only the grown bands hold become unlabelled (-1, filled later).
+    """
+    lab1 = connected_components(core, link_r, link_down)
+    on = lab1 >= 0
+    if not bool(on.any()):
+        return lab1
+    dev = lab.device
+    parts, inv = torch.unique(lab1[on], return_inverse=True)
+    area = torch.bincount(inv)
+    host = torch.zeros_like(parts).scatter_reduce(0, inv, lab[on], 'amax', include_self=False)
+    # per host component its largest part (ties: the smallest label)
+    big = lab.numel() + 1
+    key = area * big + (big - 1 - parts)
+    best = torch.zeros(big, dtype=torch.int64, device=dev).scatter_reduce(
+        0, host, key, 'amax', include_self=False)
+    largest = (big - 1) - best[host] % big
+    out = torch.full_like(lab, -1)
+    out[on] = torch.where(area < min_cells, largest, parts)[inv]
+    return out
+
+
 @torch.inference_mode()
 def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx: float,
             cy: float, params: DepthObjectsParams = DepthObjectsParams(),
@@ -285,6 +323,9 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
         link_d &= ~color_d
     core = obj & ~cut
     lab = connected_components(core, link_r, link_d)
+    if prm.min_part > 0:
+        lab = _close_gaps(lab, obj & ~_grown(cut), link_r, link_d,
+                          max(1, round(prm.min_part / (s * s))))
     # the cut bands join a neighbouring segment across no depth step
     lr = link_r & obj & shift(obj, 0, 1, False)
     ld = link_d & obj & shift(obj, 1, 0, False)
