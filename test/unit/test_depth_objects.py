@@ -14,12 +14,10 @@ from seg_ros.core.config.settings import Settings, SettingsError
 from seg_ros.core.inference.instances import compose_id_map, rows_to_id_map
 from seg_ros.core.inference.loading import LoadError, load_pipeline
 from seg_ros.core.inference.processor import FrameInput, FrameProcessor
-from seg_ros.core.spatial.depth_objects import (
-    DepthObjectsParams,
-    connected_components,
-    segment,
-)
+from seg_ros.core.spatial import grid_labels
+from seg_ros.core.spatial.depth_objects import DepthObjectsParams, segment
 from seg_ros.core.spatial.depth_objects_model import DepthFrame, DepthObjectsModel
+from seg_ros.core.spatial.grid_labels import connected_components
 from seg_ros.core.spatial.imaging import buffer_to_frame
 from seg_ros.core.spatial.pairing import Pairing
 from seg_ros.synthetic import rgbd_scene, tabletop
@@ -167,7 +165,6 @@ def test_connected_components_follow_links_only():
 def test_connected_components_scipy_and_propagation_agree():
     """The CPU's union-find labelling and the device's label propagation (what CUDA runs)
     give the same labels, the smallest flat index of each component, on random grids."""
-    from seg_ros.core.spatial import depth_objects as do
     gen = torch.Generator().manual_seed(3)
     for density in (0.5, 0.8, 0.95):
         active = torch.rand((37, 53), generator=gen) < density
@@ -177,8 +174,8 @@ def test_connected_components_scipy_and_propagation_agree():
         lr[:, -1] = False
         ld = down & active & torch.roll(active, -1, 0)
         ld[-1, :] = False
-        a = do._components_scipy(active, lr, ld)
-        b = do._components_propagate(active, lr, ld, 2000)
+        a = grid_labels._components_scipy(active, lr, ld)
+        b = grid_labels._components_propagate(active, lr, ld, 2000)
         assert torch.equal(a, b)
         assert (a[~active] == -1).all() and a[active].unique().numel() > 1
         assert torch.equal(connected_components(active, right, down), a)

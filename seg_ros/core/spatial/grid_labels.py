@@ -1,0 +1,148 @@
+"""Labelling on the organised grid of :mod:`seg_ros.core.spatial.depth_objects`: connected
+components whose neighbours join only along allowed links, the fills that give cut cells a
+neighbour's label, and the closing of gaps in cut bands. Vectorised in torch on the device
+(SciPy's labelling on the CPU). No rclpy.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+try:  # the CPU's connected components (a dependency of the package; CUDA does not need it)
+    from scipy import ndimage
+except ImportError:  # pragma: no cover
+    ndimage = None
+
+from seg_ros.core.spatial.organised_cloud import shift
+
+
+def connected_components(active: torch.Tensor, link_right: torch.Tensor,
+                         link_down: torch.Tensor, max_iter: int = 2000) -> torch.Tensor:
+    """Labels (h, w) int64 of the 4-connected components of ``active`` cells, where two
+    neighbours connect only when ``link_right[i, j]`` (cell (i, j) with (i, j + 1)) /
+    ``link_down[i, j]`` (with (i + 1, j)) is set. Inactive cells get -1; a component's label
+    is the smallest flat index of its cells.
+
+    On the CPU SciPy's union-find labelling does it (``scipy.ndimage.label`` on a grid with
+    the links as pixels between the cells: 1 ms where the propagation took 7 on a 320x240
+    grid); elsewhere (CUDA) min-label propagation with pointer jumping on the device. Both
+    give the same labels (tested).
+    """
+    lr = link_right & active & shift(active, 0, 1, False)
+    ld = link_down & active & shift(active, 1, 0, False)
+    if active.device.type == 'cpu' and ndimage is not None:
+        return _components_scipy(active, lr, ld)
+    return _components_propagate(active, lr, ld, max_iter)
+
+
+def _components_scipy(active: torch.Tensor, lr: torch.Tensor, ld: torch.Tensor
+                      ) -> torch.Tensor:
+    h, w = active.shape
+    grid = np.zeros((2 * h - 1, 2 * w - 1), dtype=bool)  # cells at even, links at odd places
+    grid[::2, ::2] = active.numpy()
+    grid[::2, 1::2] = lr[:, :-1].numpy()
+    grid[1::2, ::2] = ld[:-1, :].numpy()
+    comp, n = ndimage.label(grid)  # 4-connectivity; 1..n in raster order
+    comp = torch.from_numpy(comp[::2, ::2].astype(np.int64))
+    flat = torch.arange(h * w).view(h, w)
+    first = torch.full((n + 1,), h * w, dtype=torch.int64)
+    first.scatter_reduce_(0, comp.flatten(), flat.flatten(), reduce='amin')
+    first[0] = -1
+    return first[comp]
+
+
+def _components_propagate(active: torch.Tensor, lr: torch.Tensor, ld: torch.Tensor,
+                          max_iter: int) -> torch.Tensor:
+    h, w = active.shape
+    dev = active.device
+    big = h * w
+    idx = torch.arange(h * w, device=dev).view(h, w)
+    lab = torch.where(active, idx, big)
+    ll = shift(lr, 0, -1, False)  # link to the left neighbour
+    lu = shift(ld, -1, 0, False)
+    for _ in range(max_iter):
+        new = lab
+        new = torch.minimum(new, torch.where(lr, shift(lab, 0, 1, big), big))
+        new = torch.minimum(new, torch.where(ll, shift(lab, 0, -1, big), big))
+        new = torch.minimum(new, torch.where(ld, shift(lab, 1, 0, big), big))
+        new = torch.minimum(new, torch.where(lu, shift(lab, -1, 0, big), big))
+        flat = torch.cat([new.flatten(), torch.tensor([big], device=dev)])
+        for _ in range(3):  # pointer jumping: label of my label
+            flat = torch.minimum(flat, flat[flat])
+        # hook: a root takes the smallest label pointing at it (parents follow children)
+        nf = flat[:-1]
+        roots = torch.full((big + 1,), big, dtype=torch.int64, device=dev)
+        roots.scatter_reduce_(0, lab.flatten(), nf, reduce='amin')
+        nf = torch.minimum(nf, roots[nf])
+        nf = torch.where(active.flatten(), nf, big).view(h, w)
+        if torch.equal(nf, lab):
+            break
+        lab = nf
+    return torch.where(active, lab, -1)
+
+
+def fill(lab: torch.Tensor, can: torch.Tensor, link: tuple[torch.Tensor, ...],
+          steps: int) -> torch.Tensor:
+    """Unlabelled cells of ``can`` take a labelled neighbour's label (the smallest), for
+    ``steps`` rounds, along allowed links (right, left, down, up). Works on the list of
+    unlabelled cells only (a few thousand of a grid's 77k).
+    """
+    h, w = lab.shape
+    big = lab.numel() + 1
+    cells = torch.nonzero(((lab < 0) & can).flatten()).flatten()
+    if cells.numel() == 0:
+        return lab
+    row, col = cells // w, cells % w
+    inside = (col < w - 1, col > 0, row < h - 1, row > 0)
+    nbs, oks = [], []
+    for off, ok, ins in zip((1, -1, w, -w), link, inside, strict=True):
+        nbs.append(torch.where(ins, cells + off, cells))
+        oks.append(ok.flatten()[cells] & ins)
+    nb = torch.stack(nbs)      # (4, F) neighbour of each unlabelled cell
+    ok = torch.stack(oks)
+    flat = lab.flatten().clone()
+    for _ in range(steps):
+        nlab = torch.where(ok, flat[nb], -1)
+        nlab = torch.where(nlab >= 0, nlab, big)
+        cand = torch.minimum(torch.minimum(nlab[0], nlab[1]), torch.minimum(nlab[2], nlab[3]))
+        mine = flat[cells]
+        take = (mine < 0) & (cand < big)
+        if not bool(take.any()):
+            break
+        flat[cells] = torch.where(take, cand, mine)
+    return flat.view(h, w)
+
+
+def grown(mask: torch.Tensor) -> torch.Tensor:
+    """``mask`` grown by one cell (3 x 3), as a separable max."""
+    m = F.max_pool2d(mask.float()[None, None], (1, 3), 1, (0, 1))
+    return F.max_pool2d(m, (3, 1), 1, (1, 0))[0, 0] > 0
+
+
+def close_gaps(lab: torch.Tensor, core: torch.Tensor, link_r: torch.Tensor,
+                link_down: torch.Tensor, min_cells: int) -> torch.Tensor:
+    """Components of ``core`` (the object cells off the cut bands grown by a cell), where a
+    gap of a cell or two in a crease band no longer joins two objects (a box on a box
+    leaked into one through the ends of the crease between them). Growing the bands also
+    breaks small fragments off an object where noise makes creases: a part smaller than
+    ``min_cells`` rejoins the largest part of its component in ``lab`` (the components of
+    the ungrown cut); cells only the grown bands hold become unlabelled (-1, filled later).
+    """
+    lab1 = connected_components(core, link_r, link_down)
+    on = lab1 >= 0
+    if not bool(on.any()):
+        return lab1
+    dev = lab.device
+    parts, inv = torch.unique(lab1[on], return_inverse=True)
+    area = torch.bincount(inv)
+    host = torch.zeros_like(parts).scatter_reduce(0, inv, lab[on], 'amax', include_self=False)
+    # per host component its largest part (ties: the smallest label)
+    big = lab.numel() + 1
+    key = area * big + (big - 1 - parts)
+    best = torch.zeros(big, dtype=torch.int64, device=dev).scatter_reduce(
+        0, host, key, 'amax', include_self=False)
+    largest = (big - 1) - best[host] % big
+    out = torch.full_like(lab, -1)
+    out[on] = torch.where(area < min_cells, largest, parts)[inv]
+    return out
