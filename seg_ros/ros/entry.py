@@ -16,6 +16,12 @@ def _quiet_exit(_signum, _frame) -> None:
 
 def _start(module: str) -> int:
     previous = {sig: signal.signal(sig, _quiet_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # torch's OpenMP threads sleep when a parallel region ends instead of spinning: in the
+    # node they spun against the worker's single-threaded stretches, the DDS and executor
+    # threads on the same cores (depth_objects' model 50 -> 35-40 ms in the node, the
+    # learned model unchanged: BENCHMARKS.md). Read once, when OpenMP starts: before torch
+    # is imported; a value already in the environment wins.
+    os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
     import importlib
     main = importlib.import_module(module).main
     for sig, handler in previous.items():
