@@ -279,3 +279,19 @@ def test_parameters_are_dynamic():
     pick = torch.tensor([1])
     only = rows_to_id_map(rows['rows'], pick, n)
     assert torch.equal(only == 1, out['masks'][1, 0]) and int(only.int().max()) == 1
+
+
+def test_closing_crease_gaps_separates_stacked_objects():
+    """instance.depth_objects.min_part: with the cut bands grown (and small broken-off parts
+    rejoined) more objects of generated stacked tables come out whole than with the cut as
+    it is (min_part 0), where a box on a box leaks into one through the ends of their crease.
+    Tables (21, 0..12) hold two such leaks (over (21, 0..39): 3 tables better, 1 worse)."""
+    found = {0: 0, 600: 0}
+    for i in range(13):
+        sc = tabletop.render(np.random.default_rng((21, i)), 320, 240, stack=0.8,
+                             depth_noise='exact')
+        visible = [k for k in range(1, len(sc.objects) + 1) if (sc.object_map == k).sum() >= 150]
+        for min_part in found:
+            masks = _run(sc.depth, sc.rgb, sc.k, min_part=min_part).masks.numpy()
+            found[min_part] += sum(iou >= 0.5 for iou in _match(masks, sc.object_map, visible))
+    assert found[600] >= found[0] + 2, found
