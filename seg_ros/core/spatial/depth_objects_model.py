@@ -53,10 +53,10 @@ class DepthObjectsModel(torch.nn.Module):
 
     ``forward(images, depths, masks=True)``: one :class:`DepthFrame` (or None: no depth, no
     objects) per (3, H, W) image; per image a dict of ``boxes``, ``scores``, ``labels`` (all
-    1, "object"), ``rows`` ((H, W) each pixel's object row, -1 none; the segmenter composes
-    its id image from it, ``masks=False`` skips the masks)
-    and ``masks`` (N, 1, H, W) bool (thresholding them as torchvision's float masks gives
-    them back). ``params`` can be replaced between frames.
+    1, "object"), ``rows`` ((H, W) each pixel's object row, -1 none: the segmenter composes
+    its id image from it) and, unless ``masks=False``, ``masks`` (N, 1, H, W) bool
+    (thresholding them as torchvision's float masks gives them back). ``params`` can be
+    replaced between frames.
     """
 
     #: the segmenter passes each frame's depth
