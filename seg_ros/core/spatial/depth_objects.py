@@ -225,8 +225,7 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     # beyond the table's edge (chairs, a floor's things) touches neither
     on_support = torch.zeros(nseg, dtype=torch.bool, device=dev)
     touches = torch.zeros((nseg, nseg), dtype=torch.bool, device=dev)
-    near = F.max_pool2d(support.float()[None, None], (1, 2 * k + 3), 1, (0, k + 1))
-    near_support = F.max_pool2d(near, (2 * k + 3, 1), 1, (k + 1, 0))[0, 0] > 0  # separable
+    near_support = grown(support, k + 1)
     on_support[seg[(seg >= 0) & near_support]] = True
     for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
         nb_over = shift(over, dy, dx, False)

@@ -114,10 +114,10 @@ def fill(lab: torch.Tensor, can: torch.Tensor, link: tuple[torch.Tensor, ...],
     return flat.view(h, w)
 
 
-def grown(mask: torch.Tensor) -> torch.Tensor:
-    """``mask`` grown by one cell (3 x 3), as a separable max."""
-    m = F.max_pool2d(mask.float()[None, None], (1, 3), 1, (0, 1))
-    return F.max_pool2d(m, (3, 1), 1, (1, 0))[0, 0] > 0
+def grown(mask: torch.Tensor, r: int = 1) -> torch.Tensor:
+    """``mask`` grown by ``r`` cells (a (2r + 1)-square), as a separable max."""
+    m = F.max_pool2d(mask.float()[None, None], (1, 2 * r + 1), 1, (0, r))
+    return F.max_pool2d(m, (2 * r + 1, 1), 1, (r, 0))[0, 0] > 0
 
 
 def close_gaps(lab: torch.Tensor, core: torch.Tensor, link_r: torch.Tensor,
