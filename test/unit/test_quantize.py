@@ -109,6 +109,8 @@ def test_int8_graph_built_in_warm_up_cached_and_quantized(weights, tmp_path, fra
                                                            backend):
     seg, lines = segmenter(weights, backend, tmp_path, frames_dir)
     assert seg.compiled.precision == 'int8'
+    # the graph ends at the coarse class scores; UpsampledMax takes the labels
+    assert seg.compiled.graph.coarse and 'coarse' in seg.compiled.key_extra()
     pipe = Pipeline(torch.device('cpu'), semantic=seg)
     pipe.warm_up(H, W, keep_image=False)
     built = [ln for ln in lines if 'quantized' in ln]
@@ -179,6 +181,7 @@ def test_chain_max_only_in_openvino_graphs(weights, tmp_path):
         assert isinstance(seg.compiled.graph, LabelGraph)
         assert seg.compiled.graph.chain_max == (backend == 'openvino')
         assert ('chain-max' in seg.compiled.key_extra()) == (backend == 'openvino')
+        assert not seg.compiled.graph.coarse  # fp32: the whole graph, labels out
 
 
 def test_shipped_calibration_set_is_small():

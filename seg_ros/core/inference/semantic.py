@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from seg_ros.core.inference.label_upsample import UpsampledMax, coarse_scores, has_coarse_scores
 from seg_ros.core.inference.results import SemanticResult
 from seg_ros.core.models import backends
 from seg_ros.core.models.quantize import CalibrationSet
@@ -49,7 +50,9 @@ class LabelGraph(torch.nn.Module):
 
     Input: (N, 3, H, W) float RGB in [0, 1], or (N, H, W, 3) uint8 RGB as the message
     carries it (the conversion then runs inside the graph too). Output: (N, H, W)
-    ``label_dtype``.
+    ``label_dtype``; with ``coarse`` set (a torchvision LR-ASPP / DeepLabV3 / FCN only) the
+    model's (N, C, h, w) float class scores before its upsample instead, whose labels
+    :class:`~seg_ros.core.inference.label_upsample.UpsampledMax` takes outside the graph.
     """
 
     def __init__(self, model: torch.nn.Module, scale: torch.Tensor, shift: torch.Tensor,
@@ -63,6 +66,15 @@ class LabelGraph(torch.nn.Module):
         self.image_hw = (0, 0)  # set (python ints) before tracing: sizes stay static
         #: the class maximum as a chain of compares (see :func:`first_max`), not ArgMax
         self.chain_max = False
+        #: the graph ends at the model's coarse class scores (see the class doc)
+        self.coarse = False
+
+    def model_hw(self, h: int, w: int) -> tuple[int, int]:
+        """The size the model sees for an (h, w) image."""
+        if self.input_size > 0 and self.input_size != min(h, w):
+            s = self.input_size / min(h, w)
+            return max(1, round(h * s)), max(1, round(w * s))
+        return h, w
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.image_hw
@@ -70,10 +82,11 @@ class LabelGraph(torch.nn.Module):
             x = x.permute(0, 3, 1, 2).to(torch.float32) * (self.scale / 255.0) + self.shift
         else:
             x = x * self.scale + self.shift
-        if self.input_size > 0 and self.input_size != min(h, w):
-            s = self.input_size / min(h, w)
-            x = F.interpolate(x, size=(max(1, round(h * s)), max(1, round(w * s))),
-                              mode='bilinear', align_corners=False, antialias=s < 1)
+        if self.model_hw(h, w) != (h, w):
+            x = F.interpolate(x, size=self.model_hw(h, w), mode='bilinear',
+                              align_corners=False, antialias=self.input_size < min(h, w))
+        if self.coarse:
+            return coarse_scores(self.model, x)
         out = self.model(x)['out']
         if tuple(out.shape[-2:]) != (h, w):
             out = F.interpolate(out, size=(h, w), mode='bilinear', align_corners=False)
@@ -157,6 +170,12 @@ class SemanticSegmenter:
             graph = LabelGraph(loaded.model, self._norm_scale, self._norm_shift,
                                         self.input_size, self.label_dtype)
             graph.chain_max = self.backend == 'openvino'
+            # int8: the graph stops at the coarse class scores, the labels come from
+            # UpsampledMax (the same labels; a third of the int8 graph's time went into
+            # upsampling every class map, BENCHMARKS.md "INT8 on the CPU")
+            graph.coarse = precision == 'int8' and has_coarse_scores(loaded.model)
+            self._graph = graph
+            self._tails: dict[tuple[int, ...], UpsampledMax] = {}
             self.compiled = backends.CompiledLabels(self.backend, graph, loaded.name,
                                                     self.device, precision, cache_dir, report,
                                                     calibration)
@@ -223,8 +242,23 @@ class SemanticSegmenter:
         """
         frames = list(x) if isinstance(x, list) else [x[i:i + 1] for i in range(x.shape[0])]
         if len(frames) == 1:
-            return self.compiled(frames[0])
-        return torch.cat([self.compiled(f) for f in frames])
+            return self._labels(frames[0])
+        return torch.cat([self._labels(f) for f in frames])
+
+    def _labels(self, frame: torch.Tensor) -> torch.Tensor:
+        """One frame's labels from the compiled graph (through :class:`UpsampledMax` when
+        the graph ends at coarse scores).
+        """
+        out = self.compiled(frame)
+        if not self._graph.coarse:
+            return out
+        hw = tuple(frame.shape[1:3]) if frame.dtype == torch.uint8 else tuple(frame.shape[-2:])
+        key = (*hw, *out.shape[-2:])
+        tail = self._tails.get(key)
+        if tail is None:
+            tail = self._tails[key] = UpsampledMax(
+                [tuple(out.shape[-2:]), self._graph.model_hw(*hw), hw], out.device)
+        return tail(out).to(self.label_dtype)
 
     def _results(self, labels: torch.Tensor, want_color: bool | list[bool]
                  ) -> SemanticResult | list[SemanticResult]:

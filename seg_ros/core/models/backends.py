@@ -137,7 +137,8 @@ class CompiledLabels:
     # runners build on openvino_request / ort_session.
     def key_extra(self) -> str:
         """What else than weights, model, shape and versions tells two exports apart."""
-        return str(self.graph.label_dtype) + (' chain-max' if self.graph.chain_max else '')
+        return str(self.graph.label_dtype) + (' chain-max' if self.graph.chain_max else '') + \
+            (' coarse' if self.graph.coarse else '')
 
     def prepare(self, shape: tuple[int, ...], dtype: torch.dtype) -> None:
         """Set the graph up for tracing at ``shape`` (sizes stay static in the export)."""
@@ -145,7 +146,7 @@ class CompiledLabels:
 
     def output_names(self) -> list[str]:
         """The ONNX graph's output names."""
-        return ['labels']
+        return ['scores' if self.graph.coarse else 'labels']
 
     def export_options(self) -> dict:
         """Extra ``torch.onnx.export`` arguments (e.g. a dynamic dimension)."""
@@ -242,7 +243,7 @@ class CompiledLabels:
 
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
         """Labels (N, H, W) for a (N, 3, H, W) float [0, 1] batch, or a (N, H, W, 3) uint8
-        RGB batch, on ``device``.
+        RGB batch, on ``device`` (a ``coarse`` graph's (N, C, h, w) float scores instead).
         """
         return self.compiled(tuple(int(s) for s in image.shape), image.dtype)(image)
 
@@ -312,18 +313,22 @@ class CompiledLabels:
         cuda = self.device.type == 'cuda'
         n, h, w = nhw
         in_np = np.uint8 if dtype == torch.uint8 else np.float32
+        shape: tuple[int, ...] = (n, h, w)
         dtype = self.graph.label_dtype
+        if self.graph.coarse:  # float scores of the graph's static shape
+            shape, dtype = tuple(int(d) for d in session.get_outputs()[0].shape), torch.float32
         binding = session.io_binding()
         dev_type = 'cuda' if cuda else 'cpu'
         dev_id = self.device.index or 0 if cuda else 0
-        np_out = {torch.uint8: 'uint8', torch.uint16: 'uint16'}[dtype]
+        np_out = {torch.uint8: 'uint8', torch.uint16: 'uint16', torch.float32: 'float32'}[dtype]
+        name = self.output_names()[0]
 
         def run(image: torch.Tensor) -> torch.Tensor:
             x = image.contiguous()
-            out = torch.empty((n, h, w), dtype=dtype, device=self.device)
+            out = torch.empty(shape, dtype=dtype, device=self.device)
             binding.bind_input('image', dev_type, dev_id, in_np, list(x.shape),
                                x.data_ptr())
-            binding.bind_output('labels', dev_type, dev_id, np.dtype(np_out), list(out.shape),
+            binding.bind_output(name, dev_type, dev_id, np.dtype(np_out), list(out.shape),
                                 out.data_ptr())
             session.run_with_iobinding(binding)
             return out
