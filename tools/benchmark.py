@@ -25,9 +25,12 @@ of every output. For each configuration, image size and backend:
 * the node's stage medians (``/diagnostics`` ``stage.*``) say where the rest goes.
 
 Model weights are random (no hub here), one seeded file per model shared by the node and
-this process (``out/bench_<model>.pt``): timing should not depend on the weights' values,
-except for Mask R-CNN, whose detection count drives the mask head; ``--instance-threshold``
-fixes it (default 0.0: up to max_detections = 100 instances, the worst case).
+this process (``out/bench_<model>.pt``), except ``camvid`` (the shipped CamVid model at its
+own input size, on a CamVid val frame: the node's defaults; the bare forward runs at that
+input size too): timing should not depend on the weights' values, except for the int8
+graphs' class maximum (fewer class boundaries, less work) and Mask R-CNN, whose detection
+count drives the mask head; ``--instance-threshold`` fixes it (default 0.0: up to
+max_detections = 100 instances, the worst case).
 Instance configs (``maskrcnn_v1``, ``maskrcnn_v2``, ``maskrcnn_light``, ``tabletop``) run
 on every ``--backends`` entry as ``instance.backend`` (the compiled trunk and heads);
 ``--instances 10`` fixes 10 instances a frame (threshold 0, ``max_detections`` 10); the bare
@@ -68,12 +71,16 @@ from bench_common import (
 
 from seg_ros.core.config.params import BY_NAME
 from seg_ros.core.inference.pipeline import resolve_device
-from seg_ros.core.inference.semantic import SemanticSegmenter
+from seg_ros.core.inference.semantic import SemanticSegmenter, resize_shorter
 from seg_ros.core.models import backends
 from seg_ros.core.models.registry import load_instance_model, load_semantic_model
 
 CONFIGS = {
     'lraspp': {'semantic': 'lraspp_mobilenet_v3_large'},
+    # the shipped CamVid model as the node runs it by default (its own input size, shorter
+    # side 360, then back to the image's) on a CamVid val frame (../shared/data/camvid)
+    'camvid': {'semantic': 'lraspp_mobilenet_v3_large', 'semantic_weights': 'camvid',
+               'scene': 'camvid'},
     'deeplabv3_resnet50': {'semantic': 'deeplabv3_resnet50'},
     'maskrcnn_v1': {'instance': 'maskrcnn_resnet50_fpn'},
     'maskrcnn_v2': {'instance': 'maskrcnn_resnet50_fpn_v2'},
@@ -100,9 +107,11 @@ def bare_forward(cfg: dict, device, rgb: np.ndarray, threshold: float,
     calls = []
     weights = weights or {}
     if 'semantic' in cfg:
+        shipped = 'semantic_weights' in cfg  # at the weights' own input size
         sem = SemanticSegmenter(load_semantic_model(cfg['semantic'], weights.get(
-            'semantic', 'none'), 21, device=device), device, input_size=0)
-        xs = sem.normalise(x)
+            'semantic', 'none'), 0 if shipped else 21, device=device), device,
+            input_size=-1 if shipped else 0)
+        xs = sem.normalise(resize_shorter(x, sem.input_size))
         calls.append(lambda: sem.model(xs))
     if 'instance' in cfg:
         w = weights.get('instance', 'none')
@@ -125,6 +134,17 @@ def bare_forward(cfg: dict, device, rgb: np.ndarray, threshold: float,
     return once
 
 
+def camvid_scene(h: int, w: int) -> np.ndarray:
+    """The first CamVid val frame (../shared/data/camvid/val) at (h, w); the generated
+    scene when the data is not there.
+    """
+    from PIL import Image
+    files = sorted((ROOT.parent / 'shared' / 'data' / 'camvid' / 'val').glob('*.png'))
+    if not files:
+        return scene(h, w)
+    return np.asarray(Image.open(files[0]).convert('RGB').resize((w, h), Image.BILINEAR))
+
+
 def parse_backend(spec: str) -> tuple[str, str]:
     """``openvino:bf16`` -> ('openvino', 'bf16'); ``torch`` -> ('torch', 'fp32')."""
     name, _, precision = spec.partition(':')
@@ -143,8 +163,9 @@ def node_args(cfg: dict, threshold: float, backend: str = 'torch',
     if 'semantic' in cfg:
         args += ['-p', f'semantic.model:={cfg["semantic"]}',
                  '-p', f'semantic.weights:={weights.get("semantic", "none")}',
-                 '-p', 'semantic.num_classes:=21', '-p', 'semantic.input_size:=0',
                  '-p', f'semantic.backend:={backend}']
+        if 'semantic_weights' not in cfg:  # shipped weights: their classes and input size
+            args += ['-p', 'semantic.num_classes:=21', '-p', 'semantic.input_size:=0']
     else:
         args += ['-p', 'semantic.enabled:=false']
     if 'instance' in cfg:
@@ -348,10 +369,13 @@ def main() -> int:
             heavy = 'instance' in cfg or 'resnet' in cfg.get('semantic', '')
             n = args.n or ((5 if sname == '1920x1080' else 8) if heavy else
                            (12 if sname == '1920x1080' else 30))
-            rgb = tabletop_scene(h, w) if cfg.get('scene') == 'tabletop' else scene(h, w)
+            rgb = {'tabletop': tabletop_scene, 'camvid': camvid_scene}.get(
+                cfg.get('scene'), scene)(h, w)
             weights = {kind: str(random_weights(args.json.parent / f'bench_{cfg[kind]}.pt',
                                                 kind, cfg[kind]))
                        for kind in ('semantic', 'instance') if kind in cfg}
+            if 'semantic_weights' in cfg:
+                weights['semantic'] = cfg['semantic_weights']
             if 'weights' in cfg:
                 weights['instance'] = cfg['weights']
             threshold = cfg.get('threshold', args.instance_threshold)

@@ -4,13 +4,13 @@ like every instance model (ids, tracking, 3D, overlay). No rclpy.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
 from types import SimpleNamespace
 
 import torch
 
 from seg_ros.core.spatial.depth_objects import DepthObjectsParams, _empty, segment
+from seg_ros.core.threads import cpu_threads
 
 #: torch threads :func:`segment` runs on, on the CPU. Its ~300 operations are small (a 320x240
 #: grid): with two threads each one forks and joins, and inside the node (DDS and executor
@@ -18,20 +18,6 @@ from seg_ros.core.spatial.depth_objects import DepthObjectsParams, _empty, segme
 #: ``tabletop``, 1.38 and 1.17 with two threads against 1.00 and 0.83 with one, alternating
 #: runs of ``tools/bench_rgbd_node.py``. (Alone in a process two threads are ~15 % faster.)
 CPU_THREADS = 1
-
-
-@contextmanager
-def _cpu_threads(device: torch.device, n: int):
-    """The CPU runs the block on ``n`` torch threads (restored after)."""
-    if device.type != 'cpu' or n <= 0:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(min(n, before))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -81,7 +67,7 @@ class DepthObjectsModel(torch.nn.Module):
             else:
                 # a fixed seed per frame: the same frame always gives the same objects
                 gen = torch.Generator(device=d.z.device).manual_seed(self.seed)
-                with _cpu_threads(d.z.device, CPU_THREADS):
+                with cpu_threads(d.z.device, CPU_THREADS):
                     seg = segment(d.z, image, d.fx, d.fy, d.cx, d.cy, self.params, gen,
                                   masks=masks)
             n = seg.boxes.shape[0]
