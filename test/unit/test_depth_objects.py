@@ -188,6 +188,38 @@ def _settings(**kw):
     return Settings.from_values(values)
 
 
+def test_grown_and_masked_mean_are_the_pooling_they_replace():
+    """grown (ORs of shifted slices) is a (2r + 1)-square max pool; masked_mean (sums of
+    shifted slices) the mean over each window's valid in-image cells and their share."""
+    import torch.nn.functional as F
+
+    from seg_ros.core.spatial.organised_cloud import masked_mean
+    g = torch.Generator().manual_seed(3)
+    for h, w in ((1, 1), (2, 7), (9, 5), (37, 53)):
+        m = torch.rand(h, w, generator=g) > 0.85
+        for r in (1, 2, 3):
+            ref = F.max_pool2d(m.float()[None, None], 2 * r + 1, 1, r)[0, 0] > 0
+            assert torch.equal(grid_labels.grown(m, r), ref)
+        x = torch.rand(h, w, generator=g) * 3
+        ok = torch.rand(h, w, generator=g) > 0.3
+        xs = torch.where(ok, x, 0.0)
+        pool = F.avg_pool2d(torch.stack([xs, ok.float()])[None], 5, 1, 2,
+                            count_include_pad=False)[0]
+        mean, share = masked_mean(x, ok, 5)
+        assert torch.allclose(share, pool[1], atol=1e-6)
+        want = pool[0] / pool[1].clamp_min(1e-6)
+        assert torch.allclose(mean, want, rtol=1e-5, atol=1e-6)
+
+
+def test_nearest_index_is_torchs_nearest_resize():
+    from seg_ros.core.spatial.depth_objects import nearest_index
+    for n_in, n_out in ((240, 480), (241, 481), (160, 480), (7, 19), (5, 5), (320, 641)):
+        src = torch.arange(n_in, dtype=torch.float32)[None, None, :, None]
+        want = torch.nn.functional.interpolate(src, size=(n_out, 1), mode='nearest')
+        assert torch.equal(nearest_index(n_in, n_out, torch.device('cpu')),
+                           want[0, 0, :, 0].long())
+
+
 def test_refusals_in_one_line():
     with pytest.raises(SettingsError, match='needs depth.enabled: true'):
         _settings(**{'depth.enabled': False})

@@ -100,6 +100,17 @@ def _empty(h: int, w: int, device: torch.device) -> Segments:
                     rows=torch.full((h, w), -1, dtype=torch.int16, device=device))
 
 
+def nearest_index(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
+    """The source index of each of ``n_out`` outputs of a nearest resize from ``n_in``, as
+    ``F.interpolate(mode='nearest')`` takes it (float32 scale, floor, clamped).
+    """
+    if n_in == n_out:
+        return torch.arange(n_out, device=device)
+    scale = torch.tensor(n_in / n_out, dtype=torch.float32)
+    idx = torch.floor(torch.arange(n_out, dtype=torch.float32) * scale).long()
+    return idx.clamp_max(n_in - 1).to(device)
+
+
 def _jumps(z: torch.Tensor, dy: int, dx: int, rel: float) -> torch.Tensor:
     """Depth steps between each cell and its neighbour at (dy, dx): larger than ``rel`` of
     the depth and 1.5 times the larger of the steps just before and after it (a steep but
@@ -236,25 +247,28 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
         touches[seg[pair], nb[pair]] = True
     on_support |= (touches & on_support[None, :]).any(1)
     tall |= ~on_support
-    # full resolution: the grid labels upsampled, each pixel's own height checked
-    up = F.interpolate(seg[None, None].float(), size=(h_full, w_full), mode='nearest')[0, 0]
-    up = up.long()
-    zf = z
-    v = torch.arange(h_full, device=dev, dtype=torch.float32)[:, None]
-    u = torch.arange(w_full, device=dev, dtype=torch.float32)[None, :]
-    hf = plane[0] * (u - cx) * zf / fx + plane[1] * (v - cy) * zf / fy + plane[2] * zf + plane[3]
-    up = torch.where(torch.isfinite(hf) & (hf < min_h), -1, up)
-    areas = torch.bincount(up[up >= 0], minlength=nseg)
+    # full resolution: the grid labels upsampled (nearest), each pixel's own height checked:
+    # height = z (n . ray) + d with the ray (u - cx) / fx, (v - cy) / fy, 1 (NaN: no depth,
+    # kept)
+    up = seg.int().index_select(0, nearest_index(h, h_full, dev)).index_select(
+        1, nearest_index(w, w_full, dev))
+    v = torch.arange(h_full, device=dev, dtype=torch.float32)
+    u = torch.arange(w_full, device=dev, dtype=torch.float32)
+    ray = (plane[1] * (v - cy) / fy)[:, None] + (plane[0] * (u - cx) / fx + plane[2])[None, :]
+    up.masked_fill_(z * ray + plane[3] < min_h, -1)
+    up1 = (up + 1).flatten()                  # 0: no segment
+    areas = torch.bincount(up1, minlength=nseg + 1)[1:]
     keep = torch.nonzero((areas >= max(1, int(prm.min_points))) & ~tall).flatten()
     if keep.numel() == 0:
         return _empty(h_full, w_full, dev)
     order = keep[torch.argsort(scores[keep] * 1e7 + areas[keep].float(), descending=True)]
     # each pixel's row in ``order`` (-1: none), then the boxes in one pass over the image
-    row = torch.full((nseg + 1,), -1, dtype=torch.int64, device=dev)
-    row[order] = torch.arange(order.numel(), device=dev)
-    inst = row[up.clamp_min(-1)]  # up == -1 reads row[-1] == -1
-    on = (inst >= 0).flatten()
-    which = inst.flatten()[on]
+    small_t = torch.int16 if order.numel() < 2**15 else torch.int32
+    row = torch.full((nseg + 1,), -1, dtype=small_t, device=dev)
+    row[order + 1] = torch.arange(order.numel(), device=dev, dtype=small_t)
+    small = row.index_select(0, up1).view(h_full, w_full)
+    on = (small >= 0).flatten()
+    which = small.flatten()[on].long()
     flat = torch.nonzero(on).flatten()
     xs, ys = flat % w_full, flat // w_full
     n_out = order.numel()
@@ -264,7 +278,6 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
         torch.full((n_out,), -1, device=dev).scatter_reduce(0, which, xs, 'amax') + 1,
         torch.full((n_out,), -1, device=dev).scatter_reduce(0, which, ys, 'amax') + 1,
     ], 1).float()
-    small = inst.to(torch.int16 if n_out < 2**15 else torch.int32)  # a quarter of the bytes
     out = None
     if masks:
         out = small[None] == torch.arange(n_out, device=dev, dtype=small.dtype)[:, None, None]

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 try:  # the CPU's connected components (a dependency of the package; CUDA does not need it)
     from scipy import ndimage
@@ -115,9 +114,21 @@ def fill(lab: torch.Tensor, can: torch.Tensor, link: tuple[torch.Tensor, ...],
 
 
 def grown(mask: torch.Tensor, r: int = 1) -> torch.Tensor:
-    """``mask`` grown by ``r`` cells (a (2r + 1)-square), as a separable max."""
-    m = F.max_pool2d(mask.float()[None, None], (1, 2 * r + 1), 1, (0, r))
-    return F.max_pool2d(m, (2 * r + 1, 1), 1, (r, 0))[0, 0] > 0
+    """``mask`` grown by ``r`` cells (a (2r + 1)-square): separable ORs of shifted slices
+    (boolean, ~5x faster than a max pool over floats on a 320x240 grid).
+    """
+    h, w = mask.shape
+    out = mask.clone()
+    for d in range(1, r + 1):                  # along the rows: out covers +-d columns
+        if d < w:
+            out[:, d:] |= mask[:, :-d]
+            out[:, :-d] |= mask[:, d:]
+    rows = out.clone()
+    for d in range(1, r + 1):
+        if d < h:
+            out[d:] |= rows[:-d]
+            out[:-d] |= rows[d:]
+    return out
 
 
 def close_gaps(lab: torch.Tensor, core: torch.Tensor, link_r: torch.Tensor,
