@@ -42,6 +42,7 @@ def main() -> int:
     ap.add_argument('--json', type=Path, default=ROOT / 'out' / 'bench_rgbd_node.json')
     args = ap.parse_args()
 
+    from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
     from std_msgs.msg import Float64MultiArray
     from vision_msgs.msg import Detection2DArray, Detection3DArray
@@ -60,6 +61,7 @@ def main() -> int:
     for name, extra in methods.items():
         node_args.append([
             '-r', f'__node:=bench_{name}', '-p', 'device:=cpu', '-p', 'semantic.enabled:=false',
+            '-p', 'diagnostics_period:=1.0',
             '-p', 'instance.enabled:=true', '-p', 'depth.enabled:=true',
             '-p', 'instance.tracking:=true', '-p', f'warmup_size:={sizes}',
             '-p', f'backend.cache_dir:={args.json.parent / "backend_cache"}',
@@ -81,6 +83,8 @@ def main() -> int:
                 Float64MultiArray, f'/bench_{m}/timing',
                 lambda msg, box=timing[m]: box.__setitem__(round(msg.data[0] * 1e9),
                                                            (msg.data[1], msg.data[2])), 10)
+        diags: list = []
+        client.node.create_subscription(DiagnosticArray, '/diagnostics', diags.append, 50)
         pubs = {m: (client.node.create_publisher(Image, f'/bench_{m}/image', 1),
                     client.node.create_publisher(Image, f'/bench_{m}/depth', 5),
                     client.node.create_publisher(CameraInfo, f'/bench_{m}/camera_info', 5))
@@ -113,6 +117,13 @@ def main() -> int:
                         lat[m].append(t)
                         inside[m].append(timing[m].get(stamp, (np.nan, np.nan)))
                         found[m].append(len(boxes[m][0][stamp][0].detections))
+        client.spin_until(lambda: False, 1.5)  # one more diagnostics message each
+    stages: dict[str, dict[str, float]] = {}
+    for m in methods:  # the node's own stage medians (/diagnostics stage.*_p50_s)
+        mine = [st for d in diags for st in d.status if f'bench_{m}' in st.name]
+        if mine:
+            stages[m] = {kv.key[6:-6]: 1000 * float(kv.value) for kv in mine[-1].values
+                         if kv.key.startswith('stage.') and kv.key.endswith('_p50_s')}
     a, b = np.array(lat['depth_objects']), np.array(lat['learned'])
     n = min(len(a), len(b))
     res = {'machine': machine, 'frames': len(frames), 'rounds': args.rounds,
@@ -124,6 +135,7 @@ def main() -> int:
                   'forward_p50_ms': float(np.nanmedian([f for f, _ in inside[m]]) * 1000),
                   'processing_p50_ms': float(np.nanmedian([p for _, p in inside[m]]) * 1000)}
     res['ratio_p50'] = float(np.median(a[:n] / b[:n]))
+    res['node_stages_p50_ms'] = stages
     args.json.write_text(json.dumps(res, indent=1))
     print('| node | p50 | p90 | in the node: processing p50 | of it model p50 | '
           'objects / frame |\n|---|---|---|---|---|---|')
@@ -132,6 +144,9 @@ def main() -> int:
         print(f'| {m} | {v["p50_ms"]:.1f} ms | {v["p90_ms"]:.1f} ms | '
               f'{v["processing_p50_ms"]:.1f} ms | {v["forward_p50_ms"]:.1f} ms | '
               f'{v["objects_per_frame"]:.1f} |')
+    for m, st in stages.items():
+        print(f'{m} stages p50 (ms, the node\'s diagnostics): ' + ', '.join(
+            f'{k} {v:.1f}' for k, v in sorted(st.items(), key=lambda kv: -kv[1])))
     print(f'depth_objects / learned, median of per-frame ratios: {res["ratio_p50"]:.3f} '
           f'({n} frames; torch threads here {torch.get_num_threads()})')
     return 0
