@@ -113,7 +113,7 @@ class UpsampledMax:
         self.cols = _Axis([s[1] for s in sizes], dev)
         self.out_hw = tuple(sizes[-1])
         self.in_hw = tuple(sizes[0])
-        #: False: the source windows are too wide (a strong downscale): every map is resized
+        #: False: the source windows are too wide (a long chain of resizes): every map is resized
         self.windowed = max(self.rows.width, self.cols.width) <= MAX_WINDOW
         self.sizes = [tuple(s) for s in sizes]
 

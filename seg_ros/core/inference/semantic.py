@@ -171,10 +171,10 @@ class SemanticSegmenter:
                                         self.input_size, self.label_dtype)
             graph.chain_max = self.backend == 'openvino'
             # int8: the graph stops at the coarse class scores, the labels come from
-            # UpsampledMax (the same labels; a third of the int8 graph's time went into
-            # upsampling every class map, BENCHMARKS.md "INT8 on the CPU")
+            # UpsampledMax (the same labels; upsampling every class map was a third of the
+            # int8 graph: BENCHMARKS.md, "INT8, the class maximum without full-size score
+            # maps")
             graph.coarse = precision == 'int8' and has_coarse_scores(loaded.model)
-            self._graph = graph
             self._tails: dict[tuple[int, ...], UpsampledMax] = {}
             self.compiled = backends.CompiledLabels(self.backend, graph, loaded.name,
                                                     self.device, precision, cache_dir, report,
@@ -250,14 +250,17 @@ class SemanticSegmenter:
         the graph ends at coarse scores).
         """
         out = self.compiled(frame)
-        if not self._graph.coarse:
+        graph = self.compiled.graph
+        if not graph.coarse:
             return out
         hw = tuple(frame.shape[1:3]) if frame.dtype == torch.uint8 else tuple(frame.shape[-2:])
         key = (*hw, *out.shape[-2:])
         tail = self._tails.get(key)
         if tail is None:
+            if len(self._tails) >= backends.SHAPES_IN_MEMORY:  # as many as compiled graphs
+                self._tails.pop(next(iter(self._tails)))
             tail = self._tails[key] = UpsampledMax(
-                [tuple(out.shape[-2:]), self._graph.model_hw(*hw), hw], out.device)
+                [tuple(out.shape[-2:]), graph.model_hw(*hw), hw], out.device)
         return tail(out).to(self.label_dtype)
 
     def _results(self, labels: torch.Tensor, want_color: bool | list[bool]
