@@ -220,6 +220,18 @@ def test_nearest_index_is_torchs_nearest_resize():
                            want[0, 0, :, 0].long())
 
 
+def test_upsampled_grid_is_torchs_nearest_resize():
+    from seg_ros.core.spatial.depth_objects import upsampled
+    g = torch.Generator().manual_seed(3)
+    for s, h_out, w_out in ((2, 480, 640), (2, 479, 641), (4, 120, 160), (3, 480, 640),
+                            (3, 481, 640), (1, 30, 40)):
+        grid = torch.randint(-1, 50, (-(-h_out // s), -(-w_out // s)), generator=g,
+                             dtype=torch.int32)
+        want = torch.nn.functional.interpolate(grid[None, None].float(), size=(h_out, w_out),
+                                               mode='nearest')[0, 0].int()
+        assert torch.equal(upsampled(grid, s, h_out, w_out), want), (s, h_out, w_out)
+
+
 def test_refusals_in_one_line():
     with pytest.raises(SettingsError, match='needs depth.enabled: true'):
         _settings(**{'depth.enabled': False})

@@ -111,6 +111,18 @@ def nearest_index(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
     return idx.clamp_max(n_in - 1).to(device)
 
 
+def upsampled(grid: torch.Tensor, s: int, h_out: int, w_out: int) -> torch.Tensor:
+    """The (h, w) ``grid`` of every ``s``-th pixel back at (h_out, w_out), as
+    ``F.interpolate(mode='nearest')`` resizes it.
+    """
+    h, w = grid.shape
+    if (h * s, w * s) == (h_out, w_out) and s & (s - 1) == 0:
+        # each cell an s x s block (the nearest resize when 1 / s is exact): one copy
+        return grid[:, None, :, None].expand(h, s, w, s).reshape(h_out, w_out)
+    return grid.index_select(0, nearest_index(h, h_out, grid.device)).index_select(
+        1, nearest_index(w, w_out, grid.device))
+
+
 def _jumps(z: torch.Tensor, dy: int, dx: int, rel: float) -> torch.Tensor:
     """Depth steps between each cell and its neighbour at (dy, dx): larger than ``rel`` of
     the depth and 1.5 times the larger of the steps just before and after it (a steep but
@@ -218,40 +230,46 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     nseg = uniq.numel()
     seg = torch.full_like(lab, -1)
     seg[labelled] = inv
-    # score: clean outline (support, no depth, depth step) / whole outline
-    clean = torch.zeros(nseg, device=dev)
-    total = torch.zeros(nseg, device=dev)
+    # score: clean outline (support, no depth, depth step) / whole outline; per cell its
+    # outline sides and clean ones, summed per segment in one bincount each
+    edges = torch.zeros(seg.shape, dtype=torch.int32, device=dev)
+    cleans = torch.zeros_like(edges)
+    inside = seg >= 0
     for dy, dx, jump in ((0, 1, jump_r), (1, 0, jump_d), (0, -1, shift(jump_r, 0, -1, True)),
                          (-1, 0, shift(jump_d, -1, 0, True))):
         nb = shift(seg, dy, dx, -1)
-        edge = (seg >= 0) & (nb != seg)
-        is_clean = edge & ((nb < 0) | jump)
-        total.index_add_(0, seg[edge], torch.ones_like(seg[edge], dtype=torch.float32))
-        clean.index_add_(0, seg[is_clean], torch.ones_like(seg[is_clean], dtype=torch.float32))
+        edge = inside & (nb != seg)
+        edges += edge
+        cleans += edge & ((nb < 0) | jump)
+    bins = (seg + 1).flatten()
+    total = torch.bincount(bins, edges.flatten(), minlength=nseg + 1)[1:].float()
+    clean = torch.bincount(bins, cleans.flatten(), minlength=nseg + 1)[1:].float()
     scores = clean / total.clamp_min(1.0)
+
+    def any_cell(cells: torch.Tensor) -> torch.Tensor:
+        """Per segment: does one of its cells lie in ``cells``?"""
+        return torch.bincount(bins[cells.flatten()], minlength=nseg + 1)[1:] > 0
     # a segment that touches points above max_height is the lower part of something taller
     # (a wall, a person): not an object
-    tall = torch.zeros(nseg, dtype=torch.bool, device=dev)
+    over4 = over | shift(over, 0, 1, False) | shift(over, 1, 0, False) | \
+        shift(over, 0, -1, False) | shift(over, -1, 0, False)
+    tall = any_cell(inside & over4)
     # a segment rests on the support, or on a segment that does (a box on a box); clutter
     # beyond the table's edge (chairs, a floor's things) touches neither
-    on_support = torch.zeros(nseg, dtype=torch.bool, device=dev)
+    on_support = any_cell(inside & grown(support, k + 1))
     touches = torch.zeros((nseg, nseg), dtype=torch.bool, device=dev)
-    near_support = grown(support, k + 1)
-    on_support[seg[(seg >= 0) & near_support]] = True
-    for dy, dx in ((0, 1), (1, 0), (0, -1), (-1, 0)):
-        nb_over = shift(over, dy, dx, False)
-        hit = (seg >= 0) & nb_over
-        tall[seg[hit]] = True
+    for dy, dx in ((0, 1), (1, 0)):             # neighbours either way round
         nb = shift(seg, dy, dx, -1)
-        pair = (seg >= 0) & (nb >= 0) & (nb != seg)
-        touches[seg[pair], nb[pair]] = True
+        pair = inside & (nb >= 0) & (nb != seg)
+        a, b = seg[pair], nb[pair]
+        touches[a, b] = True
+        touches[b, a] = True
     on_support |= (touches & on_support[None, :]).any(1)
     tall |= ~on_support
     # full resolution: the grid labels upsampled (nearest), each pixel's own height checked:
     # height = z (n . ray) + d with the ray (u - cx) / fx, (v - cy) / fy, 1 (NaN: no depth,
     # kept)
-    up = seg.int().index_select(0, nearest_index(h, h_full, dev)).index_select(
-        1, nearest_index(w, w_full, dev))
+    up = upsampled(seg.int(), s, h_full, w_full)
     v = torch.arange(h_full, device=dev, dtype=torch.float32)
     u = torch.arange(w_full, device=dev, dtype=torch.float32)
     ray = (plane[1] * (v - cy) / fy)[:, None] + (plane[0] * (u - cx) / fx + plane[2])[None, :]
