@@ -259,6 +259,12 @@ PARAMS: list[Param] = [
           'the end of a crease does not join two objects (a box on a box), and a part that '
           'this breaks off an object and is smaller than this rejoins it (0 = bands not '
           'grown)', read_only=False, int_range=(0, 1_000_000)),
+    Param('instance.depth_objects.stack_gap', 0.015, 'double',
+          'depth_objects: metres; a segment whose upward-facing surfaces lie in two layers at '
+          'least this far apart in height (and 10 sigmas of the depth noise), the upper one '
+          'a compact top (a box\'s, a can\'s; not a bowl\'s rim), is cut above the lower '
+          'layer: an object standing on another whose crease was lost (0 = never cut)',
+          read_only=False, float_range=(0.0, 0.5)),
     Param('instance.depth_objects.stride', 2, 'int',
           'depth_objects: segment on every stride-th pixel, masks at full resolution '
           '(1 = every pixel: finer, ~3x slower)', read_only=False, int_range=(1, 8)),

@@ -30,6 +30,9 @@ tabletop segmentation of ROS' object-recognition stacks, and LCCP's convexity ru
    that growing broke off (smaller than ``min_part`` pixels: noise creases) rejoins its
    object; points in a cut band join the neighbouring segment across no depth step;
    segments smaller than ``min_points`` (full-resolution pixels) are dropped.
+   A segment whose upward-facing cells lie in two layers ``stack_gap`` or more apart in
+   height, the upper a compact top, is cut above the lower layer: an object standing on
+   another where the crease at its foot was lost (:mod:`seg_ros.core.spatial.depth_layers`).
 5. **Masks at full resolution**: the grid labels upsampled, each pixel kept when its own
    height is above ``min_height`` (pixels without depth keep their segment's label).
 
@@ -46,6 +49,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from seg_ros.core.spatial.depth_layers import UP_TILT, split_stacks
 from seg_ros.core.spatial.grid_labels import close_gaps, connected_components, fill, grown
 from seg_ros.core.spatial.organised_cloud import (
     fit_support,
@@ -75,6 +79,7 @@ class DepthObjectsParams:
     color_edge: float = 0.0        # RGB distance in [0, sqrt(3)]; 0 = colour not used
     min_points: int = 150          # full-resolution pixels a segment needs
     min_part: int = 600            # full-resolution pixels; 0 = crease gaps not closed
+    stack_gap: float = 0.015       # m between two layers of tops: a stack; 0 = not split
     stride: int = 2                # grid step in pixels (1 = every pixel)
 
 
@@ -218,6 +223,11 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     ld = link_d & obj & shift(obj, 1, 0, False)
     ll, lu = shift(lr, 0, -1, False), shift(ld, -1, 0, False)
     lab = fill(lab, obj, (lr, ll, ld, lu), 2 * k + 2)
+    # an object standing on another whose crease was lost: their tops at two heights
+    up_facing = good & ((n * plane[:3, None, None]).sum(0) >= math.cos(math.radians(UP_TILT)))
+    min_cells = max(1, round(prm.min_points / (s * s)))
+    lab = split_stacks(lab, height, up_facing, link_r, link_d, sigma, prm.stack_gap,
+                       max(1, min_cells // 2), max(1, round(prm.min_part / (s * s))))
     # cells without depth inside an object take its label (holes, edge dropouts)
     nod = ~ok
     anyr, anyd = torch.ones_like(obj), torch.ones_like(obj)
