@@ -399,3 +399,30 @@ def test_a_can_on_a_box_seen_from_above_is_two_objects():
                         sc.object_map, [can, base]) for gap in (0.0, 0.015)}
     assert min(ious[0.015]) >= 0.8, ious
     assert ious[0.0][0] < 0.5, ious   # not cut: one segment
+
+
+def test_a_patch_of_table_lifted_by_the_sensor_scores_low_objects_high(monkeypatch):
+    """The score's rise rule: a smooth 1 cm bump in the table's depth (a real sensor's
+    low-frequency error) rises over min_height and becomes a segment, but its outline fades
+    into the table; the objects' outlines rise off it. Without the rule it scored 1.0."""
+    from scipy import ndimage
+
+    from seg_ros.core.spatial import depth_objects
+    sc = rgbd_scene.render(320, 240)
+    free = sc.object_map == 0
+    free[[0, -1], :] = free[:, [0, -1]] = False   # far from the objects and the border
+    far = ndimage.distance_transform_edt(free)
+    cy, cx = np.unravel_index(np.argmax(far), far.shape)
+    v, u = np.mgrid[0:240, 0:320]
+    bump = 0.010 * np.exp(-((v - cy) ** 2 + (u - cx) ** 2) / (2 * 25.0 ** 2))
+    depth = np.where(sc.depth > 0, sc.depth - bump, 0.0)
+    for rise, low in ((depth_objects.RISE, 0.3), (0.0, 1.01)):
+        monkeypatch.setattr(depth_objects, 'RISE', rise)
+        seg = _run(depth, sc.rgb, sc.k)
+        masks = seg.masks.numpy()
+        assert min(_match(masks, sc.object_map, range(1, 5))) >= 0.9
+        on_bump = [i for i, m in enumerate(masks) if (sc.object_map[m] == 0).mean() > 0.9]
+        assert len(on_bump) == 1                   # the bump is a segment ...
+        others = [i for i in range(len(masks)) if i not in on_bump]
+        assert float(seg.scores[on_bump[0]]) < low, rise   # ... that scores low
+        assert float(seg.scores[others].min()) > 0.9
