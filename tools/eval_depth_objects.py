@@ -5,6 +5,7 @@ model time per frame.
 
     scripts/with_env python tools/eval_depth_objects.py [--scenes 30] [--seed 100]
         [--noise exact structured_light] [--weights tabletop] [--size 640x480]
+        [--score-threshold 0.05]
 
 Scenes: ``seg_ros.synthetic.tabletop.render(stack=0.5)`` from seed ``(seed, i)`` (the
 tuning of the defaults used seed 7: these scenes were never looked at); every visible solid
@@ -79,10 +80,10 @@ def score(gts: list[list[np.ndarray]], preds: list[list[tuple[np.ndarray, float]
     return float(ev.stats[0]), float(ev.stats[1])
 
 
-def processor(model_values: dict) -> FrameProcessor:
+def processor(model_values: dict, score_threshold: float = 0.05) -> FrameProcessor:
     values = {'device': 'cpu', 'semantic.enabled': False, 'instance.enabled': True,
               'depth.enabled': True, 'instance.tracking': False, 'warmup': False,
-              'instance.score_threshold': 0.05, 'instance.max_detections': 100}
+              'instance.score_threshold': score_threshold, 'instance.max_detections': 100}
     values.update(model_values)
     s = Settings.from_values(values)
     return FrameProcessor(load_pipeline(s), s)
@@ -113,12 +114,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--weights', default='tabletop',
                     help='the learned model to compare (instance.weights; none = skip)')
     ap.add_argument('--size', default='640x480')
+    ap.add_argument('--score-threshold', type=float, default=0.05,
+                    help="instance.score_threshold (0.05: the whole ranking; the node's "
+                         'default is 0.5)')
     args = ap.parse_args(argv)
     w, h = (int(v) for v in args.size.split('x'))
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    methods = {'depth_objects': processor({'instance.model': 'depth_objects'})}
+    thr = args.score_threshold
+    methods = {'depth_objects': processor({'instance.model': 'depth_objects'}, thr)}
     if args.weights != 'none':
-        methods[f'learned ({args.weights})'] = processor({'instance.weights': args.weights})
+        methods[f'learned ({args.weights})'] = processor({'instance.weights': args.weights},
+                                                         thr)
     flags = ''
     with contextlib.suppress(OSError):
         text = open('/proc/cpuinfo').read()
@@ -126,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         flags = ' '.join(f for f in ('avx2', 'avx512f', 'avx512_vnni', 'avx512_bf16')
                          if f in line.split())
     print(f'# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, '
-          f'flags: {flags}; {args.scenes} scenes per noise, seed {args.seed}, {w}x{h}')
+          f'flags: {flags}; {args.scenes} scenes per noise, seed {args.seed}, {w}x{h}, '
+          f'score_threshold {thr}')
     print('| depth | method | mask AP | AP50 | objects | found | model p50 |')
     print('|---|---|---|---|---|---|---|')
     for noise in args.noise:
