@@ -243,7 +243,7 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     up_facing = good & ((n * plane[:3, None, None]).sum(0) >= math.cos(math.radians(UP_TILT)))
     min_cells = max(1, round(prm.min_points / (s * s)))
     lab = split_stacks(lab, height, up_facing, link_r, link_d, sigma, prm.stack_gap,
-                       max(1, min_cells // 2), max(1, round(prm.min_part / (s * s))))
+                       max(4, min_cells // 2), max(1, round(prm.min_part / (s * s))))
     # cells without depth inside an object take its label (holes, edge dropouts)
     nod = ~ok
     anyr, anyd = torch.ones_like(obj), torch.ones_like(obj)
