@@ -41,7 +41,11 @@ def split_stacks(lab: torch.Tensor, height: torch.Tensor, up: torch.Tensor,
     segment per connected part of at least ``min_part`` cells (smaller parts: noise on a
     face that straddles the cut height, they stay). Where a crease between a box and the box
     it stands on is lost (a short side face seen from above, normals blurred across it), their
-    tops still lie at two heights. New labels are ``lab``'s plus ``2 * lab.numel()``.
+    tops still lie at two heights.
+
+    ``lab``: (h, w) labels that are flat cell indices (as :func:`connected_components` gives
+    them), -1 for none. The new segments' labels are flat cell indices plus
+    ``2 * lab.numel()``, never one of ``lab``'s.
     """
     if gap <= 0:
         return lab

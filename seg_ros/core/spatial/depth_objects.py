@@ -71,13 +71,13 @@ NOISE_SIGMAS = 4.0
 #: lifts over the threshold does not (on the real photos such patches scored 1.0 before;
 #: generated tables, seeds 21-24, structured light AP50 0.818 -> 0.863)
 RISE = 0.5
+RISE_OUT = 3
 #: outline shared with another segment across no depth step (a crease, a colour edge) weighs
 #: this much against outline that fades into the surface: an object in a cluster keeps a
 #: score over 0.5 (the node's default threshold) while a fragment or a lifted patch of table
 #: stays low. With the full weight (1) the threshold cost structured-light AP50 0.863 ->
 #: 0.799 on generated tables (seeds 21-24), with 0.25 0.864 -> 0.854.
 SHARED_WEIGHT = 0.25
-RISE_OUT = 3
 
 #: the class every segment gets (class-agnostic); index 1 of :data:`CLASS_NAMES`
 CLASS_NAMES = ('__background__', 'object')
