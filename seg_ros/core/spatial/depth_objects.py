@@ -263,14 +263,14 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     cleans = torch.zeros_like(edges)
     cuts = torch.zeros_like(edges)
     inside = seg >= 0
+    surface = torch.where(okm, height, -1.0)   # -1: no depth (an outline there is clean)
     for dy, dx, jump in ((0, 1, jump_r), (1, 0, jump_d), (0, -1, shift(jump_r, 0, -1, True)),
                          (-1, 0, shift(jump_d, -1, 0, True))):
         nb = shift(seg, dy, dx, -1)
         edge = inside & (nb != seg)
         edges += edge
         # off the segment: clean where the cell rises above the surface RISE_OUT cells out
-        # (no depth there counts as clean)
-        h_out = shift(torch.where(okm, height, -1.0), RISE_OUT * dy, RISE_OUT * dx, -1.0)
+        h_out = shift(surface, RISE_OUT * dy, RISE_OUT * dx, -1.0)
         cleans += edge & (((nb < 0) & (height - h_out >= RISE * min_h)) | jump)
         cuts += edge & (nb >= 0) & ~jump
     bins = (seg + 1).flatten()
