@@ -105,11 +105,11 @@ def split_stacks(lab: torch.Tensor, height: torch.Tensor, up: torch.Tensor,
                        + max(BIN, 0.5 * NOISE_SIGMAS * sigma))
     upper = height > cut[torch.where(lab >= 0, lab, n)]
     # the upper cells as connected parts (along the links, one label each); small ones stay
-    lab2 = torch.where(upper, lab + lab.numel(), lab)
+    lab2 = torch.where(upper, lab + n, lab)
     same_r = lab2 == shift(lab2, 0, 1, -2)
     same_d = lab2 == shift(lab2, 1, 0, -2)
     parts = connected_components(upper, link_r & same_r, link_d & same_d)
-    area = torch.bincount(parts[upper], minlength=lab.numel())
+    area = torch.bincount(parts[upper], minlength=n)
     keep = upper & (area[parts.clamp_min(0)] >= min_part)
-    return torch.where(keep, parts + 2 * lab.numel(), lab)
+    return torch.where(keep, parts + 2 * n, lab)
 

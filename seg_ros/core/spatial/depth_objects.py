@@ -231,9 +231,9 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
         link_d &= ~color_d
     core = obj & ~cut
     lab = connected_components(core, link_r, link_d)
+    part_cells = max(1, round(prm.min_part / (s * s)))   # min_part in grid cells
     if prm.min_part > 0:
-        lab = close_gaps(lab, obj & ~grown(cut), link_r, link_d,
-                          max(1, round(prm.min_part / (s * s))))
+        lab = close_gaps(lab, obj & ~grown(cut), link_r, link_d, part_cells)
     # the cut bands join a neighbouring segment across no depth step
     lr = link_r & obj & shift(obj, 0, 1, False)
     ld = link_d & obj & shift(obj, 1, 0, False)
@@ -241,9 +241,9 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     lab = fill(lab, obj, (lr, ll, ld, lu), 2 * k + 2)
     # an object standing on another whose crease was lost: their tops at two heights
     up_facing = good & ((n * plane[:3, None, None]).sum(0) >= math.cos(math.radians(UP_TILT)))
-    min_cells = max(1, round(prm.min_points / (s * s)))
+    layer_cells = max(4, round(prm.min_points / (s * s)) // 2)   # half a segment's, >= 4
     lab = split_stacks(lab, height, up_facing, link_r, link_d, sigma, prm.stack_gap,
-                       max(4, min_cells // 2), max(1, round(prm.min_part / (s * s))))
+                       layer_cells, part_cells)
     # cells without depth inside an object take its label (holes, edge dropouts)
     nod = ~ok
     anyr, anyd = torch.ones_like(obj), torch.ones_like(obj)
