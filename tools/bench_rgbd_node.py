@@ -73,6 +73,7 @@ def main() -> int:
     lat: dict[str, list[float]] = {m: [] for m in methods}
     found: dict[str, list[int]] = {m: [] for m in methods}
     inside: dict[str, list[tuple[float, float]]] = {m: [] for m in methods}
+    per_topic: dict[str, dict[str, list[float]]] = {m: {o: [] for o in OUTPUTS} for m in methods}
     with served(node_args, own_domain(70, 30), logs, 'seg_ros_bench_rgbd',
                 ready_timeout=600) as (_, client):
         boxes = {m: [client.collect(types[o], f'/bench_{m}/{o}') for o in OUTPUTS]
@@ -115,6 +116,9 @@ def main() -> int:
                     client.spin_until(lambda m=m, stamp=stamp: stamp in timing[m], 2.0)
                     if r > 0:
                         lat[m].append(t)
+                        last = max(b[stamp][1] for b in boxes[m])  # t after the publish
+                        for o, b in zip(OUTPUTS, boxes[m], strict=True):
+                            per_topic[m][o].append(t - (last - b[stamp][1]))
                         inside[m].append(timing[m].get(stamp, (np.nan, np.nan)))
                         found[m].append(len(boxes[m][0][stamp][0].detections))
         client.spin_until(lambda: False, 1.5)  # one more diagnostics message each
@@ -133,7 +137,9 @@ def main() -> int:
                   'p90_ms': float(np.percentile(v, 90) * 1000),
                   'objects_per_frame': float(np.mean(found[m])),
                   'forward_p50_ms': float(np.nanmedian([f for f, _ in inside[m]]) * 1000),
-                  'processing_p50_ms': float(np.nanmedian([p for _, p in inside[m]]) * 1000)}
+                  'processing_p50_ms': float(np.nanmedian([p for _, p in inside[m]]) * 1000),
+                  'per_output_p50_ms': {o: float(np.percentile(v, 50) * 1000)
+                                        for o, v in per_topic[m].items()}}
     res['ratio_p50'] = float(np.median(a[:n] / b[:n]))
     res['node_stages_p50_ms'] = stages
     args.json.write_text(json.dumps(res, indent=1))
@@ -144,6 +150,9 @@ def main() -> int:
         print(f'| {m} | {v["p50_ms"]:.1f} ms | {v["p90_ms"]:.1f} ms | '
               f'{v["processing_p50_ms"]:.1f} ms | {v["forward_p50_ms"]:.1f} ms | '
               f'{v["objects_per_frame"]:.1f} |')
+    for m in methods:
+        print(f'{m} p50 per output (ms from the image\'s publish): ' + ', '.join(
+            f'{o.split("/")[-1]} {v:.1f}' for o, v in res[m]['per_output_p50_ms'].items()))
     for m, st in stages.items():
         print(f'{m} stages p50 (ms, the node\'s diagnostics): ' + ', '.join(
             f'{k} {v:.1f}' for k, v in sorted(st.items(), key=lambda kv: -kv[1])))
