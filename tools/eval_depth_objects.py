@@ -5,7 +5,7 @@ model time per frame.
 
     scripts/with_env python tools/eval_depth_objects.py [--scenes 30] [--seed 100]
         [--noise exact structured_light] [--weights tabletop] [--size 640x480]
-        [--score-threshold 0.05]
+        [--score-threshold 0.05] [--param instance.depth_objects.stride=3 ...]
 
 Scenes: ``seg_ros.synthetic.tabletop.render(stack=0.5)`` from seed ``(seed, i)`` (the
 tuning of the defaults used seed 7: these scenes were never looked at); every visible solid
@@ -96,13 +96,24 @@ def run_frame(proc: FrameProcessor, sc, stamp: int) -> tuple[list, float]:
                                  height=h))
     mm = np.clip(np.round(sc.depth * 1000), 0, 65535).astype(np.uint16)
     pairing.add_depth(_Msg(header=_header(stamp), encoding='16UC1', height=h, width=w,
-                           step=2 * w, is_bigendian=0, data=mm.tobytes()))
+                           step=2 * w, is_bigendian=0, data=bytearray(mm.tobytes())))
     frame = buffer_to_frame('rgb8', h, w, 3 * w, False, sc.rgb.tobytes())
     out = proc.process([FrameInput('', frame, stamp, pairing=pairing)])[0]
     inst = out.result.instances
     preds = [(inst.id_map == pid, float(sc_)) for pid, sc_ in zip(inst.ids, inst.scores,
                                                                    strict=True)]
     return preds, out.result.timings['instance']
+
+
+def _param(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` with VALUE read as an int, a float, true / false or else a string."""
+    name, sep, raw = text.partition('=')
+    if not sep or not name:
+        raise SystemExit(f'eval_depth_objects: --param wants NAME=VALUE, got {text!r}')
+    for cast in (int, float):
+        with contextlib.suppress(ValueError):
+            return name, cast(raw)
+    return name, {'true': True, 'false': False}.get(raw.lower(), raw)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,11 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument('--score-threshold', type=float, default=0.05,
                     help="instance.score_threshold (0.05: the whole ranking; the node's "
                          'default is 0.5)')
+    ap.add_argument('--param', action='append', default=[], metavar='NAME=VALUE',
+                    help='a node parameter for the depth_objects run (repeatable), e.g. '
+                         'instance.depth_objects.stride=3')
     args = ap.parse_args(argv)
     w, h = (int(v) for v in args.size.split('x'))
     torch.set_num_threads(min(2, torch.get_num_threads()))
     thr = args.score_threshold
-    methods = {'depth_objects': processor({'instance.model': 'depth_objects'}, thr)}
+    extra = dict(_param(p) for p in args.param)
+    methods = {'depth_objects': processor({'instance.model': 'depth_objects', **extra}, thr)}
     if args.weights != 'none':
         methods[f'learned ({args.weights})'] = processor({'instance.weights': args.weights},
                                                          thr)
@@ -133,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                          if f in line.split())
     print(f'# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, '
           f'flags: {flags}; {args.scenes} scenes per noise, seed {args.seed}, {w}x{h}, '
-          f'score_threshold {thr}')
+          f'score_threshold {thr}' + ''.join(f', {k}={v}' for k, v in extra.items()))
     print('| depth | method | mask AP | AP50 | objects | found | model p50 |')
     print('|---|---|---|---|---|---|---|')
     for noise in args.noise:
