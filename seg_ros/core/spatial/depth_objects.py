@@ -29,7 +29,10 @@ tabletop segmentation of ROS' object-recognition stacks, and LCCP's convexity ru
    that a gap of a cell or two at the end of a crease does not join two objects; a part
    that growing broke off (smaller than ``min_part`` pixels: noise creases) rejoins its
    object; points in a cut band join the neighbouring segment across no depth step;
-   segments smaller than ``min_points`` (full-resolution pixels) are dropped.
+   segments smaller than ``min_points`` (full-resolution pixels) are dropped, and so are
+   those resting neither on the support (its inliers, or plane-level cells reached from the
+   table's part of it) nor on a segment that does (touching it in depth, not only in the
+   image: clutter beyond the table's edge, a chair behind it).
    A segment whose upward-facing cells lie in two layers ``stack_gap`` or more apart in
    height, the upper a compact top, is cut above the lower layer: an object standing on
    another where the crease at its foot was lost (:mod:`seg_ros.core.spatial.depth_layers`).
@@ -78,6 +81,21 @@ RISE_OUT = 3
 #: stays low. With the full weight (1) the threshold cost structured-light AP50 0.863 ->
 #: 0.799 on generated tables (seeds 21-24), with 0.25 0.864 -> 0.854.
 SHARED_WEIGHT = 0.25
+
+#: a depth step larger than this share of the depth beside a step back (the opposite sign)
+#: is a silhouette's staircase, not a steep surface's ramp (:func:`_jumps`); every smaller
+#: one counted as a ramp cost a fragment of an object under structured-light noise
+SPUR_STEP = 0.1
+#: two segments touch (one may rest on the other) where neighbouring cells of theirs lie at
+#: most this far apart in depth (m): an object standing on another meets it at a crease
+#: (no step) or, overhanging it, a step of the overhang; something far behind an object
+#: that borders it in the image does not
+TOUCH_GAP = 0.2
+#: a segment rests on the support also where it borders plane-level cells (within
+#: ``plane_tolerance`` of it, whatever their normals) reached from the table's part of the
+#: support in up to LEVEL_STEPS grid cells, each step at most LEVEL_DZ (m) in depth
+LEVEL_STEPS = 8
+LEVEL_DZ = 0.02
 
 #: the class every segment gets (class-agnostic); index 1 of :data:`CLASS_NAMES`
 CLASS_NAMES = ('__background__', 'object')
@@ -147,16 +165,23 @@ def upsampled(grid: torch.Tensor, s: int, h_out: int, w_out: int) -> torch.Tenso
 def _jumps(z: torch.Tensor, dy: int, dx: int, rel: float) -> torch.Tensor:
     """Depth steps between each cell and its neighbour at (dy, dx): larger than ``rel`` of
     the depth and 1.5 times the larger of the steps just before and after it (a steep but
-    smooth surface, such as a box's side seen from above, steps evenly, and the edge from
-    its top face onto it is not cut; an occluding edge steps once). A missing neighbour is
-    a step.
+    smooth surface, such as a box's side seen from above, steps evenly the same way, and the
+    edge from its top face onto it is not cut; an occluding edge steps once). A missing
+    neighbour is a step.
     """
     d = shift(z, dy, dx, math.nan) - z
-    before = shift(d, -dy, -dx, 0.0).abs()
-    after = shift(d, dy, dx, 0.0).abs()
+    before = shift(d, -dy, -dx, 0.0)
+    after = shift(d, dy, dx, 0.0)
+    # a ramp steps one way: a step back of the opposite sign beside a step of over
+    # SPUR_STEP of the depth is a one-cell spur of the far surface where a silhouette
+    # crosses the grid as a staircase, and both its steps are cut (counted as a ramp, a can
+    # joined the chair behind it on a real photo)
+    spur = d.abs() > SPUR_STEP * z
+    zero = torch.zeros((), device=z.device)
+    before = torch.where((before * d < 0) & spur, zero, torch.nan_to_num(before.abs(), nan=0.0))
+    after = torch.where((after * d < 0) & spur, zero, torch.nan_to_num(after.abs(), nan=0.0))
     big = d.abs() > rel * z
-    lone = d.abs() > 1.5 * torch.maximum(torch.nan_to_num(before, nan=0.0),
-                                       torch.nan_to_num(after, nan=0.0))
+    lone = d.abs() > 1.5 * torch.maximum(before, after)
     return (big & lone) | torch.isnan(d)
 
 
@@ -290,14 +315,37 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     # a segment rests on the support, or on a segment that does (a box on a box); clutter
     # beyond the table's edge (chairs, a floor's things) touches neither
     on_support = any_cell(inside & grown(support, k + 1))
+    # (neighbours in the image that are also near in depth: a chair behind the table whose
+    # back borders a tall can in the image does not rest on the can)
     touches = torch.zeros((nseg, nseg), dtype=torch.bool, device=dev)
     for dy, dx in ((0, 1), (1, 0)):             # neighbours either way round
         nb = shift(seg, dy, dx, -1)
-        pair = inside & (nb >= 0) & (nb != seg)
+        near = ok & shift(ok, dy, dx, False) & (
+            (shift(zs, dy, dx, 0.0) - zs).abs() <= TOUCH_GAP)
+        pair = inside & (nb >= 0) & (nb != seg) & near
         a, b = seg[pair], nb[pair]
         touches[a, b] = True
         touches[b, a] = True
     on_support |= (touches & on_support[None, :]).any(1)
+    if not bool(on_support.all()):
+        # the rest may rest on plane-level cells reached in small depth steps from the
+        # support's largest connected part (the table's): around an object's foot the
+        # smoothing tilts the table's normals, and a cup near the table's edge, ringed by
+        # such cells, rested on nothing. Only from the table's own part: a chair's seat
+        # behind the table is coplanar with it, and from there its back crosses the plane's
+        # height. Looked for only near the segments still without support (a few ms).
+        rest = inside & ~on_support[seg.clamp_min(0)]
+        level = okm & (height.abs() <= prm.plane_tolerance) & grown(rest, LEVEL_STEPS + k + 1)
+        dz_r = (shift(zs, 0, 1, 0.0) - zs).abs() <= LEVEL_DZ
+        dz_d = (shift(zs, 1, 0, 0.0) - zs).abs() <= LEVEL_DZ
+        near_r = ok & shift(ok, 0, 1, False) & dz_r
+        near_d = ok & shift(ok, 1, 0, False) & dz_d
+        parts = connected_components(support, near_r, near_d)
+        table = parts == torch.bincount(parts[support]).argmax()
+        steps = (near_r, shift(near_r, 0, -1, False), near_d, shift(near_d, -1, 0, False))
+        base = fill(torch.where(table, 0, -1), level, steps, LEVEL_STEPS) >= 0
+        on_support |= any_cell(rest & grown(base, k + 1))
+        on_support |= (touches & on_support[None, :]).any(1)
     tall |= ~on_support
     # full resolution: the grid labels upsampled (nearest), each pixel's own height checked:
     # height = z (n . ray) + d with the ray (u - cx) / fx, (v - cy) / fy, 1 (NaN: no depth,
