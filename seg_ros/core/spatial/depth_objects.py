@@ -327,7 +327,7 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
         touches[a, b] = True
         touches[b, a] = True
     on_support |= (touches & on_support[None, :]).any(1)
-    if not bool(on_support.all()):
+    if not bool(on_support.all()) and bool(support.any()):
         # the rest may rest on plane-level cells reached in small depth steps from the
         # support's largest connected part (the table's): around an object's foot the
         # smoothing tilts the table's normals, and a cup near the table's edge, ringed by
