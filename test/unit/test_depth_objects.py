@@ -478,6 +478,55 @@ def test_a_segment_resting_on_nothing_is_dropped_even_where_it_borders_an_object
     assert len(masks) == 2                  # the shelf "rests on" the can
 
 
+def _straight_down(h: int = 120, w: int = 160, f: float = 120.0):
+    depth = np.full((h, w), 0.8)            # a table 0.8 m below the camera
+    return depth, np.full((h, w, 3), 128, np.uint8), [f, 0, w / 2, 0, f, h / 2, 0, 0, 1]
+
+
+def test_a_coplanar_table_across_the_room_is_not_the_table(monkeypatch):
+    """The table is the support's largest connected part and the support inside its outline
+    on the plane: a second table at the same height, beyond a strip of floor, is not, and
+    the box on it is no object (on a real photo such things scored 0.99)."""
+    from seg_ros.core.spatial import depth_objects
+    depth, rgb, k = _straight_down()
+    depth[17:45] = 1.5                      # floor between the two tables
+    depth[70:95, 60:100] = 0.7              # a box on the near table
+    depth[2:14, 20:50] = 0.7                # a box on the far one
+    near = np.zeros(depth.shape, bool)
+    near[70:95, 60:100] = True
+    masks = _run(depth, rgb, k).masks.numpy()
+    assert len(masks) == 1 and (masks[0] & near).sum() >= 0.9 * near.sum()
+    monkeypatch.setattr(depth_objects, 'TABLE_SHARE', 0.0)
+    monkeypatch.setattr(depth_objects, '_within_hull', lambda p, plane, part, cells: cells)
+    assert len(_run(depth, rgb, k).masks) == 2   # any support at all: the far box too
+
+
+def test_the_table_between_objects_and_the_image_border_is_the_table_too(monkeypatch):
+    """An L-shaped object walls off the image's corner: the table seen there is reached by
+    no path of table, and it lies outside the outline of the table's visible part, but
+    inside the outline of the table and what rests on it (the table runs on under them):
+    the small box in the corner is an object."""
+    from seg_ros.core.spatial import depth_objects
+    depth, rgb, k = _straight_down()
+    depth[0:60, 100:110] = 0.7              # the L: a bar down from the top ...
+    depth[50:60, 100:160] = 0.7             # ... and one to the right border
+    depth[0:12, 140:156] = 0.75             # a small box in the walled-off corner
+    corner = np.zeros(depth.shape, bool)
+    corner[0:12, 140:156] = True
+    masks = _run(depth, rgb, k).masks.numpy()
+    assert len(masks) == 2
+    assert max((m & corner).sum() for m in masks) >= 0.9 * corner.sum()
+    hull = depth_objects._within_hull
+    calls = []
+
+    def first_outline_only(p, plane, part, cells):
+        calls.append(1)
+        return hull(p, plane, part, cells) if len(calls) == 1 else torch.zeros_like(cells)
+    monkeypatch.setattr(depth_objects, '_within_hull', first_outline_only)
+    masks = _run(depth, rgb, k).masks.numpy()
+    assert len(masks) == 1 and not (masks[0] & corner).any()
+
+
 REAL = Path(__file__).resolve().parents[3] / 'shared' / 'data' / 'rgbd_real'
 
 
@@ -510,3 +559,7 @@ def test_real_photos_a_cup_at_the_table_edge_and_no_chair_behind_the_table():
     for m in seg.masks.numpy():
         z = depth[m & (depth > 0)]
         assert z.size == 0 or np.median(z) < 1.0   # the chair is 1.2-1.3 m away
+    depth, rgb, k = _real(8)
+    for m in _run(depth, rgb, k).masks.numpy():   # a table 3-4 m away, things on it
+        z = depth[m & (depth > 0)]
+        assert z.size == 0 or np.median(z) < 2.0
