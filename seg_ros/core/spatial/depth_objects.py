@@ -147,8 +147,14 @@ def _within_hull(p: torch.Tensor, plane: torch.Tensor, part: torch.Tensor,
                  cells: torch.Tensor, sides: int = 16, margin: float = 0.02) -> torch.Tensor:
     """Which ``cells`` (h, w) project onto the support plane inside the convex hull of
     ``part``'s points (a polygon of ``sides`` sides around it, ``margin`` m wider): the
-    table's own surface, not a coplanar table across the room.
+    table's own surface, not a coplanar table across the room. The hull is its outline's
+    (the cells of ``part`` with a neighbour outside it or at the image's border).
     """
+    out = torch.zeros_like(cells)
+    if not bool(cells.any()):
+        return out
+    edge = part & ~(shift(part, 0, 1, False) & shift(part, 1, 0, False)
+                    & shift(part, 0, -1, False) & shift(part, -1, 0, False))
     nrm = plane[:3]
     a = torch.tensor([1.0, 0.0, 0.0], device=p.device) if float(nrm[0].abs()) < 0.9 else \
         torch.tensor([0.0, 1.0, 0.0], device=p.device)
@@ -157,8 +163,7 @@ def _within_hull(p: torch.Tensor, plane: torch.Tensor, part: torch.Tensor,
     e2 = torch.linalg.cross(nrm, e1)
     t = torch.arange(sides, device=p.device, dtype=torch.float32) * (2 * math.pi / sides)
     dirs = torch.cos(t)[:, None] * e1[None] + torch.sin(t)[:, None] * e2[None]   # (K, 3)
-    reach = (dirs @ p[:, part]).amax(1)                                          # (K,)
-    out = torch.zeros_like(cells)
+    reach = (dirs @ p[:, edge]).amax(1)                                          # (K,)
     out[cells] = ((dirs @ p[:, cells]) <= (reach + margin)[:, None]).all(0)
     return out
 
@@ -375,12 +380,12 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
         parts = connected_components(support, near_r, near_d)
         sizes = torch.bincount(parts[support])
         main = parts == sizes.argmax()
-        table = support & ((sizes[parts.clamp_min(0)] >= TABLE_SHARE * sizes.max())
-                           | _within_hull(p, plane, main, support))
+        table = support & (sizes[parts.clamp_min(0)] >= TABLE_SHARE * sizes.max())
+        table |= _within_hull(p, plane, main, support & ~table)
         on_support = _rests(any_cell(inside & grown(table, k + 1)), touches)
         resting = inside & on_support[seg.clamp_min(0)]
         if bool(resting.any()):
-            table |= support & _within_hull(p, plane, main | resting, support)
+            table |= _within_hull(p, plane, main | (resting & okm), support & ~table)
             on_support = _rests(on_support | any_cell(inside & grown(table, k + 1)), touches)
     if not bool(on_support.all()) and bool(support.any()):
         # the rest may rest on plane-level cells reached in small depth steps from the
