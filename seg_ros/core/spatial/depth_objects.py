@@ -30,9 +30,11 @@ tabletop segmentation of ROS' object-recognition stacks, and LCCP's convexity ru
    that growing broke off (smaller than ``min_part`` pixels: noise creases) rejoins its
    object; points in a cut band join the neighbouring segment across no depth step;
    segments smaller than ``min_points`` (full-resolution pixels) are dropped, and so are
-   those resting neither on the support (its inliers, or plane-level cells reached from the
-   table's part of it) nor on a segment that does (touching it in depth, not only in the
-   image: clutter beyond the table's edge, a chair behind it).
+   those resting neither on the table nor on a segment that does (touching it in depth, not
+   only in the image: clutter beyond the table's edge, a chair behind it). The table: the
+   support's largest part connected in small depth steps, parts of a quarter of its size,
+   and the support inside its outline on the plane, drawn again around what rests on it (not
+   a coplanar table across the room); plane-level cells reached from it count too.
    A segment whose upward-facing cells lie in two layers ``stack_gap`` or more apart in
    height, the upper a compact top, is cut above the lower layer: an object standing on
    another where the crease at its foot was lost (:mod:`seg_ros.core.spatial.depth_layers`).
