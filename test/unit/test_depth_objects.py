@@ -466,14 +466,14 @@ def test_a_segment_resting_on_nothing_is_dropped_even_where_it_borders_an_object
         monkeypatch):
     """Resting on another segment means touching it in depth too (TOUCH_GAP): a shelf far
     behind a can borders it in the image only. Without the rule the shelf was an object."""
-    from seg_ros.core.spatial import depth_objects
+    from seg_ros.core.spatial import resting
     depth, rgb, k = _can_and_something_behind()
     can = np.zeros(depth.shape, bool)
     can[20:80, 60:90] = True
     seg = _run(depth, rgb, k)
     masks = seg.masks.numpy()
     assert len(masks) == 1 and (masks[0] & can).sum() >= 0.9 * can.sum()
-    monkeypatch.setattr(depth_objects, 'TOUCH_GAP', 10.0)
+    monkeypatch.setattr(resting, 'TOUCH_GAP', 10.0)
     masks = _run(depth, rgb, k).masks.numpy()
     assert len(masks) == 2                  # the shelf "rests on" the can
 
@@ -487,7 +487,7 @@ def test_a_coplanar_table_across_the_room_is_not_the_table(monkeypatch):
     """The table is the support's largest connected part and the support inside its outline
     on the plane: a second table at the same height, beyond a strip of floor, is not, and
     the box on it is no object (on a real photo such things scored 0.99)."""
-    from seg_ros.core.spatial import depth_objects
+    from seg_ros.core.spatial import resting
     depth, rgb, k = _straight_down()
     depth[17:45] = 1.5                      # floor between the two tables
     depth[70:95, 60:100] = 0.7              # a box on the near table
@@ -496,8 +496,8 @@ def test_a_coplanar_table_across_the_room_is_not_the_table(monkeypatch):
     near[70:95, 60:100] = True
     masks = _run(depth, rgb, k).masks.numpy()
     assert len(masks) == 1 and (masks[0] & near).sum() >= 0.9 * near.sum()
-    monkeypatch.setattr(depth_objects, 'TABLE_SHARE', 0.0)
-    monkeypatch.setattr(depth_objects, '_within_hull', lambda p, plane, part, cells: cells)
+    monkeypatch.setattr(resting, 'TABLE_SHARE', 0.0)
+    monkeypatch.setattr(resting, 'within_hull', lambda p, plane, part, cells: cells)
     assert len(_run(depth, rgb, k).masks) == 2   # any support at all: the far box too
 
 
@@ -506,7 +506,7 @@ def test_the_table_between_objects_and_the_image_border_is_the_table_too(monkeyp
     no path of table, and it lies outside the outline of the table's visible part, but
     inside the outline of the table and what rests on it (the table runs on under them):
     the small box in the corner is an object."""
-    from seg_ros.core.spatial import depth_objects
+    from seg_ros.core.spatial import resting
     depth, rgb, k = _straight_down()
     depth[0:60, 100:110] = 0.7              # the L: a bar down from the top ...
     depth[50:60, 100:160] = 0.7             # ... and one to the right border
@@ -516,13 +516,13 @@ def test_the_table_between_objects_and_the_image_border_is_the_table_too(monkeyp
     masks = _run(depth, rgb, k).masks.numpy()
     assert len(masks) == 2
     assert max((m & corner).sum() for m in masks) >= 0.9 * corner.sum()
-    hull = depth_objects._within_hull
+    hull = resting.within_hull
     calls = []
 
     def first_outline_only(p, plane, part, cells):
         calls.append(1)
         return hull(p, plane, part, cells) if len(calls) == 1 else torch.zeros_like(cells)
-    monkeypatch.setattr(depth_objects, '_within_hull', first_outline_only)
+    monkeypatch.setattr(resting, 'within_hull', first_outline_only)
     masks = _run(depth, rgb, k).masks.numpy()
     assert len(masks) == 1 and not (masks[0] & corner).any()
 

@@ -58,7 +58,13 @@ import torch
 import torch.nn.functional as F
 
 from seg_ros.core.spatial.depth_layers import UP_TILT, split_stacks
-from seg_ros.core.spatial.grid_labels import close_gaps, connected_components, fill, grown
+from seg_ros.core.spatial.grid_labels import (
+    close_gaps,
+    connected_components,
+    fill,
+    grown,
+    grown4,
+)
 from seg_ros.core.spatial.organised_cloud import (
     fit_support,
     masked_mean,
@@ -66,6 +72,7 @@ from seg_ros.core.spatial.organised_cloud import (
     organised_points,
     shift,
 )
+from seg_ros.core.spatial.resting import on_table
 
 #: a point is above the support when higher than this many sigmas of the depth noise measured
 #: on the support (or ``min_height``, whichever is larger)
@@ -88,21 +95,6 @@ SHARED_WEIGHT = 0.25
 #: is a silhouette's staircase, not a steep surface's ramp (:func:`_jumps`); every smaller
 #: one counted as a ramp cost a fragment of an object under structured-light noise
 SPUR_STEP = 0.1
-#: two segments touch (one may rest on the other) where neighbouring cells of theirs lie at
-#: most this far apart in depth (m): an object standing on another meets it at a crease
-#: (no step) or, overhanging it, a step of the overhang; something far behind an object
-#: that borders it in the image does not
-TOUCH_GAP = 0.2
-#: a segment rests on the support also where it borders plane-level cells (within
-#: ``plane_tolerance`` of it, whatever their normals) reached from the table's part of the
-#: support in up to LEVEL_STEPS grid cells, each step at most LEVEL_DZ (m) in depth
-LEVEL_STEPS = 8
-LEVEL_DZ = 0.02
-#: the table is the support's largest part (connected in depth steps of at most LEVEL_DZ),
-#: the parts of at least this share of its size (the table beyond a long object lying
-#: across it) and the support inside its outline on the plane (:func:`_within_hull`)
-TABLE_SHARE = 0.25
-
 #: the class every segment gets (class-agnostic); index 1 of :data:`CLASS_NAMES`
 CLASS_NAMES = ('__background__', 'object')
 
@@ -143,43 +135,6 @@ def _empty(h: int, w: int, device: torch.device) -> Segments:
     return Segments(torch.zeros((0, h, w), dtype=torch.bool, device=device),
                     torch.zeros((0, 4), device=device), torch.zeros((0,), device=device),
                     rows=torch.full((h, w), -1, dtype=torch.int16, device=device))
-
-
-def _within_hull(p: torch.Tensor, plane: torch.Tensor, part: torch.Tensor,
-                 cells: torch.Tensor, sides: int = 16, margin: float = 0.02) -> torch.Tensor:
-    """Which ``cells`` (h, w) project onto the support plane inside the convex hull of
-    ``part``'s points (a polygon of ``sides`` sides around it, ``margin`` m wider): the
-    table's own surface, not a coplanar table across the room. The hull is its outline's
-    (the cells of ``part`` with a neighbour outside it or at the image's border).
-    """
-    out = torch.zeros_like(cells)
-    if not bool(cells.any()):
-        return out
-    edge = part & ~(shift(part, 0, 1, False) & shift(part, 1, 0, False)
-                    & shift(part, 0, -1, False) & shift(part, -1, 0, False))
-    nrm = plane[:3]
-    a = torch.tensor([1.0, 0.0, 0.0], device=p.device) if float(nrm[0].abs()) < 0.9 else \
-        torch.tensor([0.0, 1.0, 0.0], device=p.device)
-    e1 = torch.linalg.cross(nrm, a)
-    e1 = e1 / e1.norm()
-    e2 = torch.linalg.cross(nrm, e1)
-    t = torch.arange(sides, device=p.device, dtype=torch.float32) * (2 * math.pi / sides)
-    dirs = torch.cos(t)[:, None] * e1[None] + torch.sin(t)[:, None] * e2[None]   # (K, 3)
-    reach = (dirs @ p[:, edge]).amax(1)                                          # (K,)
-    out[cells] = ((dirs @ p[:, cells]) <= (reach + margin)[:, None]).all(0)
-    return out
-
-
-def _rests(on_support: torch.Tensor, touches: torch.Tensor) -> torch.Tensor:
-    """Per segment: does it rest on the support through a chain of touching segments
-    (a stack of three boxes, an object in fragments)? ``touches`` (N, N) symmetric.
-    """
-    for _ in range(on_support.numel()):
-        more = on_support | (touches & on_support[None, :]).any(1)
-        if bool((more == on_support).all()):
-            break
-        on_support = more
-    return on_support
 
 
 def nearest_index(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
@@ -352,56 +307,12 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
         return torch.bincount(bins[cells.flatten()], minlength=nseg + 1)[1:] > 0
     # a segment that touches points above max_height is the lower part of something taller
     # (a wall, a person): not an object
-    over4 = over | shift(over, 0, 1, False) | shift(over, 1, 0, False) | \
-        shift(over, 0, -1, False) | shift(over, -1, 0, False)
-    tall = any_cell(inside & over4)
+    tall = any_cell(inside & grown4(over))
     # a segment rests on the table, or on a segment that does (a box on a box); clutter
-    # beyond the table's edge (chairs, a floor's things) touches neither.
-    # (neighbours in the image that are also near in depth: a chair behind the table whose
-    # back borders a tall can in the image does not rest on the can)
-    touches = torch.zeros((nseg, nseg), dtype=torch.bool, device=dev)
-    for dy, dx in ((0, 1), (1, 0)):             # neighbours either way round
-        nb = shift(seg, dy, dx, -1)
-        near = ok & shift(ok, dy, dx, False) & (
-            (shift(zs, dy, dx, 0.0) - zs).abs() <= TOUCH_GAP)
-        pair = inside & (nb >= 0) & (nb != seg) & near
-        a, b = seg[pair], nb[pair]
-        touches[a, b] = True
-        touches[b, a] = True
-    on_support = torch.zeros((nseg,), dtype=torch.bool, device=dev)
-    if bool(support.any()):
-        # the table: the support's largest part connected in small depth steps, the parts
-        # of at least TABLE_SHARE of its size, and the support inside its outline on the
-        # plane (a convex polygon) -- not a coplanar table across the room (on a real photo
-        # its things scored 0.99 and ranked above every object on the table). The table
-        # runs on under the objects: its outline is drawn again around them once they are
-        # known to rest on it, so that the support seen between them and the image's
-        # border (a pocket no path of table reaches) counts too
-        near_r = ok & shift(ok, 0, 1, False) & ((shift(zs, 0, 1, 0.0) - zs).abs() <= LEVEL_DZ)
-        near_d = ok & shift(ok, 1, 0, False) & ((shift(zs, 1, 0, 0.0) - zs).abs() <= LEVEL_DZ)
-        parts = connected_components(support, near_r, near_d)
-        sizes = torch.bincount(parts[support])
-        main = parts == sizes.argmax()
-        table = support & (sizes[parts.clamp_min(0)] >= TABLE_SHARE * sizes.max())
-        table |= _within_hull(p, plane, main, support & ~table)
-        on_support = _rests(any_cell(inside & grown(table, k + 1)), touches)
-        resting = inside & on_support[seg.clamp_min(0)]
-        if bool(resting.any()):
-            table |= _within_hull(p, plane, main | (resting & okm), support & ~table)
-            on_support = _rests(on_support | any_cell(inside & grown(table, k + 1)), touches)
-    if not bool(on_support.all()) and bool(support.any()):
-        # the rest may rest on plane-level cells reached in small depth steps from the
-        # table: around an object's foot the smoothing tilts the table's normals, and a cup
-        # near the table's edge, ringed by such cells, rested on nothing. Only from the
-        # table: a chair's seat behind it is coplanar with it, and from there its back
-        # crosses the plane's height. Looked for only near the segments still without
-        # support (a few ms).
-        rest = inside & ~on_support[seg.clamp_min(0)]
-        level = okm & (height.abs() <= prm.plane_tolerance) & grown(rest, LEVEL_STEPS + k + 1)
-        steps = (near_r, shift(near_r, 0, -1, False), near_d, shift(near_d, -1, 0, False))
-        base = fill(torch.where(table, 0, -1), level, steps, LEVEL_STEPS) >= 0
-        on_support |= any_cell(rest & grown(base, k + 1))
-        on_support = _rests(on_support, touches)
+    # beyond the table's edge (chairs, a floor's things, a coplanar table across the room)
+    # does not (:mod:`seg_ros.core.spatial.resting`)
+    on_support = on_table(seg, nseg, zs, ok, okm, p, plane, support, height,
+                          prm.plane_tolerance, k)
     tall |= ~on_support
     # full resolution: the grid labels upsampled (nearest), each pixel's own height checked:
     # height = z (n . ray) + d with the ray (u - cx) / fx, (v - cy) / fy, 1 (NaN: no depth,

@@ -131,6 +131,14 @@ def grown(mask: torch.Tensor, r: int = 1) -> torch.Tensor:
     return out
 
 
+def grown4(mask: torch.Tensor, outside: bool = False) -> torch.Tensor:
+    """``mask`` and its cells' four neighbours; beyond the grid's border counts as
+    ``outside`` (True: the border cells' missing neighbours are in the mask).
+    """
+    return mask | shift(mask, 0, 1, outside) | shift(mask, 1, 0, outside) | \
+        shift(mask, 0, -1, outside) | shift(mask, -1, 0, outside)
+
+
 def close_gaps(lab: torch.Tensor, core: torch.Tensor, link_r: torch.Tensor,
                 link_down: torch.Tensor, min_cells: int) -> torch.Tensor:
     """Components of ``core`` (the object cells off the cut bands grown by a cell), where a
