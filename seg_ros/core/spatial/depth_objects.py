@@ -64,6 +64,7 @@ from seg_ros.core.spatial.grid_labels import (
     fill,
     grown,
     grown4,
+    labels_in,
 )
 from seg_ros.core.spatial.organised_cloud import (
     fit_support,
@@ -301,13 +302,9 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     clean = torch.bincount(bins, cleans.flatten(), minlength=nseg + 1)[1:].float()
     shared = torch.bincount(bins, cuts.flatten(), minlength=nseg + 1)[1:].float()
     scores = clean / (total - (1 - SHARED_WEIGHT) * shared).clamp_min(1.0)
-
-    def any_cell(cells: torch.Tensor) -> torch.Tensor:
-        """Per segment: does one of its cells lie in ``cells``?"""
-        return torch.bincount(bins[cells.flatten()], minlength=nseg + 1)[1:] > 0
     # a segment that touches points above max_height is the lower part of something taller
     # (a wall, a person): not an object
-    tall = any_cell(inside & grown4(over))
+    tall = labels_in(seg, nseg, inside & grown4(over))
     # a segment rests on the table, or on a segment that does (a box on a box); clutter
     # beyond the table's edge (chairs, a floor's things, a coplanar table across the room)
     # does not (:mod:`seg_ros.core.spatial.resting`)

@@ -139,6 +139,11 @@ def grown4(mask: torch.Tensor, outside: bool = False) -> torch.Tensor:
         shift(mask, 0, -1, outside) | shift(mask, -1, 0, outside)
 
 
+def labels_in(seg: torch.Tensor, nseg: int, cells: torch.Tensor) -> torch.Tensor:
+    """(nseg,) bool: has label j (of ``seg``, 0..nseg-1, -1 none) a cell in ``cells``?"""
+    return torch.bincount((seg[cells] + 1), minlength=nseg + 1)[1:] > 0
+
+
 def close_gaps(lab: torch.Tensor, core: torch.Tensor, link_r: torch.Tensor,
                 link_down: torch.Tensor, min_cells: int) -> torch.Tensor:
     """Components of ``core`` (the object cells off the cut bands grown by a cell), where a

@@ -15,7 +15,13 @@ import math
 
 import torch
 
-from seg_ros.core.spatial.grid_labels import connected_components, fill, grown, grown4
+from seg_ros.core.spatial.grid_labels import (
+    connected_components,
+    fill,
+    grown,
+    grown4,
+    labels_in,
+)
 from seg_ros.core.spatial.organised_cloud import shift
 
 #: two segments touch (one may rest on the other) where neighbouring cells of theirs lie at
@@ -88,11 +94,6 @@ def on_table(seg: torch.Tensor, nseg: int, zs: torch.Tensor, ok: torch.Tensor,
     """
     dev = seg.device
     inside = seg >= 0
-    bins = (seg + 1).flatten()
-
-    def any_cell(cells: torch.Tensor) -> torch.Tensor:
-        """Per segment: does one of its cells lie in ``cells``?"""
-        return torch.bincount(bins[cells.flatten()], minlength=nseg + 1)[1:] > 0
     # neighbours in the image that are also near in depth: a chair behind the table whose
     # back borders a tall can in the image does not rest on the can
     touches = torch.zeros((nseg, nseg), dtype=torch.bool, device=dev)
@@ -110,14 +111,14 @@ def on_table(seg: torch.Tensor, nseg: int, zs: torch.Tensor, ok: torch.Tensor,
     main = parts == sizes.argmax()
     table = support & (sizes[parts.clamp_min(0)] >= TABLE_SHARE * sizes.max())
     table |= within_hull(p, plane, main, support & ~table)
-    on_support = rests(any_cell(inside & grown(table, k + 1)), touches)
+    on_support = rests(labels_in(seg, nseg, inside & grown(table, k + 1)), touches)
     resting = inside & on_support[seg.clamp_min(0)]
     if bool(resting.any()):
         # the table runs on under the objects: its outline drawn around them as well takes
         # in the table seen between them and the image's border (a pocket no path reaches)
         more = within_hull(p, plane, main | (resting & okm), support & ~table)
         table |= more
-        on_support = rests(on_support | any_cell(inside & grown(more, k + 1)), touches)
+        on_support = rests(on_support | labels_in(seg, nseg, inside & grown(more, k + 1)), touches)
     if bool(on_support.all()):
         return on_support
     # the rest may rest on plane-level cells reached in small depth steps from the table:
@@ -129,4 +130,4 @@ def on_table(seg: torch.Tensor, nseg: int, zs: torch.Tensor, ok: torch.Tensor,
     level = okm & (height.abs() <= plane_tolerance) & grown(rest, LEVEL_STEPS + k + 1)
     steps = (near_r, shift(near_r, 0, -1, False), near_d, shift(near_d, -1, 0, False))
     base = fill(torch.where(table, 0, -1), level, steps, LEVEL_STEPS) >= 0
-    return rests(on_support | any_cell(rest & grown(base, k + 1)), touches)
+    return rests(on_support | labels_in(seg, nseg, rest & grown(base, k + 1)), touches)
