@@ -194,6 +194,9 @@ class InstanceSegmenter:
         for mod in self.model.modules():
             if isinstance(mod, CompiledHead):
                 mod.compiled.warm()
+        warm = getattr(self.model, 'warm_up', None)
+        if callable(warm):  # depth_objects: its compiled CPU loops (a blank frame has no depth)
+            warm()
 
     def set_classes(self, classes: Sequence[str]) -> None:
         """Keep only instances of these class names (empty keeps all).

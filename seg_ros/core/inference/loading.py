@@ -197,7 +197,7 @@ def _depth_objects_segmenter(p: Settings, device, info: Callable[[str], None]
     if p['instance.backend'] not in ('auto', 'torch'):
         info(f'instance.backend {p["instance.backend"]}: {DEPTH_OBJECTS} is geometry in torch '
              'tensors (no network to compile); running torch')
-    model = DepthObjectsModel(params_from(p))
+    model = DepthObjectsModel(params_from(p)).to(device)  # (a buffer marks the device)
     loaded = LoadedModel(model=model, name=DEPTH_OBJECTS, class_names=list(CLASS_NAMES),
                          mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                          source='geometry of the registered depth image (no weights)')

@@ -11,6 +11,7 @@ from seg_ros.core.inference.instances import InstanceSegmenter
 from seg_ros.core.inference.results import FrameResult
 from seg_ros.core.inference.semantic import SemanticSegmenter
 from seg_ros.core.inference.tracking import Tracker
+from seg_ros.core.spatial import geometry
 from seg_ros.core.spatial.imaging import (
     Frame,
     PinnedStaging,
@@ -73,6 +74,8 @@ class Pipeline:
                           keep_image=keep_image)
         if self.instance is not None:
             self.instance.warm_heads()
+        if keep_image:  # 3D from depth: the instances' compiled loops (the blank has none)
+            geometry.warm_up(self.device)
 
     def compiled_graphs(self) -> list:
         """The compiled backends' graphs of the enabled models (none on torch)."""

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
+from seg_ros.core import compiled
 from seg_ros.core.spatial.grid_labels import connected_components
+from seg_ros.core.spatial.kernels import labels as klabels
 from seg_ros.core.spatial.organised_cloud import shift
 
 #: height bins of the layer histograms (m)
@@ -49,6 +52,17 @@ def split_stacks(lab: torch.Tensor, height: torch.Tensor, up: torch.Tensor,
     """
     if gap <= 0:
         return lab
+    need = max(gap, NOISE_SIGMAS * sigma)
+    margin = max(BIN, 0.5 * NOISE_SIGMAS * sigma)
+    if lab.device.type == 'cpu' and compiled.AVAILABLE:   # the same, compiled
+        f32 = np.float32
+        cut, any_cut = klabels.stack_cuts(
+            lab.numpy(), height.numpy(), up.numpy(), min_cells, f32(BIN), f32(SHARE),
+            round(LOW_MIN / BIN), round(need / BIN), COMPACT, f32(margin))
+        if not any_cut:
+            return lab
+        return torch.from_numpy(klabels.stack_split(
+            lab.numpy(), height.numpy(), cut, link_r.numpy(), link_d.numpy(), min_part))
     dev = lab.device
     n = lab.numel()
     h, w = lab.shape
@@ -80,7 +94,6 @@ def split_stacks(lab: torch.Tensor, height: torch.Tensor, up: torch.Tensor,
     ar = torch.arange(nb, device=dev)
     low = torch.where(layer, ar, nb).amin(1)
     high = torch.where(layer, ar, -1).amax(1)
-    need = max(gap, NOISE_SIGMAS * sigma)
     cand = (high - low >= round(need / BIN)) & (low >= round(LOW_MIN / BIN))
     if not bool(cand.any()):
         return lab
@@ -101,8 +114,7 @@ def split_stacks(lab: torch.Tensor, height: torch.Tensor, up: torch.Tensor,
         return lab
     # every cell of a cut segment above its lower layer's top (+ half the noise margin)
     cut = torch.full((n + 1,), math.inf, device=dev)   # index n: no segment (label -1)
-    cut[many[cand]] = ((low[cand].float() + 1) * BIN
-                       + max(BIN, 0.5 * NOISE_SIGMAS * sigma))
+    cut[many[cand]] = (low[cand].float() + 1) * BIN + margin
     upper = height > cut[torch.where(lab >= 0, lab, n)]
     # the upper cells as connected parts (along the links, one label each); small ones stay
     lab2 = torch.where(upper, lab + n, lab)

@@ -30,7 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from seg_ros.core import compiled
 from seg_ros.core.spatial.imaging import DEFAULT_MAX_PIXELS, ImageConversionError, buffer_to_array
+from seg_ros.core.spatial.kernels import points as kpoints
 
 #: depth encoding -> (numpy dtype, metres per unit)
 DEPTH_ENCODINGS: dict[str, tuple[type, float]] = {
@@ -226,6 +228,10 @@ def grouped_quantiles(values: torch.Tensor, groups: torch.Tensor, n_groups: int,
     Returns:
         ((len(qs), n_groups, C) float64 quantiles, NaN for empty groups; (n_groups,) counts).
     """
+    if values.device.type == 'cpu' and compiled.AVAILABLE:
+        out, counts = kpoints.grouped_quantiles(
+            values.numpy(), groups.numpy(), n_groups, np.asarray(qs, np.float64))
+        return torch.from_numpy(out), torch.from_numpy(counts)
     if values.device.type == 'cpu':
         return _grouped_quantiles_numpy(values, groups, n_groups, qs)
     return _grouped_quantiles_sorted(values, groups, n_groups, qs)
@@ -308,13 +314,26 @@ def instance_geometry(z: torch.Tensor, id_map: np.ndarray, ids: np.ndarray,
         ids: (N,) published ids of the detections.
     """
     dev = z.device
+    n = int(ids.shape[0])
+    if dev.type == 'cpu' and compiled.AVAILABLE:   # the same in one compiled pass
+        lut = np.full(65536, n, np.int64)
+        lut[ids.astype(np.int64)] = np.arange(n)
+        f32 = np.float32
+        p, pid, group = kpoints.instance_points(
+            z.float().numpy(), id_map.astype(np.uint16, copy=False), lut, n, f32(z_min),
+            f32(z_max), f32(intr.fx), f32(intr.fy), f32(intr.cx), f32(intr.cy))
+        pts = _moved(torch.from_numpy(p), transform)
+        qv, counts = grouped_quantiles(pts, torch.from_numpy(group), n, (0.5, *BOX_QUANTILES))
+        q = qv.numpy()
+        return InstanceGeometry(points=pts.to(torch.float32).numpy(), point_ids=pid,
+                                counts=counts.numpy(), position=q[0], box_min=q[1],
+                                box_max=q[2])
     idm = torch.from_numpy(id_map.astype(np.int32, copy=False)).to(dev)
     sel = (idm > 0) & valid(z, z_min, z_max)
     rows, cols = torch.nonzero(sel, as_tuple=True)
     zz = z[rows, cols]
     pid = idm[rows, cols]
     pts = back_project(zz, rows, cols, intr)
-    n = int(ids.shape[0])
     lut = torch.full((65536,), n, dtype=torch.int64, device=dev)  # n = not a detection
     if n:
         lut[torch.from_numpy(ids.astype(np.int64)).to(dev)] = torch.arange(n, device=dev)
@@ -326,6 +345,19 @@ def instance_geometry(z: torch.Tensor, id_map: np.ndarray, ids: np.ndarray,
     return InstanceGeometry(points=pts.to(torch.float32).cpu().numpy(), point_ids=pid.cpu().numpy()
                             .astype(np.uint16), counts=counts.cpu().numpy(),
                             position=q[0], box_min=q[1], box_max=q[2])
+
+
+def warm_up(device: torch.device) -> None:
+    """Run :func:`instance_geometry` once on a small frame on ``device``: on the CPU this
+    compiles its loops (Numba; then read from the cache beside the modules), which the first
+    frame with depth would otherwise pay.
+    """
+    z = torch.full((8, 8), 1.0, device=device)
+    ids = np.array([1, 2], np.uint16)
+    id_map = np.zeros((8, 8), np.uint16)
+    id_map[:4], id_map[4:] = 1, 2
+    for transform in (None, RigidTransform(np.eye(3), np.zeros(3))):
+        instance_geometry(z, id_map, ids, Intrinsics(8.0, 8.0, 4.0, 4.0), 0.1, 10.0, transform)
 
 
 @dataclass

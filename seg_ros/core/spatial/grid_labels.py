@@ -13,6 +13,8 @@ try:  # the CPU's connected components (a dependency of the package; CUDA does n
 except ImportError:  # pragma: no cover
     ndimage = None
 
+from seg_ros.core import compiled
+from seg_ros.core.spatial.kernels import labels as klabels
 from seg_ros.core.spatial.organised_cloud import shift
 
 
@@ -23,11 +25,14 @@ def connected_components(active: torch.Tensor, link_right: torch.Tensor,
     ``link_down[i, j]`` (with (i + 1, j)) is set. Inactive cells get -1; a component's label
     is the smallest flat index of its cells.
 
-    On the CPU SciPy's union-find labelling does it (``scipy.ndimage.label`` on a grid with
-    the links as pixels between the cells: 1 ms where the propagation took 7 on a 320x240
-    grid); elsewhere (CUDA) min-label propagation with pointer jumping on the device. Both
-    give the same labels (tested).
+    On the CPU a compiled union-find over the links
+    (:mod:`seg_ros.core.spatial.kernels.labels`; without Numba, SciPy's labelling on a grid
+    with the links as pixels between the cells); elsewhere (CUDA) min-label propagation with
+    pointer jumping on the device. All give the same labels (tested).
     """
+    if active.device.type == 'cpu' and compiled.AVAILABLE:
+        return torch.from_numpy(klabels.components(
+            active.numpy(), link_right.numpy(), link_down.numpy()))
     lr = link_right & active & shift(active, 0, 1, False)
     ld = link_down & active & shift(active, 1, 0, False)
     if active.device.type == 'cpu' and ndimage is not None:
@@ -85,10 +90,14 @@ def fill(lab: torch.Tensor, can: torch.Tensor, link: tuple[torch.Tensor, ...],
           steps: int) -> torch.Tensor:
     """Unlabelled cells of ``can`` take a labelled neighbour's label (the smallest), for
     ``steps`` rounds, along allowed links (right, left, down, up). Works on the list of
-    unlabelled cells only (a few thousand of a grid's 77k).
+    unlabelled cells only (a few thousand of a grid's 77k); on the CPU a compiled loop
+    (:mod:`seg_ros.core.spatial.kernels.labels`, the same result).
     """
+    if lab.device.type == 'cpu' and compiled.AVAILABLE:
+        return torch.from_numpy(klabels.fill(
+            lab.numpy(), can.numpy(), *(x.numpy() for x in link), steps))
     h, w = lab.shape
-    big = lab.numel() + 1
+    big = torch.iinfo(torch.int64).max   # above every label (split_stacks' go past numel)
     cells = torch.nonzero(((lab < 0) & can).flatten()).flatten()
     if cells.numel() == 0:
         return lab
@@ -117,6 +126,8 @@ def grown(mask: torch.Tensor, r: int = 1) -> torch.Tensor:
     """``mask`` grown by ``r`` cells (a (2r + 1)-square): separable ORs of shifted slices
     (boolean, ~5x faster than a max pool over floats on a 320x240 grid).
     """
+    if mask.device.type == 'cpu' and compiled.AVAILABLE:
+        return torch.from_numpy(klabels.grown(mask.numpy(), r))
     h, w = mask.shape
     out = mask.clone()
     for d in range(1, r + 1):                  # along the rows: out covers +-d columns
@@ -141,6 +152,8 @@ def grown4(mask: torch.Tensor, outside: bool = False) -> torch.Tensor:
 
 def labels_in(seg: torch.Tensor, nseg: int, cells: torch.Tensor) -> torch.Tensor:
     """(nseg,) bool: has label j (of ``seg``, 0..nseg-1, -1 none) a cell in ``cells``?"""
+    if seg.device.type == 'cpu' and compiled.AVAILABLE:
+        return torch.from_numpy(klabels.labels_in(seg.numpy(), nseg, cells.numpy()))
     return torch.bincount((seg[cells] + 1), minlength=nseg + 1)[1:] > 0
 
 
@@ -154,6 +167,9 @@ def close_gaps(lab: torch.Tensor, core: torch.Tensor, link_r: torch.Tensor,
     the ungrown cut); cells only the grown bands hold become unlabelled (-1, filled later).
     """
     lab1 = connected_components(core, link_r, link_down)
+    if lab.device.type == 'cpu' and compiled.AVAILABLE:
+        return torch.from_numpy(klabels.rejoin_small(lab.numpy(), lab1.numpy(),
+                                                          min_cells))
     on = lab1 >= 0
     if not bool(on.any()):
         return lab1

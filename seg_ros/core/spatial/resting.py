@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
+from seg_ros.core import compiled
 from seg_ros.core.spatial.grid_labels import (
     connected_components,
     fill,
@@ -22,6 +24,7 @@ from seg_ros.core.spatial.grid_labels import (
     grown4,
     labels_in,
 )
+from seg_ros.core.spatial.kernels import surface as ksurface
 from seg_ros.core.spatial.organised_cloud import shift
 
 #: two segments touch (one may rest on the other) where neighbouring cells of theirs lie at
@@ -55,7 +58,6 @@ def within_hull(p: torch.Tensor, plane: torch.Tensor, part: torch.Tensor,
     out = torch.zeros_like(cells)
     if not bool(cells.any()):
         return out
-    edge = part & grown4(~part, outside=True)
     nrm = plane[:3]
     a = torch.tensor([1.0, 0.0, 0.0], device=p.device) if float(nrm[0].abs()) < 0.9 else \
         torch.tensor([0.0, 1.0, 0.0], device=p.device)
@@ -64,6 +66,12 @@ def within_hull(p: torch.Tensor, plane: torch.Tensor, part: torch.Tensor,
     e2 = torch.linalg.cross(nrm, e1)
     t = torch.arange(sides, device=p.device, dtype=torch.float32) * (2 * math.pi / sides)
     dirs = torch.cos(t)[:, None] * e1[None] + torch.sin(t)[:, None] * e2[None]   # (K, 3)
+    if p.device.type == 'cpu' and compiled.AVAILABLE:
+        dn = dirs.numpy()
+        reach = ksurface.hull_reach(p.numpy(), part.numpy(), dn)
+        return torch.from_numpy(ksurface.in_hull(p.numpy(), cells.numpy(), dn,
+                                                     reach + np.float32(margin)))
+    edge = part & grown4(~part, outside=True)
     reach = (dirs @ p[:, edge]).amax(1)                                          # (K,)
     out[cells] = ((dirs @ p[:, cells]) <= (reach + margin)[:, None]).all(0)
     return out
@@ -96,16 +104,24 @@ def on_table(seg: torch.Tensor, nseg: int, zs: torch.Tensor, ok: torch.Tensor,
     inside = seg >= 0
     # neighbours in the image that are also near in depth: a chair behind the table whose
     # back borders a tall can in the image does not rest on the can
-    touches = torch.zeros((nseg, nseg), dtype=torch.bool, device=dev)
-    for dy, dx in ((0, 1), (1, 0)):             # neighbours either way round
-        nb = shift(seg, dy, dx, -1)
-        pair = inside & (nb >= 0) & (nb != seg) & near(zs, ok, dy, dx, TOUCH_GAP)
-        a, b = seg[pair], nb[pair]
-        touches[a, b] = True
-        touches[b, a] = True
+    if dev.type == 'cpu' and compiled.AVAILABLE:
+        touches = torch.from_numpy(ksurface.touching(seg.numpy(), nseg, zs.numpy(),
+                                                         ok.numpy(), np.float32(TOUCH_GAP)))
+    else:
+        touches = torch.zeros((nseg, nseg), dtype=torch.bool, device=dev)
+        for dy, dx in ((0, 1), (1, 0)):             # neighbours either way round
+            nb = shift(seg, dy, dx, -1)
+            pair = inside & (nb >= 0) & (nb != seg) & near(zs, ok, dy, dx, TOUCH_GAP)
+            a, b = seg[pair], nb[pair]
+            touches[a, b] = True
+            touches[b, a] = True
     if not bool(support.any()):
         return torch.zeros((nseg,), dtype=torch.bool, device=dev)
-    near_r, near_d = near(zs, ok, 0, 1, LEVEL_DZ), near(zs, ok, 1, 0, LEVEL_DZ)
+    if dev.type == 'cpu' and compiled.AVAILABLE:
+        near_r, near_d = (torch.from_numpy(x) for x in ksurface.near_links(
+            zs.numpy(), ok.numpy(), np.float32(LEVEL_DZ)))
+    else:
+        near_r, near_d = near(zs, ok, 0, 1, LEVEL_DZ), near(zs, ok, 1, 0, LEVEL_DZ)
     parts = connected_components(support, near_r, near_d)
     sizes = torch.bincount(parts[support])
     main = parts == sizes.argmax()
