@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from seg_ros.core import compiled
-from seg_ros.core.spatial import geometry, grid_labels
+from seg_ros.core.spatial import geometry, grid_labels, quantiles
 from seg_ros.core.spatial.depth_layers import split_stacks
 from seg_ros.core.spatial.depth_objects import DepthObjectsParams, _jumps, segment
 from seg_ros.core.spatial.kernels import surface
@@ -174,7 +174,7 @@ def test_grouped_quantiles_are_numpys(monkeypatch):
             v = np.round(v, 1)
         g = rng.integers(0, groups - 1 if groups > 2 else groups, m)   # the last may be empty
         for qs in ((0.5, 0.02, 0.98), (0.0, 1.0, 0.25, 0.75)):
-            (a, ca), (b, cb) = _both(monkeypatch, geometry.grouped_quantiles,
+            (a, ca), (b, cb) = _both(monkeypatch, quantiles.grouped_quantiles,
                                       torch.from_numpy(v), torch.from_numpy(g), groups, qs)
             assert torch.equal(ca, cb)
             assert np.array_equal(a.numpy(), b.numpy(), equal_nan=True)

@@ -218,7 +218,7 @@ def test_grown_and_masked_mean_are_the_pooling_they_replace():
 
 
 def test_nearest_index_is_torchs_nearest_resize():
-    from seg_ros.core.spatial.depth_objects import nearest_index
+    from seg_ros.core.spatial.grid_labels import nearest_index
     for n_in, n_out in ((240, 480), (241, 481), (160, 480), (7, 19), (5, 5), (320, 641)):
         src = torch.arange(n_in, dtype=torch.float32)[None, None, :, None]
         want = torch.nn.functional.interpolate(src, size=(n_out, 1), mode='nearest')
@@ -227,7 +227,7 @@ def test_nearest_index_is_torchs_nearest_resize():
 
 
 def test_upsampled_grid_is_torchs_nearest_resize():
-    from seg_ros.core.spatial.depth_objects import upsampled
+    from seg_ros.core.spatial.grid_labels import upsampled
     g = torch.Generator().manual_seed(3)
     for s, h_out, w_out in ((2, 480, 640), (2, 479, 641), (4, 120, 160), (3, 480, 640),
                             (3, 481, 640), (1, 30, 40)):

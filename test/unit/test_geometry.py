@@ -5,6 +5,7 @@ import torch
 
 from seg_ros.core.inference.results import FrameResult, InstanceResult, SemanticResult
 from seg_ros.core.spatial import geometry as g
+from seg_ros.core.spatial import quantiles
 from seg_ros.synthetic.rgbd_scene import Box, Cylinder, render
 
 K = [500.0, 0, 319.5, 0, 510.0, 239.5, 0, 0, 1]
@@ -146,14 +147,16 @@ def test_rendered_scene_is_exact_and_frame_3d_recovers_the_objects():
 
 
 def test_grouped_quantiles_cpu_and_device_paths_agree_with_numpy():
-    """The CPU path (numpy selection per group) and the device path (two sorts, what CUDA
-    runs) give numpy's quantiles per group and column; an empty group is NaN."""
+    """The CPU paths (compiled selection per group; numpy's per group without Numba) and
+    the device path (two sorts, what CUDA runs) give numpy's quantiles per group and column;
+    an empty group is NaN."""
     rng = np.random.default_rng(5)
     values = torch.from_numpy(rng.normal(size=(5000, 3)).astype(np.float32))
     values[:50] = 0.25  # ties
     groups = torch.from_numpy(rng.choice([0, 1, 3, 4, 6], size=5000))  # 2 and 5 empty
     qs = (0.5, 0.02, 0.98)
-    for fn in (g.grouped_quantiles, g._grouped_quantiles_numpy, g._grouped_quantiles_sorted):
+    for fn in (quantiles.grouped_quantiles, quantiles._grouped_quantiles_numpy,
+               quantiles._grouped_quantiles_sorted):
         got, counts = fn(values, groups, 7, qs)
         assert got.shape == (3, 7, 3) and counts.tolist() == np.bincount(
             groups.numpy(), minlength=7).tolist()
@@ -164,5 +167,5 @@ def test_grouped_quantiles_cpu_and_device_paths_agree_with_numpy():
             else:
                 np.testing.assert_allclose(got[:, k].numpy(), np.quantile(sel, qs, axis=0),
                                            rtol=0, atol=1e-12)
-    empty, counts = g.grouped_quantiles(values[:0], groups[:0], 3, qs)
+    empty, counts = quantiles.grouped_quantiles(values[:0], groups[:0], 3, qs)
     assert torch.isnan(empty).all() and counts.tolist() == [0, 0, 0]

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 from seg_ros.core import compiled
 from seg_ros.core.spatial.depth_layers import UP_TILT, split_stacks
 from seg_ros.core.spatial.grid_labels import (
+    at_full_resolution,
     close_gaps,
     connected_components,
     fill,
@@ -145,29 +146,6 @@ def _empty(h: int, w: int, device: torch.device) -> Segments:
     return Segments(torch.zeros((0, h, w), dtype=torch.bool, device=device),
                     torch.zeros((0, 4), device=device), torch.zeros((0,), device=device),
                     rows=torch.full((h, w), -1, dtype=torch.int16, device=device))
-
-
-def nearest_index(n_in: int, n_out: int, device: torch.device) -> torch.Tensor:
-    """The source index of each of ``n_out`` outputs of a nearest resize from ``n_in``, as
-    ``F.interpolate(mode='nearest')`` takes it (float32 scale, floor, clamped).
-    """
-    if n_in == n_out:
-        return torch.arange(n_out, device=device)
-    scale = torch.tensor(n_in / n_out, dtype=torch.float32)
-    idx = torch.floor(torch.arange(n_out, dtype=torch.float32) * scale).long()
-    return idx.clamp_max(n_in - 1).to(device)
-
-
-def upsampled(grid: torch.Tensor, s: int, h_out: int, w_out: int) -> torch.Tensor:
-    """The (h, w) ``grid`` of every ``s``-th pixel back at (h_out, w_out), as
-    ``F.interpolate(mode='nearest')`` resizes it.
-    """
-    h, w = grid.shape
-    if (h * s, w * s) == (h_out, w_out) and s & (s - 1) == 0:
-        # each cell an s x s block (the nearest resize when 1 / s is exact): one copy
-        return grid[:, None, :, None].expand(h, s, w, s).reshape(h_out, w_out)
-    return grid.index_select(0, nearest_index(h, h_out, grid.device)).index_select(
-        1, nearest_index(w, w_out, grid.device))
 
 
 def _jumps(z: torch.Tensor, dy: int, dx: int, rel: float, fast: bool = False
@@ -351,56 +329,13 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     on_support = on_table(seg, nseg, zs, ok, okm, p, plane, support, height,
                           prm.plane_tolerance, k)
     tall |= ~on_support
-    # full resolution: the grid labels upsampled (nearest), each pixel's own height checked:
-    # height = z (n . ray) + d with the ray (u - cx) / fx, (v - cy) / fy, 1 (NaN: no depth,
-    # kept)
-    v = torch.arange(h_full, device=dev, dtype=torch.float32)
-    u = torch.arange(w_full, device=dev, dtype=torch.float32)
-    row_term, col_term = plane[1] * (v - cy) / fy, plane[0] * (u - cx) / fx + plane[2]
-    min_points = max(1, int(prm.min_points))
-    if fast:
-        # the same in two compiled passes over the image (~0.5 ms against ~4)
-        up, areas = kmasks.full_labels(
-            seg.int().numpy(), nearest_index(h, h_full, dev).numpy(),
-            nearest_index(w, w_full, dev).numpy(), z.numpy(), row_term.numpy(),
-            col_term.numpy(), plane[3].numpy()[()], np.float32(min_h), nseg)
-        areas = torch.from_numpy(areas)
-        keep = torch.nonzero((areas >= min_points) & ~tall).flatten()
-        if keep.numel() == 0:
-            return _empty(h_full, w_full, dev)
-        order = keep[torch.argsort(scores[keep] * 1e7 + areas[keep].float(), descending=True)]
-        n_out = order.numel()
-        small_t = torch.int16 if n_out < 2**15 else torch.int32
-        row = torch.full((nseg,), -1, dtype=torch.int64)
-        row[order] = torch.arange(n_out)
-        small = torch.empty((h_full, w_full), dtype=small_t)
-        boxes = torch.from_numpy(kmasks.rows_and_boxes(
-            up, row.numpy(), n_out, small.numpy())).float()
-    else:
-        up = upsampled(seg.int(), s, h_full, w_full)
-        up.masked_fill_(z * (row_term[:, None] + col_term[None, :]) + plane[3] < min_h, -1)
-        up1 = (up + 1).flatten()                  # 0: no segment
-        areas = torch.bincount(up1, minlength=nseg + 1)[1:]
-        keep = torch.nonzero((areas >= min_points) & ~tall).flatten()
-        if keep.numel() == 0:
-            return _empty(h_full, w_full, dev)
-        order = keep[torch.argsort(scores[keep] * 1e7 + areas[keep].float(), descending=True)]
-        # each pixel's row in ``order`` (-1: none), then the boxes in one pass over the image
-        small_t = torch.int16 if order.numel() < 2**15 else torch.int32
-        row = torch.full((nseg + 1,), -1, dtype=small_t, device=dev)
-        row[order + 1] = torch.arange(order.numel(), device=dev, dtype=small_t)
-        small = row.index_select(0, up1).view(h_full, w_full)
-        on = (small >= 0).flatten()
-        which = small.flatten()[on].long()
-        flat = torch.nonzero(on).flatten()
-        xs, ys = flat % w_full, flat // w_full
-        n_out = order.numel()
-        boxes = torch.stack([
-            torch.full((n_out,), w_full, device=dev).scatter_reduce(0, which, xs, 'amin'),
-            torch.full((n_out,), h_full, device=dev).scatter_reduce(0, which, ys, 'amin'),
-            torch.full((n_out,), -1, device=dev).scatter_reduce(0, which, xs, 'amax') + 1,
-            torch.full((n_out,), -1, device=dev).scatter_reduce(0, which, ys, 'amax') + 1,
-        ], 1).float()
+    # full resolution: the grid labels upsampled (nearest), each pixel's own height checked
+    done = at_full_resolution(seg, nseg, s, z, plane, fx, fy, cx, cy, min_h,
+                              max(1, int(prm.min_points)), tall, scores, fast)
+    if done is None:
+        return _empty(h_full, w_full, dev)
+    order, small, boxes = done
+    n_out = order.numel()
     out = None
     if masks:
         out = small[None] == torch.arange(n_out, device=dev, dtype=small.dtype)[:, None, None]

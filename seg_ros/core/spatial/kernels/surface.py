@@ -18,16 +18,13 @@ def _box_rows(x, r):
     code adds them (the cell, then -1, +1, -2, +2, ...: float32 sums equal bit for bit).
     """
     h, w = x.shape
-    out = np.empty_like(x)
+    out = x.copy()
     for i in range(h):
-        for j in range(w):
-            acc = x[i, j]
-            for d in range(1, r + 1):
-                if j - d >= 0:
-                    acc += x[i, j - d]
-                if j + d < w:
-                    acc += x[i, j + d]
-            out[i, j] = acc
+        for d in range(1, min(r, w - 1) + 1):
+            for j in range(d, w):
+                out[i, j] += x[i, j - d]
+            for j in range(w - d):
+                out[i, j] += x[i, j + d]
     return out
 
 
