@@ -195,3 +195,15 @@ def test_instance_geometry_is_the_same_compiled(monkeypatch):
                 x, y = getattr(a, name), getattr(b, name)
                 assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=True), name
             assert a.points.shape[0] == (a.counts.sum() if ids.size else 0)
+
+
+def test_out_of_range_indices_are_refused_or_ignored_never_read():
+    """Compiled code does not check indices: the kernels that take labels or groups from a
+    caller check them themselves (a torch IndexError becomes a ValueError, a label beyond
+    the grid is no segment) instead of reading memory they do not own."""
+    with pytest.raises(ValueError, match='group index'):
+        quantiles.grouped_quantiles(torch.zeros((3, 3)), torch.tensor([0, 5, 1]), 2, (0.5,))
+    lab = torch.full((20, 20), 10_000, dtype=torch.int64)       # all beyond 20 x 20
+    height = torch.full((20, 20), 0.1)
+    links = torch.ones((20, 20), dtype=torch.bool)
+    assert torch.equal(split_stacks(lab, height, links, links, links, 0.0, 0.015, 4, 4), lab)

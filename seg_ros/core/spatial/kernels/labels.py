@@ -229,8 +229,9 @@ def stack_cuts(lab, height, up, min_cells, bin_, share, low_bins, need_bins, com
     """:func:`seg_ros.core.spatial.depth_layers.split_stacks` up to its cut: per label (a
     flat cell index) of ``lab`` the height above which its cells are the upper object,
     +inf where it is not cut; (h * w + 1,) float32 (the last entry: no label), and whether
-    any is cut. The torch code's arithmetic: float32 heights, bins and cut heights
-    (``(low + 1) * bin_ + margin``), float64 moments summed in cell order.
+    any is cut (labels outside 0..h*w-1 are none). The torch code's arithmetic: float32
+    heights, bins and cut heights (``(low + 1) * bin_ + margin``), float64 moments summed in
+    cell order.
     """
     h, w = lab.shape
     n = h * w
@@ -239,7 +240,7 @@ def stack_cuts(lab, height, up, min_cells, bin_, share, low_bins, need_bins, com
     total = 0
     for i in range(h):
         for j in range(w):
-            if up[i, j] and lab[i, j] >= 0:
+            if up[i, j] and 0 <= lab[i, j] < n:
                 per[lab[i, j]] += 1
                 total += 1
     if total < 2 * min_cells:
@@ -259,7 +260,7 @@ def stack_cuts(lab, height, up, min_cells, bin_, share, low_bins, need_bins, com
     top = np.float32(-np.inf)
     for i in range(h):
         for j in range(w):
-            if up[i, j] and lab[i, j] >= 0 and slot[lab[i, j]] >= 0 and height[i, j] > top:
+            if up[i, j] and 0 <= lab[i, j] < n and slot[lab[i, j]] >= 0 and height[i, j] > top:
                 top = height[i, j]
     top = min(max(top, np.float32(0.0)), np.float32(3.0))
     nb = int(top / bin_) + 3
@@ -268,7 +269,7 @@ def stack_cuts(lab, height, up, min_cells, bin_, share, low_bins, need_bins, com
     counts = np.zeros((ns, nb), np.int64)
     for i in range(h):
         for j in range(w):
-            if up[i, j] and lab[i, j] >= 0 and slot[lab[i, j]] >= 0:
+            if up[i, j] and 0 <= lab[i, j] < n and slot[lab[i, j]] >= 0:
                 b = min(max(np.floor(height[i, j] / bin_), zero), last)
                 counts[slot[lab[i, j]], int(b)] += 1
     low = np.full(ns, nb, np.int64)
@@ -294,7 +295,7 @@ def stack_cuts(lab, height, up, min_cells, bin_, share, low_bins, need_bins, com
     src = np.zeros(ns)
     for i in range(h):
         for j in range(w):
-            if not (up[i, j] and lab[i, j] >= 0):
+            if not (up[i, j] and 0 <= lab[i, j] < n):
                 continue
             t = slot[lab[i, j]]
             if t < 0 or not cand[t]:
@@ -337,7 +338,7 @@ def stack_split(lab, height, cut, link_r, link_d, min_part):
     for i in range(h):
         for j in range(w):
             q = lab[i, j]
-            upper[i, j] = height[i, j] > cut[q if q >= 0 else n]
+            upper[i, j] = height[i, j] > cut[q if 0 <= q < n else n]
     lr = np.zeros((h, w), np.bool_)
     ld = np.zeros((h, w), np.bool_)
     for i in range(h):

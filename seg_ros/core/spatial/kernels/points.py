@@ -48,6 +48,8 @@ def grouped_quantiles(values, groups, n_groups, qs):
     nq = qs.size
     counts = np.zeros(n_groups, np.int64)
     for i in range(m):
+        if groups[i] < 0 or groups[i] >= n_groups:
+            raise ValueError('grouped_quantiles: a group index outside 0..n_groups-1')
         counts[groups[i]] += 1
     start = np.zeros(n_groups, np.int64)
     acc = 0
