@@ -157,6 +157,16 @@ def creases(n, p, good, k, cos_c, near):
 
 
 @compiled.jit
+def _beside(v, dd, spur):
+    """A step beside the step ``dd`` as :func:`jumps` weighs it: 0 where it steps back
+    beside a spur (a silhouette's staircase) or is missing, else its size.
+    """
+    if (v * dd < 0 and spur) or np.isnan(v):
+        return np.float32(0.0)
+    return abs(v)
+
+
+@compiled.jit
 def jumps(z, dy, dx, rel, spur_step):
     """:func:`seg_ros.core.spatial.depth_objects._jumps` (the same rule, float32): depth
     steps from each cell to its neighbour (dy, dx), a missing neighbour (beyond the image)
@@ -185,20 +195,9 @@ def jumps(z, dy, dx, rel, spur_step):
             ib, jb, ia, ja = i - dy, j - dx, i + dy, j + dx
             before = d[ib, jb] if 0 <= ib < h and 0 <= jb < w else zero
             after = d[ia, ja] if 0 <= ia < h and 0 <= ja < w else zero
-            if before * dd < 0 and spur:
-                before = zero
-            elif np.isnan(before):
-                before = zero
-            else:
-                before = abs(before)
-            if after * dd < 0 and spur:
-                after = zero
-            elif np.isnan(after):
-                after = zero
-            else:
-                after = abs(after)
             big = ad > rel * z[i, j]
-            lone = ad > np.float32(1.5) * max(before, after)
+            lone = ad > np.float32(1.5) * max(_beside(before, dd, spur),
+                                               _beside(after, dd, spur))
             out[i, j] = big and lone
     return out
 
