@@ -389,6 +389,29 @@ def test_split_stacks_cuts_an_object_on_an_object_above_the_lower_top():
     assert torch.equal(split_stacks(lab, height, up, links, links, 0.0, 0.015, 10, 200), lab)
 
 
+def test_split_stacks_takes_a_thin_rim_of_the_lower_top_but_not_a_small_upper_top():
+    """A box on a slightly larger box seen from above shows only a rim of the lower top (30
+    of 870 upward cells, under ``SHARE``): still two objects. A small top above a large one
+    (a bottle's cap over its shoulder: 25 of 825) is no upper object (``SHARE`` holds there)."""
+    from seg_ros.core.spatial.depth_layers import LOW_SHARE, SHARE, split_stacks
+    lab = torch.full((50, 50), -1, dtype=torch.int64)
+    lab[10:40, 10:40] = 7
+    links = torch.ones((50, 50), dtype=torch.bool)
+    height = torch.zeros((50, 50))
+    height[10:40, 10] = 0.05                        # the lower box's rim, facing up
+    height[10:40, 11] = 0.075                       # the upper box's side
+    height[10:40, 12:40] = 0.10                     # its top
+    up = (height == 0.05) | (height == 0.10)
+    assert LOW_SHARE <= 30 / 870 < SHARE
+    out = split_stacks(lab, height, up, links, links, 0.0, 0.015, 10, 20)
+    assert int(out[20, 10]) == 7 and torch.equal((out != 7) & (lab == 7), height > 0.06)
+    height = torch.zeros((50, 50))
+    height[10:40, 10:40] = 0.05
+    height[20:25, 20:25] = 0.10                     # a small top high above a wide one
+    up = height > 0.04
+    assert torch.equal(split_stacks(lab, height, up, links, links, 0.0, 0.015, 10, 20), lab)
+
+
 def test_a_can_on_a_box_seen_from_above_is_two_objects():
     """instance.depth_objects.stack_gap: a generated table (20, 3) where a can stands on a
     box seen almost from above; the crease at the can's foot is lost (its side is a few

@@ -224,8 +224,8 @@ def rejoin_small(lab, lab1, min_cells):
 
 
 @compiled.jit
-def stack_cuts(lab, height, up, min_cells, bin_, share, low_bins, need_bins, compact_,
-               margin):
+def stack_cuts(lab, height, up, min_cells, bin_, share, low_share, low_bins, need_bins,
+               compact_, margin):
     """:func:`seg_ros.core.spatial.depth_layers.split_stacks` up to its cut: per label (a
     flat cell index) of ``lab`` the height above which its cells are the upper object,
     +inf where it is not cut; (h * w + 1,) float32 (the last entry: no label), and whether
@@ -277,11 +277,15 @@ def stack_cuts(lab, height, up, min_cells, bin_, share, low_bins, need_bins, com
     cand = np.zeros(ns, np.bool_)
     for t in range(ns):
         enough = np.float32(counts[t].sum()) * share
+        enough_low = np.float32(counts[t].sum()) * low_share
         for b in range(nb):
             win = counts[t, b] + (counts[t, b - 1] if b > 0 else 0) + \
                 (counts[t, b + 1] if b + 1 < nb else 0)
-            if win >= min_cells and np.float32(win) >= enough and counts[t, b] > 0:
+            if win < min_cells or counts[t, b] == 0:
+                continue
+            if np.float32(win) >= enough_low:
                 low[t] = min(low[t], b)
+            if np.float32(win) >= enough:
                 high[t] = max(high[t], b)
         cand[t] = high[t] - low[t] >= need_bins and low[t] >= low_bins
     if not cand.any():
