@@ -183,6 +183,19 @@ def _stacked(rng: np.random.Generator, objects: list[Solid], p: float) -> list[S
     return out
 
 
+def table_under(objects: list[Solid], centre: np.ndarray, half: np.ndarray) -> np.ndarray:
+    """The table's half extents (x, y) about ``centre``: ``half``, grown until every object's
+    bounding sphere (and 2 cm) lies over the table. An object placed beyond a smaller table's
+    edge would stand in mid-air at the table's height (the random draw stays as it was, so a
+    seed's scene keeps its objects, camera and light).
+    """
+    half = np.asarray(half, np.float64)
+    for obj in objects:
+        reach = float(np.linalg.norm(obj.size)) + 0.02
+        half = np.maximum(half, np.abs(np.asarray(obj.center[:2]) - centre) + reach)
+    return half
+
+
 def render(rng: np.random.Generator, width: int = 640, height: int = 480,
            n_objects: tuple[int, int] = (3, 12), stack: float = 0.0,
            depth_noise: str = 'default') -> Scene:
@@ -227,7 +240,7 @@ def render(rng: np.random.Generator, width: int = 640, height: int = 480,
     normal = np.zeros((3, n_pix))
     local_pt = np.zeros((3, n_pix))
     # table (z = 0 within its extent) and the floor beyond (z = -table height)
-    table_half = rng.uniform(0.5, 1.5, 2)
+    table_half = table_under(objects, ground[:2], rng.uniform(0.5, 1.5, 2))
     with np.errstate(divide='ignore', invalid='ignore'):
         t_tab = -origin[2] / d[2]
         px, py = origin[0] + t_tab * d[0], origin[1] + t_tab * d[1]

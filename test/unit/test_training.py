@@ -118,6 +118,21 @@ def test_tabletop_scenes_exact_and_reproducible():
     assert np.median(a.depth[on_obj & valid]) < np.median(a.depth[~on_obj & valid])
 
 
+def test_every_generated_object_stands_over_the_table():
+    """tabletop.table_under: an object drawn beyond the table's edge widens the table (it
+    stood in mid-air at the table's height before); the table never shrinks."""
+    near = tabletop.Solid('box', (0.1, 0.0, 0.05), tuple(map(tuple, np.eye(3))),
+                          (0.05, 0.05, 0.05), (1, 0, 0), (0, 1, 0), 'solid', 100.0)
+    far = tabletop.Solid('cylinder', (2.0, -1.0, 0.03), tuple(map(tuple, np.eye(3))),
+                         (0.03, 0.03, 0.1), (1, 0, 0), (0, 1, 0), 'solid', 100.0)
+    centre = np.zeros(2)
+    assert np.array_equal(tabletop.table_under([near], centre, np.array([0.6, 0.7])),
+                          [0.6, 0.7])
+    half = tabletop.table_under([near, far], centre, np.array([0.6, 0.7]))
+    reach = np.linalg.norm(far.size)
+    assert half[0] >= 2.0 + reach and half[1] >= 1.0 + reach and half[1] < 1.2
+
+
 @pytest.fixture(scope='module')
 def tiny_set(tmp_path_factory):
     out = tmp_path_factory.mktemp('tabletop')
