@@ -42,12 +42,12 @@ def split_stacks(lab: torch.Tensor, height: torch.Tensor, up: torch.Tensor,
     A segment's upward-facing cells (``up``) form layers in height (``BIN`` histograms, a
     layer at least ``min_cells`` cells and ``SHARE`` of them, the lowest one ``LOW_SHARE``):
     when its lowest layer lies ``LOW_MIN`` or more above the support, its highest at least
-    ``gap`` (and ``NOISE_SIGMAS`` sigmas) above that, and the highest is a compact patch
-    (``COMPACT``), the cells higher than the lower layer's top (plus half that noise margin)
-    become a new segment per connected part of at least ``min_part`` cells (smaller parts:
-    noise on a face that straddles the cut height, they stay). Where a crease between a box
-    and the box it stands on is lost (a short side face seen from above, normals blurred
-    across it), their tops still lie at two heights.
+    ``gap`` (and ``NOISE_SIGMAS`` sigmas) above that layer's fullest of three bins, and the
+    highest is a compact patch (``COMPACT``), the cells higher than the lower layer (plus
+    half that noise margin) become a new segment per connected part of at least
+    ``min_part`` cells (smaller parts: noise on a face that straddles the cut height, they
+    stay). Where a crease between a box and the box it stands on is lost (a short side face
+    seen from above, normals blurred across it), their tops still lie at two heights.
 
     ``lab``: (h, w) labels that are flat cell indices (as :func:`connected_components` gives
     them), -1 for none. The new segments' labels are flat cell indices plus
@@ -98,7 +98,16 @@ def split_stacks(lab: torch.Tensor, height: torch.Tensor, up: torch.Tensor,
     ar = torch.arange(nb, device=dev)
     low = torch.where(layer & (win >= LOW_SHARE * total), ar, nb).amin(1)
     high = torch.where(layer & (win >= SHARE * total), ar, -1).amax(1)
-    cand = (high - low >= round(need / BIN)) & (low >= round(LOW_MIN / BIN))
+    # the lower layer's height: its fullest bin of the three from its lowest one (below the
+    # upper layer), not the lowest, which may hold only the blurred edge of its top
+    peak = low
+    for o in (1, 2):
+        b = low + o
+        fuller = counts.gather(1, b.clamp(max=nb - 1)[:, None])[:, 0] > \
+            counts.gather(1, peak.clamp(max=nb - 1)[:, None])[:, 0]
+        peak = torch.where((b < high) & fuller, b, peak)
+    cand = (high - peak >= round(need / BIN)) & (low >= round(LOW_MIN / BIN))
+    low = peak
     if not bool(cand.any()):
         return lab
     # the upper layer a compact patch: its cells against its second moments' ellipse

@@ -38,6 +38,8 @@ tabletop segmentation of ROS' object-recognition stacks, and LCCP's convexity ru
    A segment whose upward-facing cells lie in two layers ``stack_gap`` or more apart in
    height, the upper a compact top, is cut above the lower layer: an object standing on
    another where the crease at its foot was lost (:mod:`seg_ros.core.spatial.depth_layers`).
+   With exact depth (noise under ``FINE_NOISE``) the upward-facing cells are also taken
+   from finer normals (a 3x3 mean, +-1 cell): a rim of a lower top a few pixels wide.
 5. **Masks at full resolution**: the grid labels upsampled, each pixel kept when its own
    height is above ``min_height`` (pixels without depth keep their segment's label).
 
@@ -102,6 +104,15 @@ SHARED_WEIGHT = 0.25
 #: than SMOOTH_SHARE of the window's cells have depth
 SMOOTH = 5
 SMOOTH_SHARE = 0.3
+#: with depth noise on the support at most FINE_NOISE metres (a simulator's exact depth, not
+#: a structured-light or stereo sensor's), cells facing up are also looked for on a finer
+#: scale (a FINE_SMOOTH x FINE_SMOOTH mean, normals at half the distance): the rim of a box's
+#: top around a box standing on it, a few pixels wide, is lost to the coarser normals.
+#: Held-out generated tables, exact depth (seeds 100, 101, 11, 12): AP50 0.893 -> 0.901,
+#: 0.935 -> 0.952, 0.937 -> 0.934, 0.915 -> 0.933; on noisy depth the finer normals split
+#: objects (structured light, seed 101: 0.912 -> 0.895; two real photos' bowls).
+FINE_NOISE = 0.0003
+FINE_SMOOTH = 3
 #: a depth step larger than this share of the depth beside a step back (the opposite sign)
 #: is a silhouette's staircase, not a steep surface's ramp (:func:`_jumps`); every smaller
 #: one counted as a ramp cost a fragment of an object under structured-light noise
@@ -175,6 +186,38 @@ def _jumps(z: torch.Tensor, dy: int, dx: int, rel: float, fast: bool = False
     return (big & lone) | torch.isnan(d)
 
 
+def _surface(z: torch.Tensor, s: int, fx: float, fy: float, cx: float, cy: float,
+             win: int, k: int, fast: bool) -> tuple[torch.Tensor | None, ...]:
+    """The grid of every ``s``-th pixel: its raw depth ``zs`` and validity ``ok``, the depth
+    smoothed by a masked ``win`` x ``win`` mean (valid, ``okm``, where more than
+    ``SMOOTH_SHARE`` of the window has depth), its points ``p`` and their normals ``n``
+    (central differences at +-``k``, defined where ``good``); all None with fewer than 50
+    cells of depth. ``fast``: the CPU's compiled loops (the same results).
+    """
+    if fast:
+        f32 = np.float32
+        zs, ok, okm, p = (torch.from_numpy(x) for x in ksurface.smoothed_points(
+            z.numpy(), s, f32(fx), f32(fy), f32(cx), f32(cy), win, f32(SMOOTH_SHARE)))
+        if int(ok.sum()) < 50:
+            return (None,) * 6
+        n, good = (torch.from_numpy(x) for x in ksurface.normals(p.numpy(), okm.numpy(), k))
+        return zs, ok, okm, p, n, good
+    dev = z.device
+    p_raw, ok = organised_points(z, fx, fy, cx, cy, s)
+    if int(ok.sum()) < 50:
+        return (None,) * 6
+    zs = p_raw[2]
+    zsm, cnt = masked_mean(zs, ok, win)
+    okm = ok & (cnt > SMOOTH_SHARE)
+    h, w = zs.shape
+    rows = torch.arange(h, device=dev, dtype=torch.float32)[:, None] * s
+    cols = torch.arange(w, device=dev, dtype=torch.float32)[None, :] * s
+    zz = torch.where(okm, zsm, torch.zeros((), device=dev))
+    p = torch.stack([(cols - cx) * zz / fx, (rows - cy) * zz / fy, zz])
+    n, good = normals(p, okm, k)
+    return zs, ok, okm, p, n, good
+
+
 @torch.inference_mode()
 def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx: float,
             cy: float, params: DepthObjectsParams = DepthObjectsParams(),
@@ -198,26 +241,9 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     z = z.float().contiguous() if fast else \
         torch.where(torch.isfinite(z) & (z > 0), z.float(), torch.nan)
     k = 2 if s <= 2 else 1
-    if fast:
-        f32 = np.float32
-        zs, ok, okm, p = (torch.from_numpy(x) for x in ksurface.smoothed_points(
-            z.numpy(), s, f32(fx), f32(fy), f32(cx), f32(cy), SMOOTH, f32(SMOOTH_SHARE)))
-        if int(ok.sum()) < 50:
-            return _empty(h_full, w_full, dev)
-        n, good = (torch.from_numpy(x) for x in ksurface.normals(p.numpy(), okm.numpy(), k))
-    else:
-        p_raw, ok = organised_points(z, fx, fy, cx, cy, s)
-        if int(ok.sum()) < 50:
-            return _empty(h_full, w_full, dev)
-        zs = p_raw[2]
-        zsm, cnt = masked_mean(zs, ok, SMOOTH)
-        okm = ok & (cnt > SMOOTH_SHARE)
-        h, w = zs.shape
-        rows = torch.arange(h, device=dev, dtype=torch.float32)[:, None] * s
-        cols = torch.arange(w, device=dev, dtype=torch.float32)[None, :] * s
-        zz = torch.where(okm, zsm, torch.zeros((), device=dev))
-        p = torch.stack([(cols - cx) * zz / fx, (rows - cy) * zz / fy, zz])
-        n, good = normals(p, okm, k)
+    zs, ok, okm, p, n, good = _surface(z, s, fx, fy, cx, cy, SMOOTH, k, fast)
+    if zs is None:
+        return _empty(h_full, w_full, dev)
     h, w = zs.shape
     fit = fit_support(p, n, good, prm.plane_tolerance, generator)
     if fit is None:
@@ -272,7 +298,12 @@ def segment(z: torch.Tensor, rgb: torch.Tensor | None, fx: float, fy: float, cx:
     ll, lu = shift(lr, 0, -1, False), shift(ld, -1, 0, False)
     lab = fill(lab, obj, (lr, ll, ld, lu), 2 * k + 2)
     # an object standing on another whose crease was lost: their tops at two heights
-    up_facing = good & ((n * plane[:3, None, None]).sum(0) >= math.cos(math.radians(UP_TILT)))
+    cos_up = math.cos(math.radians(UP_TILT))
+    up_facing = good & ((n * plane[:3, None, None]).sum(0) >= cos_up)
+    if sigma <= FINE_NOISE:   # depth this exact resolves a narrow rim: its finer normals too
+        *_, n_fine, good_fine = _surface(z, s, fx, fy, cx, cy, FINE_SMOOTH, max(1, k // 2),
+                                         fast)
+        up_facing |= good_fine & ((n_fine * plane[:3, None, None]).sum(0) >= cos_up)
     layer_cells = max(4, round(prm.min_points / (s * s)) // 2)   # half a segment's, >= 4
     lab = split_stacks(lab, height, up_facing, link_r, link_d, sigma, prm.stack_gap,
                        layer_cells, part_cells)

@@ -287,7 +287,13 @@ def stack_cuts(lab, height, up, min_cells, bin_, share, low_share, low_bins, nee
                 low[t] = min(low[t], b)
             if np.float32(win) >= enough:
                 high[t] = max(high[t], b)
-        cand[t] = high[t] - low[t] >= need_bins and low[t] >= low_bins
+        if low[t] < nb:     # the lower layer's fullest bin of three, below the upper layer
+            peak = low[t]
+            for b in range(low[t] + 1, low[t] + 3):
+                if b < high[t] and counts[t, b] > counts[t, peak]:
+                    peak = b
+            cand[t] = high[t] - peak >= need_bins and low[t] >= low_bins
+            low[t] = peak
     if not cand.any():
         return cut, False
     # the upper layer a compact patch: its cells against its second moments' ellipse
