@@ -93,7 +93,7 @@ class DepthObjectsModel(torch.nn.Module):
 
 def warm_up(device: torch.device | str = 'cpu') -> None:
     """Run :func:`segment` once on a small generated table (a box carrying a box, a can
-    beside it) on ``device``: on the CPU this compiles its loops (Numba, ~10 s the first
+    beside it) on ``device``: on the CPU this compiles its loops (Numba, ~20 s the first
     time on this machine, then read from the cache beside the modules in ~0.1 s), which a
     node would otherwise pay on its first frame with depth.
     """

@@ -55,9 +55,8 @@ def within_hull(p: torch.Tensor, plane: torch.Tensor, part: torch.Tensor,
     table's own surface, not a coplanar table across the room. The hull is its outline's
     (the cells of ``part`` with a neighbour outside it or at the image's border).
     """
-    out = torch.zeros_like(cells)
     if not bool(cells.any()):
-        return out
+        return torch.zeros_like(cells)
     nrm = plane[:3]
     a = torch.tensor([1.0, 0.0, 0.0], device=p.device) if float(nrm[0].abs()) < 0.9 else \
         torch.tensor([0.0, 1.0, 0.0], device=p.device)
@@ -73,6 +72,7 @@ def within_hull(p: torch.Tensor, plane: torch.Tensor, part: torch.Tensor,
                                                      reach + np.float32(margin)))
     edge = part & grown4(~part, outside=True)
     reach = (dirs @ p[:, edge]).amax(1)                                          # (K,)
+    out = torch.zeros_like(cells)
     out[cells] = ((dirs @ p[:, cells]) <= (reach + margin)[:, None]).all(0)
     return out
 
@@ -104,7 +104,8 @@ def on_table(seg: torch.Tensor, nseg: int, zs: torch.Tensor, ok: torch.Tensor,
     inside = seg >= 0
     # neighbours in the image that are also near in depth: a chair behind the table whose
     # back borders a tall can in the image does not rest on the can
-    if dev.type == 'cpu' and compiled.AVAILABLE:
+    fast = dev.type == 'cpu' and compiled.AVAILABLE     # the CPU's compiled loops (the same)
+    if fast:
         touches = torch.from_numpy(ksurface.touching(seg.numpy(), nseg, zs.numpy(),
                                                          ok.numpy(), np.float32(TOUCH_GAP)))
     else:
@@ -117,7 +118,7 @@ def on_table(seg: torch.Tensor, nseg: int, zs: torch.Tensor, ok: torch.Tensor,
             touches[b, a] = True
     if not bool(support.any()):
         return torch.zeros((nseg,), dtype=torch.bool, device=dev)
-    if dev.type == 'cpu' and compiled.AVAILABLE:
+    if fast:
         near_r, near_d = (torch.from_numpy(x) for x in ksurface.near_links(
             zs.numpy(), ok.numpy(), np.float32(LEVEL_DZ)))
     else:
